@@ -1,0 +1,35 @@
+"""What every check shares: the context it runs in and the registry the pipeline walks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from scanqc.guideline import Guideline, SeriesRule
+from scanqc.series import Series
+from scanqc.verdict import CheckResult
+
+# (task, batch of preprocessed inputs) -> model outputs. Lets the service swap local onnxruntime
+# calls for an adaptively batched runner without touching the checks.
+InferFn = Callable[[str, np.ndarray], np.ndarray]
+
+
+@dataclass
+class CheckContext:
+    guideline: Guideline | None = None
+    rule: SeriesRule | None = None  # the guideline series this one was matched to
+    visit: str | None = None  # visit name (else the ClinicalTrialTimePointID header)
+    baseline_date: dt.date | None = None  # subject's baseline acquisition date, for visit windows
+    models: Any = None  # scanqc.models registry of loaded models; None = load the installed defaults
+    infer: InferFn | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # per-series scratch (preprocessed arrays...)
+
+
+class Check(Protocol):
+    name: str
+
+    def __call__(self, series: Series, ctx: CheckContext) -> CheckResult: ...

@@ -1,0 +1,108 @@
+"""De-identification: identifying attributes left in the headers, and burned-in annotation.
+
+The attribute list follows DICOM PS3.15 Annex E, Table E.1-1 (Basic Application Level
+Confidentiality Profile). Dates of the study itself are kept under the profile's *Retain
+Longitudinal Temporal Information* option, because visit windows need them. PatientName and
+PatientID may hold study pseudonyms: allowed when they match the guideline's
+``subject_id_pattern`` or, without a pattern, when PatientIdentityRemoved is YES.
+
+Results list offending tags by keyword and number, never their values.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
+
+from scanqc.checks.base import CheckContext
+from scanqc.series import Series
+from scanqc.verdict import CheckResult
+
+# Direct identifiers (PS3.15 E.1-1 actions X/Z/D on patient, personnel and institution).
+IDENTIFYING = (
+    "PatientBirthDate", "PatientBirthTime", "PatientBirthName", "PatientMotherBirthName", "PatientAddress",
+    "PatientTelephoneNumbers", "PatientTelecomInformation", "OtherPatientIDs", "OtherPatientIDsSequence",
+    "OtherPatientNames", "PatientInsurancePlanCodeSequence", "MedicalRecordLocator", "MilitaryRank",
+    "BranchOfService", "RegionOfResidence", "CountryOfResidence", "EthnicGroup", "Occupation",
+    "PatientReligiousPreference", "PatientComments", "AdditionalPatientHistory", "ResponsiblePerson",
+    "ResponsibleOrganization", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+    "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+    "PerformingPhysicianName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "OperatorsName",
+    "RequestingPhysician", "ScheduledPerformingPhysicianName", "PersonName", "AccessionNumber",
+    "IssuerOfPatientID", "AdmissionID", "StudyID", "PerformedLocation", "StationName", "DeviceSerialNumber",
+    "RequestAttributesSequence", "CurrentPatientLocation", "PatientState",
+)
+PSEUDONYM_FIELDS = ("PatientName", "PatientID")
+_TAGS = {kw: tag_for_keyword(kw) for kw in (*IDENTIFYING, *PSEUDONYM_FIELDS)}
+
+
+def _tag_str(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _present(ds: Dataset, kw: str) -> bool:
+    if kw not in ds:
+        return False
+    v = ds[kw].value
+    if v is None:
+        return False
+    if isinstance(v, (str, bytes)):
+        return bool(str(v).strip("\x00 ^"))
+    try:
+        return len(v) > 0  # sequences, multi-valued
+    except TypeError:
+        return True
+
+
+def scan_dataset(ds: Dataset, subject_pattern: str | None) -> tuple[set[str], set[str], bool]:
+    """(identifying keywords, private tag groups, burned-in annotation) present in one header."""
+    found = {kw for kw in IDENTIFYING if _present(ds, kw)}
+    removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+    for kw in PSEUDONYM_FIELDS:
+        if not _present(ds, kw):
+            continue
+        value = str(ds[kw].value)
+        if subject_pattern:
+            if not re.fullmatch(subject_pattern, value):
+                found.add(kw)
+        elif not removed:
+            found.add(kw)
+    private = {f"({elem.tag.group:04X},xxxx)" for elem in ds if elem.tag.is_private}
+    burned = str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
+    return found, private, burned
+
+
+class DeidentificationCheck:
+    name = "deidentification"
+
+    def __call__(self, series: Series, ctx: CheckContext) -> CheckResult:
+        if series.source != "dicom" or not series.headers and series.header is None:
+            return CheckResult.skipped("no DICOM header (NIfTI carries no patient attributes)")
+        pattern = ctx.guideline.subject_id_pattern if ctx.guideline else None
+        found: set[str] = set()
+        private: set[str] = set()
+        burned = False
+        for ds in series.headers or [series.header]:
+            f, p, b = scan_dataset(ds, pattern)  # type: ignore[arg-type]
+            found |= f
+            private |= p
+            burned |= b
+        tags = [{"keyword": kw, "tag": _tag_str(_TAGS[kw])} for kw in sorted(found)]
+        extra = {"tags": tags, "private_groups": sorted(private), "burned_in_annotation": burned,
+                 "identity_removed": str(series.get("PatientIdentityRemoved") or "").upper() == "YES"}
+        if found or burned:
+            parts = []
+            if found:
+                parts.append(f"{len(found)} identifying attribute(s) present: {', '.join(sorted(found))}")
+            if burned:
+                parts.append("BurnedInAnnotation = YES (identifiers may be in the pixels)")
+            return CheckResult("fail", "; ".join(parts), None,
+                               "Do not forward: re-export through the site's de-identification profile "
+                               "(PS3.15 Annex E) and resend", extra)
+        if private:
+            return CheckResult("warn", f"private tags present in group(s) {', '.join(sorted(private))}; "
+                                       "they can carry identifiers", None,
+                               "Enable 'remove private tags' in the site's de-identification export", extra)
+        return CheckResult("pass", "no identifying attributes found", extra=extra)

@@ -1,0 +1,126 @@
+"""Command line: ``scanqc check``, plus the data, training, model and service commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="scanqc: QC verdicts for clinical-trial CT and MRI.")
+
+
+@app.callback()
+def _root() -> None:
+    """scanqc: QC verdicts for clinical-trial CT and MRI within a second of the series arriving."""
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+_COLOURS = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim"}
+
+
+def _exit_code(statuses: list[str]) -> int:
+    if any(s == "error" for s in statuses):
+        return EXIT_ERROR
+    return EXIT_FAIL if any(s == "fail" for s in statuses) else EXIT_OK
+
+
+def sample_series_path() -> Path:
+    """A real multi-slice MR series shipped inside pydicom, for trying scanqc out."""
+    import pydicom.data
+
+    return Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892003" / "MR700"
+
+
+def _print_table(verdicts: list) -> None:
+    for v in verdicts:
+        colour = _COLOURS[v.status]
+        title = (f"[bold {colour}]{v.status.upper()}[/]  {v.input}  "
+                 f"{v.modality or ''} {v.series_description or ''}  ({v.elapsed_ms:.0f} ms)")
+        if v.error:
+            console.print(title)
+            console.print(f"  [magenta]{v.error['code']}[/]: {v.error['message']}")
+            continue
+        table = Table(title=title, title_justify="left", show_lines=False)
+        table.add_column("check")
+        table.add_column("status")
+        table.add_column("score", justify="right")
+        table.add_column("finding")
+        table.add_column("action")
+        for name, c in v.checks.items():
+            table.add_row(name, f"[{_COLOURS[c.status]}]{c.status}[/]",
+                          "" if c.score is None else f"{c.score:.2f}", c.message, c.action or "")
+        console.print(table)
+        for n in v.notes:
+            console.print(f"  [dim]note: {n}[/]")
+
+
+@app.command()
+def check(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="DICOM files/folders, .zip, .nii/.nii.gz")] = None,
+    protocol: Annotated[Optional[str], typer.Option("--protocol", "-p",
+                        help="acquisition guideline YAML (or a shipped example name: brain_mr, abdomen_ct)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per series (JSON Lines)")] = False,
+    visit: Annotated[Optional[str], typer.Option(help="visit name (default: ClinicalTrialTimePointID)")] = None,
+    baseline_date: Annotated[Optional[str], typer.Option(help="subject's baseline date YYYY-MM-DD")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="modality for NIfTI inputs (CT or MR)")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="check a sample MR series shipped with pydicom")] = False,
+) -> None:
+    """Check series and print verdicts. Exit 0 all pass/warn, 1 any fail, 2 any error."""
+    from scanqc.errors import ScanQCError
+    from scanqc.guideline import load_guideline
+    from scanqc.pipeline import apply_required_series, check_paths
+
+    inputs = list(paths or [])
+    if sample:
+        inputs.append(sample_series_path())
+    if not inputs:
+        err_console.print("[red]USAGE[/]: give at least one PATH (or --sample)")
+        raise typer.Exit(EXIT_ERROR)
+    try:
+        guideline = load_guideline(protocol) if protocol else None
+        base = dt.date.fromisoformat(baseline_date) if baseline_date else None
+    except ScanQCError as exc:
+        _emit_usage_error(exc.code.value, exc.message, as_json)
+        raise typer.Exit(EXIT_ERROR) from None
+    except ValueError:
+        _emit_usage_error("USAGE", f"--baseline-date {baseline_date!r} is not YYYY-MM-DD", as_json)
+        raise typer.Exit(EXIT_ERROR) from None
+    verdicts = []
+    for v in check_paths([str(p) for p in inputs], guideline, visit=visit, baseline_date=base,
+                         modality_hint=modality.upper() if modality else None):
+        verdicts.append(v)
+    apply_required_series(verdicts, guideline, visit)
+    if as_json:
+        for v in verdicts:
+            sys.stdout.write(json.dumps(v.to_dict(), default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        _print_table(verdicts)
+    raise typer.Exit(_exit_code([v.status for v in verdicts]))
+
+
+def _emit_usage_error(code: str, message: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"input": None, "series_uid": None, "modality": None, "status": "error",
+                                     "checks": {}, "error": {"code": code, "message": message},
+                                     "elapsed_ms": 0.0}) + "\n")
+    else:
+        err_console.print(f"[red]{code}[/]: {message}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()  # typer/click exit with 2 on usage errors
+
+
+if __name__ == "__main__":
+    main()

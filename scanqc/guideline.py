@@ -1,0 +1,170 @@
+"""Image acquisition guidelines: the per-study YAML that says what a compliant series looks like.
+
+A guideline lists the series a study expects (matched by modality and SeriesDescription), with
+the acquisition parameters allowed for each, the study visits with their windows, and the series
+each visit requires. See ``scanqc/guidelines/*.yaml`` for the shipped examples and
+``docs/guidelines.md`` for the schema.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scanqc.errors import ErrorCode, ScanQCError
+
+PHASES = ("non_contrast", "arterial", "portal_venous", "delayed")
+COVERAGE_REGIONS = ("whole_brain", "liver_dome_to_kidneys")
+_RANGE_FIELDS = ("slice_thickness_mm", "pixel_spacing_mm", "fov_mm", "matrix", "kvp", "tr_ms", "te_ms",
+                 "field_strength_t")
+EXAMPLES_DIR = Path(__file__).parent / "guidelines"
+
+
+def _range(value: Any, where: str) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        lo, hi = float(value[0]), float(value[1])
+        if lo <= hi:
+            return lo, hi
+    raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: expected a number or [min, max], got {value!r}")
+
+
+@dataclass
+class SeriesRule:
+    id: str
+    label: str = ""
+    modality: str | None = None
+    match: str | None = None  # regex on SeriesDescription
+    body_part: list[str] = field(default_factory=list)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    contrast: str | None = None  # "required" | "none" | None (not checked)
+    expected_phase: str | None = None
+    coverage: str | None = None
+    actions: dict[str, str] = field(default_factory=dict)  # per-field technologist action overrides
+
+    def matches(self, modality: str | None, description: str | None) -> bool:
+        if self.modality and modality and self.modality.upper() != modality.upper():
+            return False
+        if self.match:
+            return bool(description) and re.search(self.match, description or "") is not None
+        return True
+
+
+@dataclass
+class Visit:
+    name: str
+    day: int
+    window_days: int = 0
+    required_series: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Guideline:
+    study: str
+    title: str = ""
+    modality: str | None = None
+    series: list[SeriesRule] = field(default_factory=list)
+    visits: list[Visit] = field(default_factory=list)
+    subject_id_pattern: str | None = None
+    source: str | None = None  # file it was read from
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def rule_for(self, modality: str | None, description: str | None) -> SeriesRule | None:
+        """First rule matching modality and description; a lone rule of the modality otherwise."""
+        for r in self.series:
+            if r.matches(modality, description):
+                return r
+        same = [r for r in self.series if not r.modality or not modality or r.modality.upper() == modality.upper()]
+        return same[0] if len(same) == 1 and not description else None
+
+    def visit(self, name: str | None) -> Visit | None:
+        if not name:
+            return None
+        for v in self.visits:
+            if v.name.lower() == str(name).strip().lower():
+                return v
+        return None
+
+    @property
+    def baseline(self) -> Visit | None:
+        return min(self.visits, key=lambda v: v.day) if self.visits else None
+
+
+def parse_guideline(data: dict[str, Any], source: str = "<dict>") -> Guideline:
+    if not isinstance(data, dict):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{source}: top level must be a mapping, got {type(data).__name__}")
+    if not data.get("study"):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{source}: missing 'study' (the study identifier)")
+    default_modality = data.get("modality")
+    rules: list[SeriesRule] = []
+    for i, s in enumerate(data.get("series") or []):
+        where = f"{source}: series[{i}]"
+        if not isinstance(s, dict) or not s.get("id"):
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: each series needs an 'id'")
+        unknown = set(s) - {"id", "label", "modality", "match", "body_part", "contrast", "expected_phase",
+                            "coverage", "actions", *_RANGE_FIELDS}
+        if unknown:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: unknown field(s) {sorted(unknown)}")
+        if s.get("match"):
+            try:
+                re.compile(s["match"])
+            except re.error as exc:
+                raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: bad 'match' regex {s['match']!r} ({exc})") from None
+        phase = s.get("expected_phase")
+        if phase is not None and phase not in PHASES:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: expected_phase {phase!r} not one of {list(PHASES)}")
+        contrast = s.get("contrast")
+        if contrast is not None and contrast not in ("required", "none"):
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: contrast {contrast!r} must be 'required' or 'none'")
+        cov = s.get("coverage")
+        if cov is not None and cov not in COVERAGE_REGIONS:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: coverage {cov!r} not one of {list(COVERAGE_REGIONS)}")
+        body = s.get("body_part") or []
+        rules.append(SeriesRule(
+            id=str(s["id"]), label=str(s.get("label", "")), modality=s.get("modality", default_modality),
+            match=s.get("match"), body_part=[str(b).upper() for b in ([body] if isinstance(body, str) else body)],
+            ranges={k: _range(s[k], f"{where}.{k}") for k in _RANGE_FIELDS if k in s},
+            contrast=contrast, expected_phase=phase, coverage=cov, actions=dict(s.get("actions") or {}),
+        ))
+    ids = {r.id for r in rules}
+    visits: list[Visit] = []
+    for i, v in enumerate(data.get("visits") or []):
+        where = f"{source}: visits[{i}]"
+        if not isinstance(v, dict) or "name" not in v or "day" not in v:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: each visit needs 'name' and 'day'")
+        req = list(v.get("required_series") or [])
+        missing = [r for r in req if r not in ids]
+        if missing:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: required_series {missing} not defined under 'series'")
+        try:
+            visits.append(Visit(str(v["name"]), int(v["day"]), int(v.get("window_days", 0)), req))
+        except (TypeError, ValueError):
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: day/window_days must be integers") from None
+    pattern = data.get("subject_id_pattern")
+    if pattern:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{source}: bad subject_id_pattern ({exc})") from None
+    return Guideline(study=str(data["study"]), title=str(data.get("title", "")), modality=default_modality,
+                     series=rules, visits=visits, subject_id_pattern=pattern, source=source, raw=data)
+
+
+def load_guideline(path: str | Path) -> Guideline:
+    """Read a guideline YAML file; a bare name like ``brain_mr`` loads a shipped example."""
+    p = Path(path)
+    if not p.exists() and (EXAMPLES_DIR / f"{path}.yaml").exists():
+        p = EXAMPLES_DIR / f"{path}.yaml"
+    if not p.is_file():
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{path}: guideline file not found "
+                                                   f"(shipped examples: {sorted(x.stem for x in EXAMPLES_DIR.glob('*.yaml'))})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{path}: not valid YAML ({exc})") from None
+    return parse_guideline(data, str(p))

@@ -1,0 +1,1 @@
+"""Readers: files, folders and archives in; :class:`scanqc.series.Series` out."""

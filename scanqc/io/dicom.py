@@ -1,0 +1,229 @@
+"""DICOM reading: parse one file, tell images from non-image objects, decode frames with geometry.
+
+pydicom does the parsing and, with the pylibjpeg plugins, the decoding of compressed transfer
+syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE). This module turns what can
+go wrong into coded :class:`~scanqc.errors.ScanQCError`s.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.limits import DEFAULT_LIMITS, Limits
+
+# SOP classes / modalities that carry no image volume to check (skipped with a note).
+NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "KO", "PR", "REG", "SEG",
+                        "ECG", "HD", "AU", "DOC", "PLAN", "FID", "RWV", "OT_PDF"}
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+
+
+def read_file(path: Path, name: str | None = None) -> Dataset:
+    """Parse a DICOM file (pixel data kept encoded) or raise a coded error."""
+    name = name or str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(path, force=False)
+            except InvalidDicomError:
+                # Files without preamble/meta are legal (raw dataset dumps). Parse them forcibly;
+                # arbitrary bytes then fail below for want of any identifying attribute.
+                try:
+                    ds = pydicom.dcmread(path, force=True)
+                except Exception:
+                    raise ScanQCError(ErrorCode.NOT_DICOM, f"{name}: not a DICOM file (no DICM prefix)") from None
+            # Touch every top-level element now so lazy parsing errors surface here, coded.
+            for _ in ds.iterall():
+                pass
+    except ScanQCError:
+        raise
+    except (EOFError, BufferError) as exc:
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: file ends early ({exc})") from None
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: DICOM parse failed ({type(exc).__name__}: {exc})") from None
+    if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData", "SeriesInstanceUID")):
+        raise ScanQCError(ErrorCode.NOT_DICOM, f"{name}: not a DICOM file (no SOPClassUID, Modality or PixelData)")
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
+        # Files without meta: pydicom guessed the encoding on read; record it for decoding.
+        ds.file_meta = getattr(ds, "file_meta", Dataset())
+        ds.file_meta.TransferSyntaxUID = (
+            pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else
+            (pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian)
+        )
+    return ds
+
+
+def non_image_reason(ds: Dataset) -> str | None:
+    """Why this object is not an image to check, or None if it is one."""
+    sop = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "")).upper()
+    if sop == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        return "DICOMDIR index"
+    if modality in NON_IMAGE_MODALITIES:
+        return f"{modality} object"
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if "Rows" in ds or sop.startswith("1.2.840.10008.5.1.4.1.1.") and modality in ("CT", "MR", "PT"):
+            return None  # an image object whose pixels are missing: an error, not a skip
+        name = getattr(pydicom.uid.UID(sop), "name", sop) if sop else "unknown SOP class"
+        return f"non-image object ({name})"
+    return None
+
+
+def check_image_size(ds: Dataset, name: str, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int, int]:
+    """(frames, rows, columns) after sanity limits; raise before any decoding allocates memory."""
+    try:
+        rows = int(ds.get("Rows", 0) or 0)
+        cols = int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: bad Rows/Columns/NumberOfFrames ({exc})") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise ScanQCError(ErrorCode.NO_PIXEL_DATA, f"{name}: image object has no Pixel Data (7FE0,0010)")
+    if rows <= 0 or cols <= 0 or frames <= 0:
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: Rows={rows}, Columns={cols}, NumberOfFrames={frames}")
+    for label, v in (("Rows", rows), ("Columns", cols), ("NumberOfFrames", frames)):
+        if v > limits.max_dimension:
+            raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: {label}={v} exceeds limit {limits.max_dimension}")
+    if rows * cols * frames > limits.max_voxels:
+        raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: {rows}x{cols}x{frames} voxels exceeds {limits.max_voxels}")
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        pi = ds.get("PhotometricInterpretation", "?")
+        raise ScanQCError(
+            ErrorCode.UNSUPPORTED_IMAGE,
+            f"{name}: colour image (SamplesPerPixel={spp}, {pi}); CT/MR volumes are greyscale",
+        )
+    return frames, rows, cols
+
+
+def _float_list(value: object, n: int) -> list[float] | None:
+    try:
+        out = [float(v) for v in value]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _first(seq_parent: Dataset | None, seq: str, attr: str) -> object:
+    if seq_parent is None or seq not in seq_parent or not seq_parent[seq].value:
+        return None
+    return seq_parent[seq].value[0].get(attr)
+
+
+@dataclass
+class FrameGeometry:
+    position: list[float] | None  # ImagePositionPatient (LPS mm)
+    orientation: list[float] | None  # ImageOrientationPatient (6 direction cosines)
+    pixel_spacing: list[float] | None  # (row spacing, column spacing)
+    slice_thickness: float | None
+    slope: float
+    intercept: float
+
+
+def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
+    """Per-frame geometry and rescale, from classic headers or enhanced functional groups."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+
+    def lookup(fg: Dataset | None, seq: str, attr: str) -> object:
+        v = _first(fg, seq, attr)
+        return v if v is not None else _first(shared, seq, attr)
+
+    out: list[FrameGeometry] = []
+    if shared is not None or per_frame:
+        for i in range(frames):
+            fg = per_frame[i] if i < len(per_frame) else None
+            pos = _float_list(lookup(fg, "PlanePositionSequence", "ImagePositionPatient"), 3)
+            ori = _float_list(lookup(fg, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+            ps = _float_list(lookup(fg, "PixelMeasuresSequence", "PixelSpacing"), 2)
+            st = lookup(fg, "PixelMeasuresSequence", "SliceThickness")
+            slope = lookup(fg, "PixelValueTransformationSequence", "RescaleSlope")
+            inter = lookup(fg, "PixelValueTransformationSequence", "RescaleIntercept")
+            out.append(FrameGeometry(
+                pos, ori, ps, float(st) if st not in (None, "") else None,
+                float(slope) if slope not in (None, "") else float(ds.get("RescaleSlope", 1) or 1),
+                float(inter) if inter not in (None, "") else float(ds.get("RescaleIntercept", 0) or 0),
+            ))
+        return out
+    pos = _float_list(ds.get("ImagePositionPatient"), 3)
+    ori = _float_list(ds.get("ImageOrientationPatient"), 6)
+    ps = _float_list(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
+    st_raw = ds.get("SliceThickness")
+    st = float(st_raw) if st_raw not in (None, "") else None
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    inter = float(ds.get("RescaleIntercept", 0) or 0)
+    if frames == 1:
+        return [FrameGeometry(pos, ori, ps, st, slope, inter)]
+    # Classic multi-frame: frame positions from a frame offset vector along the normal.
+    offsets = _float_list(ds.get("GridFrameOffsetVector"), frames)
+    step = ds.get("SpacingBetweenSlices") or st
+    if offsets is None and step:
+        offsets = [i * float(step) for i in range(frames)]
+    for i in range(frames):
+        p = None
+        if pos is not None and ori is not None and offsets is not None:
+            normal = np.cross(ori[:3], ori[3:])
+            p = list(np.asarray(pos) + offsets[i] * normal)
+        out.append(FrameGeometry(p, ori, ps, st, slope, inter))
+    return out
+
+
+def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
+    """Decoded stored values as (frames, rows, cols) float32, without rescale."""
+    ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except (EOFError, BufferError) as exc:
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data truncated ({exc})") from None
+    except (NotImplementedError, RuntimeError) as exc:
+        ts_name = getattr(ts, "name", ts)
+        raise ScanQCError(ErrorCode.DECODE_FAILED, f"{name}: cannot decode {ts_name} pixel data ({exc})") from None
+    except ValueError as exc:
+        msg = str(exc)
+        low = msg.lower()
+        truncated = any(w in low for w in ("length", "shorter", "less than expected", "truncat"))
+        code = ErrorCode.TRUNCATED if truncated else ErrorCode.DECODE_FAILED
+        raise ScanQCError(code, f"{name}: pixel data unusable ({msg})") from None
+    except Exception as exc:
+        raise ScanQCError(ErrorCode.DECODE_FAILED, f"{name}: pixel decoding failed ({type(exc).__name__}: {exc})") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] != frames:
+        raise ScanQCError(ErrorCode.UNSUPPORTED_IMAGE, f"{name}: unexpected pixel array shape {arr.shape}")
+    return arr.astype(np.float32, copy=False)
+
+
+def header_value(ds: Dataset | None, keyword: str) -> object:
+    """An attribute from the top level, else from the first functional group that holds it.
+
+    Enhanced CT/MR objects keep TR, TE, slice thickness, pixel spacing and kVp inside
+    Shared/Per-frame Functional Groups rather than at the top level.
+    """
+    if ds is None:
+        return None
+    v = ds.get(keyword)
+    if v not in (None, ""):
+        return v.value if hasattr(v, "value") and not isinstance(v, (str, bytes)) and hasattr(v, "VR") else v
+    for fg_seq in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ds.get(fg_seq)
+        if not groups:
+            continue
+        for item in groups[0]:
+            if item.VR != "SQ" or not item.value:
+                continue
+            inner = item.value[0]
+            if keyword in inner and inner.get(keyword) not in (None, ""):
+                return inner.get(keyword)
+    return None

@@ -1,0 +1,134 @@
+"""The one path: read -> canonical volume -> checks -> verdict.
+
+The CLI, the HTTP service and the DICOM receiver all call :func:`check_paths` (files on disk) or
+:func:`check_series` (an already assembled series); nothing else produces verdicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from scanqc.checks.base import Check, CheckContext, InferFn
+from scanqc.checks.deidentification import DeidentificationCheck
+from scanqc.checks.integrity import IntegrityCheck
+from scanqc.checks.ml import ModelCheck
+from scanqc.checks.protocol import ProtocolCheck, VisitWindowCheck
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.guideline import Guideline
+from scanqc.limits import DEFAULT_LIMITS, Limits
+from scanqc.series import Series, load_series
+from scanqc.verdict import CheckResult, Verdict, overall_status
+
+log = logging.getLogger("scanqc")
+
+HEADER_CHECKS: list[Check] = [IntegrityCheck(), ProtocolCheck(), DeidentificationCheck(), VisitWindowCheck()]
+MODEL_CHECKS: list[Check] = [ModelCheck("motion"), ModelCheck("contrast_phase"), ModelCheck("coverage")]
+
+
+def default_checks() -> list[Check]:
+    return [*HEADER_CHECKS, *MODEL_CHECKS]
+
+
+def check_series(series: Series, guideline: Guideline | None = None, *, visit: str | None = None,
+                 baseline_date: dt.date | None = None, models: object = None, infer: InferFn | None = None,
+                 checks: Sequence[Check] | None = None, started: float | None = None) -> Verdict:
+    """Run every check on one assembled series and return its verdict."""
+    t0 = started if started is not None else time.perf_counter()
+    base = dict(study_uid=series.study_uid, series_description=series.description,
+                series_number=series.series_number, n_instances=series.n_instances,
+                notes=list(series.notes), timings_ms=dict(series.timings_ms))
+    if series.error is not None:
+        return Verdict.from_error(series.input, series.error.code.value, series.error.message,
+                                  (time.perf_counter() - t0) * 1000, series_uid=series.series_uid,
+                                  modality=series.modality, **base)
+    rule = guideline.rule_for(series.modality, series.description) if guideline else None
+    ctx = CheckContext(guideline=guideline, rule=rule, visit=visit, baseline_date=baseline_date,
+                       models=models, infer=infer)
+    results: dict[str, CheckResult] = {}
+    timings = base["timings_ms"]
+    for check in checks if checks is not None else default_checks():
+        t = time.perf_counter()
+        try:
+            results[check.name] = check(series, ctx)
+        except ScanQCError as exc:
+            results[check.name] = CheckResult.skipped(f"could not run: {exc.code.value}: {exc.message}")
+        except Exception as exc:  # a bug in one check must not cost the others their verdict
+            log.exception("check %s crashed", check.name)
+            results[check.name] = CheckResult.skipped(f"internal error in {check.name}: {type(exc).__name__}")
+        timings[check.name] = (time.perf_counter() - t) * 1000
+    vol = series.volume
+    return Verdict(input=series.input, series_uid=series.series_uid, modality=series.modality,
+                   status=overall_status(results), checks=results, elapsed_ms=(time.perf_counter() - t0) * 1000,
+                   shape=vol.shape if vol is not None else None, spacing_mm=vol.spacing if vol is not None else None,
+                   **{k: v for k, v in base.items() if k != "timings_ms"}, timings_ms=timings)
+
+
+def check_path(path: str | Path, guideline: Guideline | None = None, *, limits: Limits = DEFAULT_LIMITS,
+               modality_hint: str | None = None, **kw) -> list[Verdict]:
+    """All series behind one input path (file, folder, zip, NIfTI); a coded error verdict on failure."""
+    t0 = time.perf_counter()
+    try:
+        series, _ = load_series(path, limits, modality_hint)
+    except ScanQCError as exc:
+        return [Verdict.from_error(str(path), exc.code.value, exc.message, (time.perf_counter() - t0) * 1000)]
+    except (MemoryError, RecursionError) as exc:
+        return [Verdict.from_error(str(path), ErrorCode.TOO_LARGE.value, f"{path}: {type(exc).__name__}",
+                                   (time.perf_counter() - t0) * 1000)]
+    except Exception as exc:
+        log.exception("reading %s failed", path)
+        return [Verdict.from_error(str(path), ErrorCode.INTERNAL.value,
+                                   f"{path}: unexpected {type(exc).__name__} while reading (please report)",
+                                   (time.perf_counter() - t0) * 1000)]
+    read_share = (time.perf_counter() - t0) / max(len(series), 1)
+    out = []
+    for s in series:
+        # Each verdict's elapsed time includes its share of reading the input.
+        out.append(check_series(s, guideline, started=time.perf_counter() - read_share, **kw))
+    return out
+
+
+def check_paths(paths: Iterable[str | Path], guideline: Guideline | None = None, **kw) -> Iterator[Verdict]:
+    """Verdicts for every series of every path, in input order."""
+    for p in paths:
+        yield from check_path(p, guideline, **kw)
+
+
+def apply_required_series(verdicts: list[Verdict], guideline: Guideline | None, visit: str | None = None,
+                          series_by_uid: dict[str, Series] | None = None) -> None:
+    """Study-level check: every series the visit requires arrived. Adds ``required_series`` in place."""
+    if guideline is None or not guideline.visits:
+        return
+    by_study: dict[str | None, list[Verdict]] = {}
+    for v in verdicts:
+        if v.status != "error":
+            by_study.setdefault(v.study_uid, []).append(v)
+    for study_verdicts in by_study.values():
+        names = {visit} if visit else set()
+        if not names and series_by_uid:
+            for v in study_verdicts:
+                s = series_by_uid.get(v.series_uid or "")
+                tp = s.get("ClinicalTrialTimePointID") if s else None
+                if tp:
+                    names.add(str(tp))
+        vis = guideline.visit(next(iter(names))) if len(names) == 1 else None
+        if vis is None:
+            result = CheckResult.skipped("visit unknown; cannot list required series")
+        else:
+            have = {v.checks["protocol"].extra.get("series_rule") for v in study_verdicts if "protocol" in v.checks}
+            missing = [r for r in vis.required_series if r not in have]
+            extra = {"visit": vis.name, "required": vis.required_series, "missing_series": missing}
+            if missing:
+                labels = {r.id: r.label or r.id for r in guideline.series}
+                result = CheckResult("fail", f"visit {vis.name} requires {len(vis.required_series)} series; missing: "
+                                             f"{', '.join(labels[m] for m in missing)}", None,
+                                     f"Acquire and send {', '.join(labels[m] for m in missing)} before the "
+                                     "patient leaves", extra)
+            else:
+                result = CheckResult("pass", f"all {len(vis.required_series)} required series received", extra=extra)
+        for v in study_verdicts:
+            v.checks["required_series"] = result
+            v.status = overall_status(v.checks)
