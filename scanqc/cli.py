@@ -117,6 +117,25 @@ def _emit_usage_error(code: str, message: str, as_json: bool) -> None:
         err_console.print(f"[red]{code}[/]: {message}")
 
 
+def _register_subcommands() -> None:
+    """Sub-apps live with the code they drive; each imports its heavy dependencies lazily."""
+    from scanqc.datasets.cli import app as data_app
+    from scanqc.evaluation.cli import app as evaluation_app
+    from scanqc.models.cli import app as models_app
+    from scanqc.serving.cli import app as serving_app
+    from scanqc.training.cli import app as training_app
+
+    app.add_typer(data_app, name="data", help="Generate and preview training data; manifests.")
+    app.add_typer(models_app, name="models", help="List, evaluate and promote installed model versions.")
+    # Single-command groups are merged at top level: `scanqc train`, `scanqc export`, `scanqc serve`...
+    for sub in (training_app, serving_app, evaluation_app):
+        for cmd in sub.registered_commands:
+            app.registered_commands.append(cmd)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()  # typer/click exit with 2 on usage errors
