@@ -1,0 +1,220 @@
+"""From files on disk to stored verdicts: the step the HTTP service and the DICOM receiver share.
+
+``Processor.process_folder`` resolves the study's acquisition guideline, runs
+:func:`scanqc.pipeline.check_path` (the one code path, the same as ``scanqc check``), writes the verdict,
+its checks, timings and queries to the store *before* anyone is told, then notifies listeners (metrics,
+the in-process console wake-up). Consoles in other processes see the row through their SSE poll.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scanqc.serving.config import Settings
+from scanqc.serving.store import Store
+
+from scanqc.checks.base import Check, CheckContext, InferFn
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.guideline import Guideline, load_guideline
+from scanqc.limits import Limits
+from scanqc.pipeline import apply_required_series, check_path, default_checks
+from scanqc.series import Series
+from scanqc.verdict import CheckResult, Verdict
+
+log = logging.getLogger("scanqc.serving")
+
+SOURCES = ("http", "dicom")
+
+
+@dataclass
+class Processed:
+    """What listeners get for each stored verdict."""
+
+    verdict: Verdict
+    verdict_id: int
+    site_id: str
+    station: str
+    source: str
+    study_id: str | None
+    received_at: dt.datetime
+    verdict_at: dt.datetime
+
+
+Listener = Callable[[Processed], None]
+
+
+class _HeaderTap:
+    """Wraps the first check to keep each series' header (patient identifiers, acquisition time).
+
+    The pipeline's verdict deliberately carries no patient data; the store needs a keyed hash of it, so we
+    read it from the very Series the pipeline assembled instead of parsing the files a second time.
+    """
+
+    def __init__(self, inner: Check, sink: dict[str, Series]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.sink = sink
+
+    def __call__(self, series: Series, ctx: CheckContext) -> CheckResult:
+        self.sink[series.series_uid or series.input] = series
+        return self.inner(series, ctx)
+
+
+def _dicom_datetime(series: Series | None) -> dt.datetime | None:
+    """Acquisition time from the header (scanner local time unless TimezoneOffsetFromUTC says otherwise)."""
+    if series is None:
+        return None
+    get = series.get
+    raw = get("AcquisitionDateTime")
+    pairs = [("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"),
+             ("ContentDate", "ContentTime")]
+    text = str(raw).strip() if raw else ""
+    if not text:
+        for d, t in pairs:
+            if get(d):
+                text = str(get(d)).strip() + (str(get(t)).strip() if get(t) else "")
+                break
+    if len(text) < 8:
+        return None
+    try:
+        date = dt.datetime.strptime(text[:8], "%Y%m%d")
+        tpart = text[8:].split("+")[0].split("-")[0]
+        hh, mm, ss = int(tpart[0:2] or 0), int(tpart[2:4] or 0), int(float(tpart[4:] or 0))
+        t = date.replace(hour=hh, minute=mm, second=ss)
+    except (ValueError, IndexError):
+        return None
+    offset = get("TimezoneOffsetFromUTC")
+    if offset:
+        try:
+            o = str(offset).strip()
+            sign = -1 if o.startswith("-") else 1
+            o = o.lstrip("+-")
+            delta = dt.timedelta(hours=int(o[:2]), minutes=int(o[2:4] or 0))
+            t = (t - sign * delta).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            pass
+    return t
+
+
+class Processor:
+    """Runs the pipeline for one received input and records the outcome. Thread-safe."""
+
+    def __init__(self, settings: Settings, store: Store, *, infer: InferFn | None = None, models: Any = None,
+                 limits: Limits | None = None, checks: Sequence[Check] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.infer = infer
+        self.models = models
+        self.limits = limits or Limits.from_env()
+        self.checks = list(checks) if checks is not None else None
+        self.listeners: list[Listener] = []
+        self._guidelines: dict[str, Guideline] = {}
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Inputs being checked right now (the queue-depth gauge)."""
+        return self._in_flight
+
+    # -- guidelines ------------------------------------------------------------------------------
+    def guideline_for(self, study_id: str | None) -> Guideline | None:
+        """The acquisition guideline of a study (cached); ``None`` when no study applies.
+
+        Raises ScanQCError(BAD_GUIDELINE) when the study's guideline is unknown or invalid.
+        """
+        ref = self.settings.guideline_ref(study_id)
+        if ref is None:
+            return None
+        with self._lock:
+            g = self._guidelines.get(ref)
+        if g is None:
+            g = load_guideline(ref)
+            with self._lock:
+                self._guidelines[ref] = g
+            try:
+                self.store.upsert_study(study_id or g.study, ref, g.title or None, g.raw)
+            except Exception:  # the guideline record is informative; never block a verdict on it
+                log.warning("could not record guideline for study %s", study_id, exc_info=True)
+        return g
+
+    def resolve(self, site_id: str | None, study_id: str | None) -> tuple[str, str | None, Guideline | None]:
+        """(site, study, guideline) for an input; raises ScanQCError for an unknown study."""
+        site = site_id or self.settings.default_site
+        study = self.settings.study_for(site, study_id)
+        return site, study, self.guideline_for(study)
+
+    # -- the one entry point ---------------------------------------------------------------------
+    def process_folder(self, folder: Path | str, *, site_id: str | None, station: str, source: str,
+                       received_at: dt.datetime, study_id: str | None = None, visit: str | None = None,
+                       modality_hint: str | None = None, complete_study: bool = False) -> list[Verdict]:
+        """Check every series under ``folder`` (a folder, file, zip or NIfTI) and store the verdicts.
+
+        Never raises for bad input: an unreadable input or a study with a broken guideline becomes an
+        ``error`` verdict, stored like any other so the technologist console shows it.
+        ``complete_study`` adds the study-level ``required_series`` check (only meaningful when the input
+        holds a whole visit; series arriving one by one over DICOM would otherwise all be "missing" the rest).
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        if received_at.tzinfo is None:
+            received_at = received_at.replace(tzinfo=dt.timezone.utc)
+        site = site_id or self.settings.default_site
+        study = self.settings.study_for(site, study_id)
+        with self._lock:
+            self._in_flight += 1
+        try:
+            try:
+                guideline = self.guideline_for(study)
+            except ScanQCError as exc:
+                verdicts = [Verdict.from_error(str(folder), exc.code.value, exc.message)]
+            else:
+                taps: dict[str, Series] = {}
+                checks = self.checks if self.checks is not None else default_checks()
+                tapped: list[Check] = [_HeaderTap(checks[0], taps), *checks[1:]] if checks else []
+                verdicts = check_path(folder, guideline, limits=self.limits, modality_hint=modality_hint,
+                                      visit=visit, models=self.models, infer=self.infer, checks=tapped)
+                if complete_study:
+                    apply_required_series(verdicts, guideline, visit, taps)
+                return self._record(verdicts, taps, site=site, station=station, source=source, study=study,
+                                    received_at=received_at)
+            return self._record(verdicts, {}, site=site, station=station, source=source, study=study,
+                                received_at=received_at)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _record(self, verdicts: list[Verdict], taps: dict[str, Series], *, site: str, station: str,
+                source: str, study: str | None, received_at: dt.datetime) -> list[Verdict]:
+        for v in verdicts:
+            series = taps.get(v.series_uid or v.input)
+            patient = accession = None
+            if series is not None:
+                patient = series.get("PatientID") or series.get("PatientName")
+                accession = series.get("AccessionNumber")
+            try:
+                vid = self.store.save_verdict(
+                    v, site_id=site, station=station, source=source, received_at=received_at,
+                    acquired_at=_dicom_datetime(series), study_id=study,
+                    patient_hash=self.settings.hash_identifier(patient),
+                    accession_hash=self.settings.hash_identifier(accession),
+                )
+            except Exception as exc:
+                # Storage down: the verdict is still the scanner's answer; say so in it rather than hide it.
+                log.error("storing verdict for series %s failed: %s", v.series_uid, type(exc).__name__)
+                v.notes.append(f"{ErrorCode.INTERNAL.value}: verdict not stored ({type(exc).__name__})")
+                continue
+            event = Processed(v, vid, site, station, source, study, received_at,
+                              dt.datetime.now(dt.timezone.utc))
+            for listener in list(self.listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    log.warning("verdict listener failed", exc_info=True)
+        return verdicts

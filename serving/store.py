@@ -1,0 +1,502 @@
+"""Results store: sites, studies, series verdicts, checks, queries and timings (SQLAlchemy 2).
+
+One schema for the embedded SQLite file and for PostgreSQL shared by replicas; the schema is owned by
+the Alembic migrations under ``migrations/`` and applied at start-up (``upgrade head``).
+
+Privacy: patient identifiers (PatientID, PatientName, AccessionNumber) are stored only as keyed hashes
+(:meth:`Settings.hash_identifier`). Study/Series Instance UIDs are stored as sent: they are not names,
+but they are identifiers a PACS can link back to a patient, so the database is confidential data.
+
+Times are stored as naive UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.verdict import Verdict
+
+QUERY_STATES = ("open", "answered", "closed")
+# Query transitions the API allows: the site answers, the central team closes (or closes outright when
+# the series was repeated and passed).
+_TRANSITIONS = {("open", "answered"), ("answered", "closed"), ("open", "closed")}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def to_utc_naive(t: dt.datetime | None) -> dt.datetime | None:
+    if t is None:
+        return None
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return t
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else t.replace(tzinfo=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Site(Base):
+    __tablename__ = "sites"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    guideline_ref: Mapped[str | None] = mapped_column(String(500))  # file path or shipped guideline name
+    title: Mapped[str | None] = mapped_column(String(300))
+    guideline: Mapped[dict | None] = mapped_column(JSON)  # the parsed YAML, as used for the verdicts
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Receipt(Base):
+    """Instances of a series arriving over DICOM, one row per (station, series)."""
+
+    __tablename__ = "receipts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    series_uid: Mapped[str] = mapped_column(String(128), index=True)
+    station: Mapped[str] = mapped_column(String(64))
+    site_id: Mapped[str | None] = mapped_column(String(64))
+    n_instances: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    last_received_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class VerdictRow(Base):
+    __tablename__ = "verdicts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    series_uid: Mapped[str | None] = mapped_column(String(128), index=True)
+    study_uid: Mapped[str | None] = mapped_column(String(128))
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id"))
+    station: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # http | dicom
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_description: Mapped[str | None] = mapped_column(String(200))
+    n_instances: Mapped[int | None] = mapped_column(Integer)
+    patient_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_hash: Mapped[str | None] = mapped_column(String(64))
+    acquired_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    received_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # series complete on our side
+    verdict_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    elapsed_ms: Mapped[float | None] = mapped_column(Float)  # pipeline time
+    verdict: Mapped[dict] = mapped_column(JSON)  # the verdict contract, as returned to the caller
+    checks: Mapped[list[CheckRow]] = relationship(back_populates="verdict_row", cascade="all, delete-orphan")
+
+    __table_args__ = (Index("ix_verdicts_site_time", "site_id", "verdict_at"),)
+
+
+class CheckRow(Base):
+    __tablename__ = "checks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str | None] = mapped_column(Text)
+    # Deviation kinds for the recurring-deviation view: protocol fields (slice_thickness_mm, fov_mm...),
+    # otherwise the check name; comma-separated.
+    kinds: Mapped[str | None] = mapped_column(String(500))
+    verdict_row: Mapped[VerdictRow] = relationship(back_populates="checks")
+
+
+class QueryRow(Base):
+    __tablename__ = "queries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), index=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    station: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(128))
+    check_name: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True, default="open")
+    message: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str | None] = mapped_column(Text)
+    opened_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    answer: Mapped[str | None] = mapped_column(Text)
+    answered_by: Mapped[str | None] = mapped_column(String(100))
+    answered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    resolution: Mapped[str | None] = mapped_column(Text)
+    closed_by: Mapped[str | None] = mapped_column(String(100))
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+def _check_kinds(name: str, check: dict[str, Any]) -> str:
+    devs = check.get("deviations")
+    if name == "protocol" and isinstance(devs, list) and devs:
+        devs = [d for d in devs if isinstance(d, dict)]
+        fields = [str(d.get("field")) for d in devs if d.get("severity") == check["status"]]
+        fields = fields or [str(d.get("field")) for d in devs]
+        return ",".join(sorted(set(fields)))
+    return name
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        # WAL + a busy timeout: the HTTP worker and the DICOM receiver write from different processes.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+def migrate(engine: Engine) -> None:
+    """``alembic upgrade head`` on this engine, with the migrations shipped in the package."""
+    from alembic import command
+    from alembic.config import Config
+
+    here = Path(__file__).parent
+    cfg = Config(str(here / "alembic.ini"))
+    cfg.set_main_option("script_location", str(here / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    """Thread-safe facade over the database; every method is one short transaction."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = True, echo: bool = False) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        kw: dict[str, Any] = {"echo": echo, "future": True}
+        if url.startswith("sqlite"):
+            kw["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:
+            kw["pool_pre_ping"] = True
+        self.engine = create_engine(url, **kw)
+        if url.startswith("sqlite"):
+            _sqlite_pragmas(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._lock = threading.Lock()  # SQLite: serialise writers inside one process
+        if migrate_schema:
+            migrate(self.engine)
+
+    @contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        if write and self.url.startswith("sqlite"):
+            with self._lock, self._session.begin() as s:
+                yield s
+        else:
+            with self._session.begin() as s:
+                yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reference data ------------------------------------------------------------------------
+    def ensure_site(self, s: Session, site_id: str, name: str | None = None) -> None:
+        if s.get(Site, site_id) is None:
+            s.add(Site(id=site_id, name=name or site_id))
+            s.flush()
+
+    def upsert_study(self, study_id: str, guideline_ref: str | None, title: str | None = None,
+                     guideline: dict | None = None) -> None:
+        with self.session(write=True) as s:
+            row = s.get(Study, study_id)
+            if row is None:
+                s.add(Study(id=study_id, guideline_ref=guideline_ref, title=title, guideline=guideline))
+            else:
+                row.guideline_ref, row.title, row.guideline = guideline_ref, title, guideline
+
+    def list_studies(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [{"id": r.id, "guideline": r.guideline_ref, "title": r.title,
+                     "updated_at": iso(r.updated_at)} for r in s.scalars(select(Study).order_by(Study.id))]
+
+    def list_sites(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Site.id).order_by(Site.id)))
+
+    # -- receipt ---------------------------------------------------------------------------------
+    def record_instance_received(self, series_uid: str, station: str, *, site_id: str | None = None,
+                                 received_at: dt.datetime | None = None, count: int = 1) -> None:
+        """Count instances of a series as they arrive (optional; the receiver may call it per instance)."""
+        t = to_utc_naive(received_at) or utcnow()
+        with self.session(write=True) as s:
+            row = s.scalars(select(Receipt).where(Receipt.series_uid == series_uid,
+                                                  Receipt.station == station)).first()
+            if row is None:
+                s.add(Receipt(series_uid=series_uid, station=station, site_id=site_id, n_instances=count,
+                              first_received_at=t, last_received_at=t))
+            else:
+                row.n_instances += count
+                row.last_received_at = max(row.last_received_at, t)
+
+    # -- verdicts --------------------------------------------------------------------------------
+    def save_verdict(self, verdict: Verdict, *, site_id: str, station: str, source: str,
+                     received_at: dt.datetime | None = None, acquired_at: dt.datetime | None = None,
+                     patient_hash: str | None = None, accession_hash: str | None = None,
+                     study_id: str | None = None, open_queries: bool = True) -> int:
+        """Write a verdict, its checks and (for failed checks) queries; returns the verdict id.
+
+        Called before the verdict is reported anywhere, so what the scanner saw is always on record.
+        """
+        d = verdict.to_dict()
+        now = utcnow()
+        with self.session(write=True) as s:
+            self.ensure_site(s, site_id)
+            if study_id and s.get(Study, study_id) is None:
+                s.add(Study(id=study_id, guideline_ref=study_id))
+                s.flush()
+            row = VerdictRow(
+                series_uid=verdict.series_uid, study_uid=verdict.study_uid, site_id=site_id,
+                study_id=study_id, station=station, source=source, status=verdict.status,
+                error_code=(verdict.error or {}).get("code"), modality=verdict.modality,
+                series_description=(verdict.series_description or "")[:200] or None,
+                n_instances=verdict.n_instances, patient_hash=patient_hash, accession_hash=accession_hash,
+                acquired_at=to_utc_naive(acquired_at), received_at=to_utc_naive(received_at), verdict_at=now,
+                elapsed_ms=verdict.elapsed_ms, verdict=json.loads(json.dumps(d, default=str)),
+            )
+            for name, c in d["checks"].items():
+                row.checks.append(CheckRow(name=name, status=c["status"], score=c.get("score"),
+                                           message=c.get("message"), action=c.get("action"),
+                                           kinds=_check_kinds(name, c) if c["status"] in ("warn", "fail")
+                                           else None))
+            s.add(row)
+            s.flush()
+            if open_queries:
+                for name, c in d["checks"].items():
+                    if c["status"] == "fail":
+                        s.add(QueryRow(verdict_id=row.id, site_id=site_id, station=station,
+                                       series_uid=verdict.series_uid, check_name=name, state="open",
+                                       message=c.get("message"), action=c.get("action"), opened_at=now))
+            return row.id
+
+    @staticmethod
+    def _verdict_out(r: VerdictRow) -> dict[str, Any]:
+        return {"id": r.id, "site_id": r.site_id, "study_id": r.study_id, "station": r.station,
+                "source": r.source, "received_at": iso(r.received_at), "acquired_at": iso(r.acquired_at),
+                "verdict_at": iso(r.verdict_at), "verdict": r.verdict}
+
+    def get_verdict(self, verdict_id: int) -> dict[str, Any] | None:
+        with self.session() as s:
+            r = s.get(VerdictRow, verdict_id)
+            return self._verdict_out(r) if r else None
+
+    def verdicts_for_series(self, series_uid: str) -> list[dict[str, Any]]:
+        """Every verdict recorded for a series, newest first."""
+        with self.session() as s:
+            rows = s.scalars(select(VerdictRow).where(VerdictRow.series_uid == series_uid)
+                             .order_by(VerdictRow.id.desc()))
+            return [self._verdict_out(r) for r in rows]
+
+    def latest_verdict(self, station: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            r = s.scalars(select(VerdictRow).where(VerdictRow.station == station)
+                          .order_by(VerdictRow.id.desc()).limit(1)).first()
+            return self._verdict_out(r) if r else None
+
+    def latest_verdict_id(self, station: str) -> int | None:
+        """Cheap change detector for the console's server-sent events."""
+        with self.session() as s:
+            return s.scalar(select(func.max(VerdictRow.id)).where(VerdictRow.station == station))
+
+    def recent_verdicts(self, *, site_id: str | None = None, station: str | None = None,
+                        limit: int = 50) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = select(VerdictRow).order_by(VerdictRow.id.desc()).limit(max(1, min(limit, 1000)))
+            if site_id:
+                q = q.where(VerdictRow.site_id == site_id)
+            if station:
+                q = q.where(VerdictRow.station == station)
+            return [self._verdict_out(r) for r in s.scalars(q)]
+
+    # -- queries ---------------------------------------------------------------------------------
+    @staticmethod
+    def _query_out(q: QueryRow, now: dt.datetime | None = None) -> dict[str, Any]:
+        now = now or utcnow()
+        end = q.closed_at or now
+        return {"id": q.id, "verdict_id": q.verdict_id, "site_id": q.site_id, "station": q.station,
+                "series_uid": q.series_uid, "check": q.check_name, "state": q.state, "message": q.message,
+                "action": q.action, "opened_at": iso(q.opened_at), "answer": q.answer,
+                "answered_by": q.answered_by, "answered_at": iso(q.answered_at), "resolution": q.resolution,
+                "closed_by": q.closed_by, "closed_at": iso(q.closed_at),
+                "age_hours": round((end - q.opened_at).total_seconds() / 3600, 3)}
+
+    def open_query(self, verdict_id: int, check_name: str, *, message: str | None = None,
+                   action: str | None = None) -> int:
+        """Open a query by hand (failed checks open theirs automatically in :meth:`save_verdict`)."""
+        with self.session(write=True) as s:
+            v = s.get(VerdictRow, verdict_id)
+            if v is None:
+                raise ScanQCError(ErrorCode.NOT_FOUND, f"verdict {verdict_id} not found")
+            q = QueryRow(verdict_id=v.id, site_id=v.site_id, station=v.station, series_uid=v.series_uid,
+                         check_name=check_name, state="open", message=message, action=action,
+                         opened_at=utcnow())
+            s.add(q)
+            s.flush()
+            return q.id
+
+    def list_queries(self, *, site_id: str | None = None, state: str | None = None,
+                     series_uid: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        if state is not None and state not in QUERY_STATES:
+            raise ScanQCError(ErrorCode.USAGE, f"state {state!r} is not one of {list(QUERY_STATES)}")
+        with self.session() as s:
+            q = select(QueryRow).order_by(QueryRow.id.desc()).limit(max(1, min(limit, 5000)))
+            if site_id:
+                q = q.where(QueryRow.site_id == site_id)
+            if state:
+                q = q.where(QueryRow.state == state)
+            if series_uid:
+                q = q.where(QueryRow.series_uid == series_uid)
+            now = utcnow()
+            return [self._query_out(r, now) for r in s.scalars(q)]
+
+    def get_query(self, query_id: int) -> dict[str, Any] | None:
+        with self.session() as s:
+            r = s.get(QueryRow, query_id)
+            return self._query_out(r) if r else None
+
+    def _transition(self, query_id: int, new: str, **fields: Any) -> dict[str, Any]:
+        with self.session(write=True) as s:
+            q = s.get(QueryRow, query_id, with_for_update=not self.url.startswith("sqlite"))
+            if q is None:
+                raise ScanQCError(ErrorCode.NOT_FOUND, f"query {query_id} not found")
+            if (q.state, new) not in _TRANSITIONS:
+                raise QueryStateError(f"query {query_id} is {q.state}; cannot move it to {new}")
+            q.state = new
+            for k, v in fields.items():
+                setattr(q, k, v)
+            s.flush()
+            return self._query_out(q)
+
+    def answer_query(self, query_id: int, answer: str, *, by: str | None = None) -> dict[str, Any]:
+        """The site's answer: what was done (repeated, deviation recorded...)."""
+        return self._transition(query_id, "answered", answer=answer, answered_by=by, answered_at=utcnow())
+
+    def resolve_query(self, query_id: int, resolution: str | None = None, *,
+                      by: str | None = None) -> dict[str, Any]:
+        """Close a query (central team), answered or not."""
+        return self._transition(query_id, "closed", resolution=resolution, closed_by=by, closed_at=utcnow())
+
+    # -- dashboard -------------------------------------------------------------------------------
+    def site_metrics(self, *, days: int = 90, recurring_min: int = 3, now: dt.datetime | None = None,
+                     site_id: str | None = None) -> dict[str, Any]:
+        """Per-site QC figures for the central dashboard over the last ``days`` days.
+
+        - first-pass acceptance: share of series whose *first* verdict was pass or warn;
+        - deviation rate by check and ISO week: warn/fail results over results that ran (not skipped);
+        - turnaround: receipt (series complete) -> verdict, median and 95th percentile in seconds;
+        - open queries and their age;
+        - recurring deviations: the same kind (protocol field, or check) at ``recurring_min``+ series.
+        Aggregated in Python over the window: portable across SQLite and PostgreSQL and fast enough for
+        the tens of thousands of series a trial produces per quarter.
+        """
+        now = to_utc_naive(now) or utcnow()
+        since = now - dt.timedelta(days=days)
+        with self.session() as s:
+            vq = select(VerdictRow.id, VerdictRow.site_id, VerdictRow.series_uid, VerdictRow.status,
+                        VerdictRow.received_at, VerdictRow.verdict_at).where(VerdictRow.verdict_at >= since)
+            cq = (select(CheckRow.verdict_id, CheckRow.name, CheckRow.status, CheckRow.kinds,
+                         VerdictRow.site_id, VerdictRow.verdict_at, VerdictRow.series_uid)
+                  .join(VerdictRow, CheckRow.verdict_id == VerdictRow.id)
+                  .where(VerdictRow.verdict_at >= since))
+            qq = select(QueryRow).where(QueryRow.state != "closed")
+            if site_id:
+                vq = vq.where(VerdictRow.site_id == site_id)
+                cq = cq.where(VerdictRow.site_id == site_id)
+                qq = qq.where(QueryRow.site_id == site_id)
+            verdicts = s.execute(vq.order_by(VerdictRow.id)).all()
+            checks = s.execute(cq).all()
+            open_qs = [self._query_out(q, now) for q in s.scalars(qq.order_by(QueryRow.opened_at))]
+        sites: dict[str, dict[str, Any]] = defaultdict(lambda: {
+            "series": 0, "verdicts": 0, "first_pass_accepted": 0, "status_counts": Counter(),
+            "turnaround_s": [], "deviation_by_check": defaultdict(lambda: defaultdict(lambda: [0, 0])),
+            "kinds": Counter(), "open_queries": [],
+        })
+        seen_series: set[tuple[str, str]] = set()
+        for _id, site, series_uid, status, received, verdict_at in verdicts:
+            m = sites[site]
+            m["verdicts"] += 1
+            m["status_counts"][status] += 1
+            key = (site, series_uid or f"#{_id}")
+            if key not in seen_series:  # rows come in id order: the first one seen is the first pass
+                seen_series.add(key)
+                m["series"] += 1
+                m["first_pass_accepted"] += status in ("pass", "warn")
+            if received is not None:
+                m["turnaround_s"].append(max((verdict_at - received).total_seconds(), 0.0))
+        kind_series: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for vid, name, status, kinds, site, verdict_at, series_uid in checks:
+            if status == "skipped":
+                continue
+            y, w, _ = verdict_at.isocalendar()
+            cell = sites[site]["deviation_by_check"][name][f"{y}-W{w:02d}"]
+            cell[1] += 1
+            if status in ("warn", "fail"):
+                cell[0] += 1
+                for k in (kinds or name).split(","):
+                    kind_series[(site, k)].add(series_uid or f"#{vid}")
+        for q in open_qs:
+            sites[q["site_id"]]["open_queries"].append(q)
+        out: dict[str, Any] = {}
+        for site, m in sorted(sites.items()):
+            ta = sorted(m["turnaround_s"])
+            ages = [q["age_hours"] for q in m["open_queries"]]
+            recurring = sorted(((k, len(v)) for (st, k), v in kind_series.items()
+                                if st == site and len(v) >= recurring_min), key=lambda kv: -kv[1])
+            out[site] = {
+                "series": m["series"], "verdicts": m["verdicts"],
+                "first_pass_acceptance": (round(m["first_pass_accepted"] / m["series"], 4)
+                                          if m["series"] else None),
+                "status_counts": dict(m["status_counts"]),
+                "turnaround_s": {"n": len(ta), "median": round(statistics.median(ta), 3) if ta else None,
+                                 "p95": round(ta[min(len(ta) - 1, int(0.95 * len(ta)))], 3) if ta else None},
+                "deviation_rate": {c: {wk: {"deviations": d, "checked": n, "rate": round(d / n, 4)}
+                                       for wk, (d, n) in sorted(weeks.items())}
+                                   for c, weeks in sorted(m["deviation_by_check"].items())},
+                "open_queries": {"count": len(ages), "oldest_hours": max(ages) if ages else None,
+                                 "median_age_hours": round(statistics.median(ages), 3) if ages else None,
+                                 "items": m["open_queries"][:50]},
+                "recurring_deviations": [{"kind": k, "series": n} for k, n in recurring],
+            }
+        return {"since": iso(since), "until": iso(now), "days": days, "recurring_min": recurring_min,
+                "sites": out}
+
+
+class QueryStateError(ScanQCError):
+    """An invalid query transition (answering a closed query...): HTTP 409."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.USAGE, message)
