@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -65,13 +65,13 @@ def _print_table(verdicts: list) -> None:
 
 @app.command()
 def check(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="DICOM files/folders, .zip, .nii/.nii.gz")] = None,
-    protocol: Annotated[Optional[str], typer.Option("--protocol", "-p",
+    paths: Annotated[list[Path] | None, typer.Argument(help="DICOM files/folders, .zip, .nii/.nii.gz")] = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", "-p",
                         help="acquisition guideline YAML (or a shipped example name: brain_mr, abdomen_ct)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per series (JSON Lines)")] = False,
-    visit: Annotated[Optional[str], typer.Option(help="visit name (default: ClinicalTrialTimePointID)")] = None,
-    baseline_date: Annotated[Optional[str], typer.Option(help="subject's baseline date YYYY-MM-DD")] = None,
-    modality: Annotated[Optional[str], typer.Option(help="modality for NIfTI inputs (CT or MR)")] = None,
+    visit: Annotated[str | None, typer.Option(help="visit name (default: ClinicalTrialTimePointID)")] = None,
+    baseline_date: Annotated[str | None, typer.Option(help="subject's baseline date YYYY-MM-DD")] = None,
+    modality: Annotated[str | None, typer.Option(help="modality for NIfTI inputs (CT or MR)")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="check a sample MR series shipped with pydicom")] = False,
 ) -> None:
     """Check series and print verdicts. Exit 0 all pass/warn, 1 any fail, 2 any error."""

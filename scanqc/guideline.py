@@ -79,6 +79,10 @@ class Guideline:
         for r in self.series:
             if r.matches(modality, description):
                 return r
+        # A description that names a rule of another modality: match it so the modality deviation shows.
+        for r in self.series:
+            if r.match and r.matches(None, description):
+                return r
         same = [r for r in self.series if not r.modality or not modality or r.modality.upper() == modality.upper()]
         return same[0] if len(same) == 1 and not description else None
 
@@ -114,7 +118,8 @@ def parse_guideline(data: dict[str, Any], source: str = "<dict>") -> Guideline:
             try:
                 re.compile(s["match"])
             except re.error as exc:
-                raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: bad 'match' regex {s['match']!r} ({exc})") from None
+                msg = f"{where}: bad 'match' regex {s['match']!r} ({exc})"
+                raise ScanQCError(ErrorCode.BAD_GUIDELINE, msg) from None
         phase = s.get("expected_phase")
         if phase is not None and phase not in PHASES:
             raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: expected_phase {phase!r} not one of {list(PHASES)}")
@@ -161,8 +166,8 @@ def load_guideline(path: str | Path) -> Guideline:
     if not p.exists() and (EXAMPLES_DIR / f"{path}.yaml").exists():
         p = EXAMPLES_DIR / f"{path}.yaml"
     if not p.is_file():
-        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{path}: guideline file not found "
-                                                   f"(shipped examples: {sorted(x.stem for x in EXAMPLES_DIR.glob('*.yaml'))})")
+        shipped = sorted(x.stem for x in EXAMPLES_DIR.glob("*.yaml"))
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{path}: guideline file not found (shipped examples: {shipped})")
     try:
         data = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -145,7 +145,9 @@ def _num_or_str(v: str) -> tuple:
         return (1, 0.0, v)
 
 
-def build_volume(frames: list[_Frame], name: str, limits: Limits) -> tuple[Volume, list[IntegrityIssue], list[str], list[_Frame]]:
+def build_volume(
+    frames: list[_Frame], name: str, limits: Limits
+) -> tuple[Volume, list[IntegrityIssue], list[str], list[_Frame]]:
     """Order frames along the normal, detect geometry issues, decode and stack them."""
     issues: list[IntegrityIssue] = []
     notes: list[str] = []
@@ -161,7 +163,8 @@ def build_volume(frames: list[_Frame], name: str, limits: Limits) -> tuple[Volum
         if len(oris) > 1:
             issues.append(IntegrityIssue("mixed_orientation", "warn",
                                          f"series mixes {len(oris)} slice orientations (a localizer?); "
-                                         f"checked the largest stack of {len(stacks[keys[0]])}, set aside {dropped}", dropped))
+                                         f"checked the largest stack of {len(stacks[keys[0]])}, "
+                                         f"set aside {dropped}", dropped))
         if len(sizes) > 1:
             issues.append(IntegrityIssue("mixed_size", "warn",
                                          f"series mixes image sizes {sorted(f'{r}x{c}' for r, c in sizes)}; "
@@ -171,7 +174,8 @@ def build_volume(frames: list[_Frame], name: str, limits: Limits) -> tuple[Volum
         raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: {len(frames)} slices exceeds limit {limits.max_instances}")
     rows, cols = int(frames[0].ds.Rows), int(frames[0].ds.Columns)
     if len(frames) * rows * cols > limits.max_voxels:
-        raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: {len(frames)}x{rows}x{cols} voxels exceeds {limits.max_voxels}")
+        raise ScanQCError(ErrorCode.TOO_LARGE,
+                          f"{name}: {len(frames)}x{rows}x{cols} voxels exceeds {limits.max_voxels}")
 
     g0 = frames[0].geom
     have_geometry = all(f.geom.position is not None for f in frames) and g0.orientation is not None
@@ -195,7 +199,8 @@ def build_volume(frames: list[_Frame], name: str, limits: Limits) -> tuple[Volum
                 n_dup = len(frames) - len(keep)
                 frames = [keep[k] for k in sorted(keep)]
                 issues.append(IntegrityIssue("duplicate", "warn",
-                                             f"{n_dup} slice(s) share a position with another slice; kept one per position",
+                                             f"{n_dup} slice(s) share a position with another slice; "
+                                             "kept one per position",
                                              n_dup))
             pos = np.array([np.dot(f.geom.position, normal) for f in frames])  # type: ignore[arg-type]
         # 3. Gaps and spacing regularity.
@@ -219,7 +224,8 @@ def build_volume(frames: list[_Frame], name: str, limits: Limits) -> tuple[Volum
             if cosang < np.cos(np.deg2rad(0.5)):
                 tilt = float(np.degrees(np.arccos(min(cosang, 1.0))))
                 issues.append(IntegrityIssue("gantry_tilt", "info",
-                                             f"slices are sheared by {tilt:.1f} deg (gantry tilt); volume treated as orthogonal"))
+                                             f"slices are sheared by {tilt:.1f} deg (gantry tilt); "
+                                             "volume treated as orthogonal"))
         ori = g0.orientation
         direction = np.stack([normal, np.asarray(ori[3:]), np.asarray(ori[:3])], axis=1)  # type: ignore[index]
         origin = tuple(frames[0].geom.position)  # type: ignore[arg-type]
@@ -266,7 +272,8 @@ def build_volume(frames: list[_Frame], name: str, limits: Limits) -> tuple[Volum
         out = out[keep_rows]
         frames = [frames[i] for i in keep_rows]
         issues.append(IntegrityIssue("undecodable", "fail",
-                                     f"{len(bad)} instance(s) could not be decoded and are missing: {', '.join(bad[:3])}",
+                                     f"{len(bad)} instance(s) could not be decoded and are missing: "
+                                     f"{', '.join(bad[:3])}",
                                      len(bad)))
     spacing = (abs(spacing_z) if spacing_z else 1.0, float(ps[0]), float(ps[1]))
     modality = str(frames[0].ds.get("Modality", "")) or None

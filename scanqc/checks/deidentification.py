@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 
 from scanqc.checks.base import CheckContext
 from scanqc.series import Series
@@ -78,7 +78,7 @@ class DeidentificationCheck:
     name = "deidentification"
 
     def __call__(self, series: Series, ctx: CheckContext) -> CheckResult:
-        if series.source != "dicom" or not series.headers and series.header is None:
+        if series.source != "dicom" or (not series.headers and series.header is None):
             return CheckResult.skipped("no DICOM header (NIfTI carries no patient attributes)")
         pattern = ctx.guideline.subject_id_pattern if ctx.guideline else None
         found: set[str] = set()

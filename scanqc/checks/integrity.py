@@ -7,7 +7,8 @@ from scanqc.series import Series
 from scanqc.verdict import CheckResult
 
 _ACTIONS = {
-    "gap": "Resend the complete series from the scanner; if slices were never reconstructed, reconstruct the full range",
+    "gap": ("Resend the complete series from the scanner; if slices were never reconstructed, "
+            "reconstruct the full range"),
     "undecodable": "Resend the series; some instances arrived corrupted",
     "duplicate": "Check the export: send one reconstruction per series",
     "mixed_orientation": "Send localizers and the diagnostic acquisition as separate series",

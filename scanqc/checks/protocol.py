@@ -45,8 +45,8 @@ def _num(v: Any) -> float | None:
     if v is None or v == "":
         return None
     try:
-        if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, str):
-            v = list(v)[0]
+        if isinstance(v, (list, tuple)) or (hasattr(v, "__iter__") and not isinstance(v, str)):
+            v = next(iter(v))
         return float(v)
     except (TypeError, ValueError, IndexError):
         return None
@@ -119,7 +119,8 @@ def deviations(series: Series, rule: SeriesRule, study_modality: str | None = No
     for field, (lo, hi) in rule.ranges.items():
         v = values.get(field)
         if v is None:
-            if field in ("kvp",) and modality == "CT" or field in ("tr_ms", "te_ms", "field_strength_t") and modality == "MR":
+            expected_in_header = {"CT": ("kvp",), "MR": ("tr_ms", "te_ms", "field_strength_t")}
+            if field in expected_in_header.get(modality or "", ()):
                 add(field, _rng(field, lo, hi), None, f"Export the series with its {field.split('_')[0].upper()} "
                     "header populated", "warn")
             continue

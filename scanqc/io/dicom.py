@@ -70,7 +70,7 @@ def non_image_reason(ds: Dataset) -> str | None:
     if modality in NON_IMAGE_MODALITIES:
         return f"{modality} object"
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        if "Rows" in ds or sop.startswith("1.2.840.10008.5.1.4.1.1.") and modality in ("CT", "MR", "PT"):
+        if "Rows" in ds or (sop.startswith("1.2.840.10008.5.1.4.1.1.") and modality in ("CT", "MR", "PT")):
             return None  # an image object whose pixels are missing: an error, not a skip
         name = getattr(pydicom.uid.UID(sop), "name", sop) if sop else "unknown SOP class"
         return f"non-image object ({name})"
@@ -196,7 +196,8 @@ def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
         code = ErrorCode.TRUNCATED if truncated else ErrorCode.DECODE_FAILED
         raise ScanQCError(code, f"{name}: pixel data unusable ({msg})") from None
     except Exception as exc:
-        raise ScanQCError(ErrorCode.DECODE_FAILED, f"{name}: pixel decoding failed ({type(exc).__name__}: {exc})") from None
+        msg = f"{name}: pixel decoding failed ({type(exc).__name__}: {exc})"
+        raise ScanQCError(ErrorCode.DECODE_FAILED, msg) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if arr.ndim == 2:
         arr = arr[None]

@@ -34,7 +34,8 @@ def volume_to_datasets(volume: Volume, modality: str = "MR", header: Mapping[str
     frame_uid = str(header.get("FrameOfReferenceUID") or generate_uid())
     arr = volume.array
     if modality == "CT":
-        slope, intercept = 1.0, -1024.0
+        # 1 HU steps; intercept low enough for air below -1024 (noise, padding at -2048)
+        slope, intercept = 1.0, float(min(-1024.0, np.floor(arr.min())))
     else:
         lo, hi = float(arr.min()), float(arr.max())
         intercept = min(lo, 0.0)

@@ -62,7 +62,8 @@ def safe_extract_zip(archive: Path, dest: Path, limits: Limits = DEFAULT_LIMITS)
             pure = PurePosixPath(name.replace("\\", "/"))
             target = (dest / pure).resolve()
             if pure.is_absolute() or ".." in pure.parts or not str(target).startswith(str(dest_resolved) + os.sep):
-                raise ScanQCError(ErrorCode.ARCHIVE_UNSAFE, f"{archive.name}: member {name!r} escapes the archive folder")
+                msg = f"{archive.name}: member {name!r} escapes the archive folder"
+                raise ScanQCError(ErrorCode.ARCHIVE_UNSAFE, msg)
             total += info.file_size
             if total > limits.max_archive_bytes:
                 raise ScanQCError(
@@ -144,7 +145,8 @@ def expand_input(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[
             if p.stat().st_size == 0:
                 raise ScanQCError(ErrorCode.EMPTY_INPUT, f"{path}: file is empty (0 bytes)")
             if p.stat().st_size > limits.max_file_bytes:
-                raise ScanQCError(ErrorCode.TOO_LARGE, f"{path}: {p.stat().st_size} bytes, limit {limits.max_file_bytes}")
+                size = p.stat().st_size
+                raise ScanQCError(ErrorCode.TOO_LARGE, f"{path}: {size} bytes, limit {limits.max_file_bytes}")
             if _is_zip(p):
                 tmp = tempfile.mkdtemp(prefix="scanqc-zip-")
                 files = safe_extract_zip(p, Path(tmp), limits)

@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine (see README):
+#   make run   - install the service extras and start scanqc on embedded defaults
+#   make test  - install everything (dev extras, headless Chromium) and run the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export BENTOML_DO_NOT_TRACK := true
+export ORT_DISABLE_TELEMETRY := 1
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch==2.13.0 first: it resolves to the local CPU wheel; any other spec pulls GBs of CUDA packages.
+.PHONY: install-serve install-dev chromium run test lint
+install-serve: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[serve]"
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+
+# Browser tests drive Debian's Chromium (no browser downloads).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+run: install-serve
+	$(BIN)/scanqc check --sample
+
+test: install-dev chromium
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check .
