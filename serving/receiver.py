@@ -1,0 +1,692 @@
+"""DICOM receiver: a pynetdicom storage SCP that turns pushed series into verdicts.
+
+Scanners C-STORE instances; each one is written durably (temp file, fsync, atomic rename, directory
+fsync) to ``<data_dir>/incoming/<site>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` *before* the
+success status goes back, so nothing acknowledged can be lost. A series is complete after
+``quiet_period_s`` without a new instance, or earlier when an MPPS COMPLETED/DISCONTINUED names it
+(and every image it references has arrived). Completion calls ``on_series_complete(folder, meta)``;
+after it returns, a ``.verdict`` marker lists the files it saw. On start, series folders whose files
+are not all covered by a marker are queued again.
+
+Logs carry UIDs and AE titles only, never patient attributes. See docs/dicom.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRColorImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    ModalityPerformedProcedureStep,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
+
+log = logging.getLogger("scanqc.receiver")
+
+STORAGE_CLASSES = [
+    CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage,
+    MRImageStorage, EnhancedMRImageStorage, EnhancedMRColorImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    SecondaryCaptureImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage, MultiFrameTrueColorSecondaryCaptureImageStorage,
+]
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+    JPEG2000Lossless, JPEG2000, RLELossless,
+]
+
+# DIMSE statuses (PS3.4 Annex B / F).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # transient: the modality should retry
+CANNOT_UNDERSTAND = 0xC000  # permanent: retrying the same object will not help
+NO_SUCH_OBJECT = 0x0112
+DUPLICATE_INSTANCE = 0x0111
+MISSING_ATTRIBUTE = 0x0120
+INVALID_VALUE = 0x0106
+
+MARKER = ".verdict"
+ARRIVAL = ".arrival.json"
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_FINAL_MPPS = ("COMPLETED", "DISCONTINUED")
+_MAX_MPPS = 1000  # open MPPS instances kept in memory; oldest dropped first
+
+
+def _valid_uid(v: object) -> str | None:
+    s = str(v or "").strip()
+    return s if len(s) <= 64 and _UID.match(s) else None
+
+
+def _safe_name(s: str) -> str:
+    """A site id as a single path component (site ids come from config, but never trust a path)."""
+    out = re.sub(r"[^A-Za-z0-9._-]", "_", s.strip()) or "_"
+    return "_" + out if out.startswith(".") else out
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class ReceiverConfig:
+    """What the receiver needs; build it from the service's Settings with :meth:`from_settings`."""
+
+    data_dir: Path
+    port: int = 11112
+    ae_title: str = "SCANQC"
+    quiet_period_s: float = 5.0
+    ae_sites: Mapping[str, str] = field(default_factory=dict)  # calling AE title -> site id
+    host: str = "0.0.0.0"
+    # Accept calling AEs missing from ae_sites (filed under default_site). Default: only when
+    # ae_sites is empty, i.e. the demo config; a configured deployment rejects strangers.
+    accept_unknown_ae: bool | None = None
+    default_site: str = "default"
+    tcp_nodelay: bool = True
+    max_pdu: int = 0  # 0 = unlimited: fewer, larger P-DATA PDUs from the sender
+    workers: int = 1  # series checked concurrently
+    retries: int = 2  # extra attempts when on_series_complete raises
+    retry_delay_s: float = 5.0
+    sr_destination: str | None = None  # "AE@host:port": C-STORE the verdict SR there (off by default)
+
+    @property
+    def accepts_any(self) -> bool:
+        return (not self.ae_sites) if self.accept_unknown_ae is None else self.accept_unknown_ae
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> ReceiverConfig:
+        """Map ``scanqc.serving.config.Settings`` (or anything with the same attribute names)."""
+        if isinstance(settings, ReceiverConfig):
+            return cls(**{**settings.__dict__, **overrides})
+        kw: dict[str, Any] = dict(
+            data_dir=Path(settings.data_dir), port=int(settings.dicom_port),
+            ae_title=str(settings.dicom_ae_title), quiet_period_s=float(settings.quiet_period_s),
+            ae_sites=dict(getattr(settings, "ae_sites", {}) or {}),
+        )
+        for attr, name in (("dicom_host", "host"), ("dicom_accept_unknown_ae", "accept_unknown_ae"),
+                           ("dicom_default_site", "default_site"), ("dicom_tcp_nodelay", "tcp_nodelay"),
+                           ("dicom_workers", "workers"), ("dicom_sr_destination", "sr_destination")):
+            if getattr(settings, attr, None) is not None:
+                kw[name] = getattr(settings, attr)
+        kw.update(overrides)
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class SeriesArrival:
+    """What the completion callback learns about a series besides its folder."""
+
+    site_id: str
+    station: str  # calling AE title of the first association that sent the series
+    study_uid: str
+    series_uid: str
+    first_received: dt.datetime  # UTC
+    last_received: dt.datetime  # UTC
+    n_instances: int  # .dcm files in the folder when completion fired
+    completed_by: Literal["quiet_period", "mpps", "restart"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["first_received"] = self.first_received.isoformat()
+        d["last_received"] = self.last_received.isoformat()
+        return d
+
+
+OnSeriesComplete = Callable[[Path, SeriesArrival], Any]
+
+# ---------------------------------------------------------------------------------------------
+# Durable writes
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either the old or the new content, durably."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # dot: readers skip it
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def _dcm_files(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return [e for e in it if e.name.endswith(".dcm") and not e.name.startswith(".") and e.is_file()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Series tracking
+
+
+@dataclass
+class _Pending:
+    site: str
+    study: str
+    series: str
+    folder: Path
+    station: str
+    first: dt.datetime
+    last: dt.datetime
+    last_mono: float
+    sops: set[str] = field(default_factory=set)
+    expected: set[str] | None = None  # SOP UIDs an MPPS said belong to the series
+    mpps_final: bool = False
+    recovered: bool = False
+    attempts: int = 0
+    not_before: float = 0.0  # retry back-off
+
+
+class Receiver:
+    """Storage/Verification/MPPS SCP plus the series tracker. ``start()`` returns; ``serve()`` blocks."""
+
+    def __init__(self, settings: Any, on_series_complete: OnSeriesComplete, **overrides: Any) -> None:
+        self.cfg = ReceiverConfig.from_settings(settings, **overrides)
+        self.on_series_complete = on_series_complete
+        self.incoming = Path(self.cfg.data_dir) / "incoming"
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}  # by SeriesInstanceUID (globally unique)
+        self._in_flight: set[str] = set()
+        self._mpps: OrderedDict[str, Dataset] = OrderedDict()
+        self._mpps_expected: dict[str, set[str]] = {}  # series UID -> SOPs, for series not arrived yet
+        self._known_dirs: set[Path] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.completed = 0  # callbacks that returned, for health pages
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0`` in tests)."""
+        return int(self._server.server_address[1]) if self._server else self.cfg.port
+
+    def start(self) -> Receiver:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        ae = AE(ae_title=self.cfg.ae_title)
+        ae.maximum_pdu_size = self.cfg.max_pdu
+        for uid in STORAGE_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        plain = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        ae.add_supported_context(Verification, plain)
+        ae.add_supported_context(ModalityPerformedProcedureStep, plain)
+        if not self.cfg.accepts_any:
+            # Others get A-ASSOCIATE-RJ (permanent, "calling AE title not recognised").
+            ae.require_calling_aet = list(self.cfg.ae_sites)
+        handlers = [(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_N_CREATE, self._on_n_create),
+                    (evt.EVT_N_SET, self._on_n_set), (evt.EVT_ACCEPTED, self._on_accepted),
+                    (evt.EVT_REJECTED, self._on_rejected)]
+        if self.cfg.tcp_nodelay:
+            handlers.append((evt.EVT_CONN_OPEN, _set_nodelay))
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(max(1, self.cfg.workers), thread_name_prefix="scanqc-series")
+        self._thread = threading.Thread(target=self._tracker_loop, name="scanqc-series-tracker", daemon=True)
+        self._thread.start()
+        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
+        log.info("DICOM receiver %s listening on %s:%d (accept unknown AEs: %s, quiet period %.1fs)",
+                 self.cfg.ae_title, self.cfg.host, self.port, self.cfg.accepts_any, self.cfg.quiet_period_s)
+        return self
+
+    def serve(self) -> None:
+        """Start if needed and block until :meth:`stop` (from another thread or a signal handler)."""
+        if self._server is None:
+            self.start()
+        self._stop.wait()
+
+    def request_stop(self) -> None:
+        """Make :meth:`serve` return (safe from signal handlers); the caller then calls :meth:`stop`."""
+        self._stop.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let running checks finish; unfinished series stay on disk for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._server is not None:
+            self._server.shutdown()  # closes the listener and aborts open associations
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- association events --------------------------------------------------------------------
+
+    def _site_for(self, calling_ae: str) -> str:
+        site = self.cfg.ae_sites.get(calling_ae.strip())
+        return _safe_name(site if site is not None else self.cfg.default_site)
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        log.info("association accepted from %s", event.assoc.requestor.ae_title)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        log.warning("association rejected from %s (calling AE not in ae_sites?)",
+                    event.assoc.requestor.ae_title)
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            ds = event.dataset
+            sop = _valid_uid(ds.get("SOPInstanceUID") or event.request.AffectedSOPInstanceUID)
+            study = _valid_uid(ds.get("StudyInstanceUID"))
+            series = _valid_uid(ds.get("SeriesInstanceUID"))
+        except Exception as exc:  # undecodable dataset: permanent failure
+            log.warning("C-STORE from %s: cannot decode dataset (%s)", calling, type(exc).__name__)
+            return CANNOT_UNDERSTAND
+        if not (sop and study and series):
+            log.warning("C-STORE from %s: missing or invalid Study/Series/SOP Instance UID", calling)
+            return CANNOT_UNDERSTAND
+        site = self._site_for(calling)
+        folder = self.incoming / site / study / series
+        try:
+            data = event.encoded_dataset(include_meta=True)  # Part 10 file: preamble, meta, bytes as sent
+            self._store(folder, f"{sop}.dcm", data, calling)
+        except OSError as exc:
+            log.error("C-STORE %s (series %s from %s) not written: %s", sop, series, calling, exc)
+            return OUT_OF_RESOURCES
+        self._arrived(site, study, series, folder, sop, calling)
+        return SUCCESS
+
+    def _store(self, folder: Path, name: str, data: bytes, calling: str) -> None:
+        for attempt in (0, 1):
+            try:
+                self._ensure_dir(folder, calling)
+                atomic_write(folder / name, data)
+                return
+            except FileNotFoundError:
+                if attempt:  # folder removed under us (cleanup job?): recreate once
+                    raise
+                self._known_dirs.discard(folder)
+
+    def _ensure_dir(self, folder: Path, calling: str) -> None:
+        if folder in self._known_dirs:
+            return
+        missing: list[Path] = []
+        p = folder
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        for d in reversed(missing):  # the new entries themselves must survive a crash
+            fsync_dir(d.parent)
+        if not (folder / ARRIVAL).exists():
+            info = {"station": calling, "first_received": _now().isoformat()}
+            atomic_write(folder / ARRIVAL, json.dumps(info).encode())
+        self._known_dirs.add(folder)
+
+    def _arrived(self, site: str, study: str, series: str, folder: Path, sop: str, calling: str) -> None:
+        now, mono = _now(), time.monotonic()
+        with self._lock:
+            p = self._pending.get(series)
+            if p is None:
+                p = self._pending[series] = _Pending(site, study, series, folder, calling, now, now, mono,
+                                                     expected=self._mpps_expected.pop(series, None))
+                log.info("series %s (study %s) started from %s", series, study, calling)
+            p.sops.add(sop)
+            p.last, p.last_mono = now, mono
+            if p.mpps_final or p.expected is not None:
+                self._wake.set()
+
+    # -- MPPS ----------------------------------------------------------------------------------
+
+    def _on_n_create(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        req = event.request
+        uid = _valid_uid(req.AffectedSOPInstanceUID) or _generate_uid()
+        attrs = event.attribute_list
+        if "PerformedProcedureStepStatus" not in attrs:
+            return MISSING_ATTRIBUTE, None
+        with self._lock:
+            if uid in self._mpps:
+                return DUPLICATE_INSTANCE, None
+            ds = Dataset()
+            ds.SOPClassUID = ModalityPerformedProcedureStep
+            ds.SOPInstanceUID = uid
+            ds.update(attrs)
+            self._mpps[uid] = ds
+            while len(self._mpps) > _MAX_MPPS:
+                self._mpps.popitem(last=False)
+        log.info("MPPS %s created by %s: %s", uid, event.assoc.requestor.ae_title,
+                 attrs.PerformedProcedureStepStatus)
+        self._mpps_update(ds)
+        return SUCCESS, ds
+
+    def _on_n_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        uid = str(event.request.RequestedSOPInstanceUID)
+        with self._lock:
+            ds = self._mpps.get(uid)
+            if ds is None:
+                return NO_SUCH_OBJECT, None
+            ds.update(event.modification_list)
+        log.info("MPPS %s set by %s: %s", uid, event.assoc.requestor.ae_title,
+                 ds.get("PerformedProcedureStepStatus"))
+        self._mpps_update(ds)
+        return SUCCESS, ds
+
+    def _mpps_update(self, ds: Dataset) -> None:
+        """COMPLETED/DISCONTINUED: the listed series (or, if none listed, the study's) are done."""
+        if str(ds.get("PerformedProcedureStepStatus", "")).upper() not in _FINAL_MPPS:
+            return
+        series_refs: dict[str, set[str] | None] = {}
+        for item in ds.get("PerformedSeriesSequence", []) or []:
+            s = _valid_uid(item.get("SeriesInstanceUID"))
+            if not s:
+                continue
+            sops = {str(r.ReferencedSOPInstanceUID) for r in item.get("ReferencedImageSequence", []) or []
+                    if "ReferencedSOPInstanceUID" in r}
+            series_refs[s] = sops or None
+        scheduled = ds.get("ScheduledStepAttributesSequence", []) or []
+        studies = {_valid_uid(i.get("StudyInstanceUID")) for i in scheduled}
+        studies.discard(None)
+        with self._lock:
+            if series_refs:
+                for s, sops in series_refs.items():
+                    p = self._pending.get(s)
+                    if p is not None:
+                        p.mpps_final, p.expected = True, sops
+                    elif sops:  # images still on their way: complete once all have arrived
+                        self._mpps_expected[s] = sops
+            else:
+                for p in self._pending.values():
+                    if p.study in studies:
+                        p.mpps_final = True
+            with self._lock_free_wake():
+                pass
+        self._wake.set()
+
+    @contextlib.contextmanager
+    def _lock_free_wake(self):
+        yield
+
+    # -- completion ----------------------------------------------------------------------------
+
+    def _due(self, p: _Pending, mono: float) -> Literal["quiet_period", "mpps", "restart"] | None:
+        if mono < p.not_before or p.series in self._in_flight:
+            return None
+        # MPPS final: done now, unless it listed images that have not all arrived yet.
+        if (p.mpps_final or p.expected is not None) and (p.expected is None or p.expected <= p.sops):
+            return "mpps"
+        if mono - p.last_mono >= self.cfg.quiet_period_s:
+            return "restart" if p.recovered else "quiet_period"
+        return None
+
+    def _tracker_loop(self) -> None:
+        tick = min(0.25, max(0.02, self.cfg.quiet_period_s / 10))
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            mono = time.monotonic()
+            due: list[tuple[_Pending, str]] = []
+            with self._lock:
+                for key, p in list(self._pending.items()):
+                    why = self._due(p, mono)
+                    if why:
+                        due.append((self._pending.pop(key), why))
+                        self._in_flight.add(key)
+            for p, why in due:
+                assert self._pool is not None
+                self._pool.submit(self._complete, p, why)
+
+    def _complete(self, p: _Pending, why: str) -> None:
+        try:
+            files = _dcm_files(p.folder)
+            snapshot = {e.name: e.stat().st_mtime_ns for e in files}
+            meta = SeriesArrival(p.site, p.station, p.study, p.series, p.first, p.last, len(snapshot),
+                                 why)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            log.info("series %s complete (%s, %d instances); checking", p.series, why, len(snapshot))
+            self.on_series_complete(p.folder, meta)
+            _write_marker(p.folder, snapshot)
+            self.completed += 1
+            log.info("series %s verdict stored in %.0f ms", p.series, (time.perf_counter() - t0) * 1000)
+        except Exception:
+            log.exception("series %s: completion callback failed (attempt %d)", p.series, p.attempts + 1)
+            if p.attempts < self.cfg.retries and not self._stop.is_set():
+                p.attempts += 1
+                p.not_before = time.monotonic() + self.cfg.retry_delay_s * p.attempts
+                p.last_mono = 0.0  # due again once the back-off ends
+                with self._lock:
+                    self._pending.setdefault(p.series, p)
+            # else: no marker, so the next start picks it up again
+        finally:
+            with self._lock:
+                self._in_flight.discard(p.series)
+            self._wake.set()
+
+    # -- restart -------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Queue every series folder whose files are not all covered by a ``.verdict`` marker."""
+        mono, n = time.monotonic(), 0
+        for folder in sorted(self.incoming.glob("*/*/*")):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.glob(".*.tmp"):  # never acknowledged: the sender got no success status
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            files = _dcm_files(folder)
+            if not files or _covered(folder, files):
+                continue
+            site, study, series = folder.parts[-3:]
+            arrival: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                arrival = json.loads((folder / ARRIVAL).read_text())
+            mtimes = [e.stat().st_mtime for e in files]
+            last = dt.datetime.fromtimestamp(max(mtimes), dt.timezone.utc)
+            try:
+                first = dt.datetime.fromisoformat(arrival["first_received"])
+            except (KeyError, TypeError, ValueError):
+                first = dt.datetime.fromtimestamp(min(mtimes), dt.timezone.utc)
+            # Wait a full quiet period: the modality may still be re-sending what it was sending.
+            self._pending[series] = _Pending(site, study, series, folder, str(arrival.get("station", "")),
+                                             first, last, mono, {e.name[:-4] for e in files}, recovered=True)
+            n += 1
+        if n:
+            log.info("restart: %d series on disk without a verdict queued again", n)
+
+
+def _write_marker(folder: Path, snapshot: dict[str, int]) -> None:
+    body = {"files": sorted(snapshot), "max_mtime_ns": max(snapshot.values(), default=0),
+            "written_at": _now().isoformat()}
+    atomic_write(folder / MARKER, json.dumps(body).encode())
+
+
+def _covered(folder: Path, files: list[os.DirEntry]) -> bool:
+    try:
+        body = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    seen, max_mtime = set(body.get("files", [])), int(body.get("max_mtime_ns", 0))
+    return all(e.name in seen and e.stat().st_mtime_ns <= max_mtime for e in files)
+
+
+def _set_nodelay(event: evt.Event) -> None:
+    """pynetdicom leaves Nagle on; with delayed ACKs that costs ~40 ms per C-STORE response."""
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _generate_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid())
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring to the service
+
+
+def sr_path(data_dir: Path, site_id: str, study_uid: str, series_uid: str) -> Path:
+    """Where the verdict SR of a checked series is kept (overwritten by a re-check)."""
+    return Path(data_dir) / "sr" / _safe_name(site_id) / study_uid / f"{series_uid}.dcm"
+
+
+def publish_sr(verdicts: list[Any], folder: Path, meta: SeriesArrival, cfg: ReceiverConfig) -> list[Path]:
+    """Write one SR per verdict next to the data (and C-STORE it if configured). Never raises:
+    the verdict is already stored, and an SR problem must not make the series be checked again."""
+    import pydicom
+    from scanqc.serving.sr import send_sr, verdict_to_sr, write_sr
+
+    out: list[Path] = []
+    try:
+        files = sorted(e.path for e in _dcm_files(folder))
+        if not files:
+            return out
+        ref = pydicom.dcmread(files[0], stop_before_pixels=True)
+        for v in verdicts:
+            d = v.to_dict() if hasattr(v, "to_dict") else dict(v)
+            sr = verdict_to_sr(d, ref)
+            path = write_sr(sr, sr_path(cfg.data_dir, meta.site_id, meta.study_uid,
+                                        str(d.get("series_uid") or meta.series_uid)))
+            out.append(path)
+            if cfg.sr_destination:
+                send_sr(sr, cfg.sr_destination, calling_ae=cfg.ae_title)
+    except Exception:
+        log.exception("series %s: verdict SR not written/sent", meta.series_uid)
+    return out
+
+
+def processor_callback(processor: Any, cfg: ReceiverConfig) -> OnSeriesComplete:
+    """``on_series_complete`` that runs the service's single code path, then publishes the SR."""
+
+    def on_series_complete(folder: Path, meta: SeriesArrival) -> list[Any]:
+        verdicts = processor.process_folder(folder, site_id=meta.site_id, station=meta.station, source="dicom",
+                                            received_at=meta.last_received)
+        publish_sr(verdicts, folder, meta, cfg)
+        return verdicts
+
+    return on_series_complete
+
+
+def make_receiver(settings: Any, processor: Any, **overrides: Any) -> Receiver:
+    """A receiver wired to ``processor.process_folder`` (not started: call ``start()``/``stop()``)."""
+    cfg = ReceiverConfig.from_settings(settings, **overrides)
+    return Receiver(cfg, processor_callback(processor, cfg))
+
+
+def run_receiver(settings: Any, processor: Any, **overrides: Any) -> None:
+    """Serve until SIGINT/SIGTERM (main thread) or until the returned receiver's ``stop()``.
+
+    For a thread inside ``scanqc serve`` use :func:`make_receiver` and keep the handle to stop it.
+    """
+    import signal
+
+    rx = make_receiver(settings, processor, **overrides).start()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: rx.request_stop())
+    try:
+        rx.serve()
+    finally:
+        rx.stop()
+
+
+def _check_path_callback(folder: Path, meta: SeriesArrival) -> list[Any]:
+    """Stand-alone mode without the service: check and log (the same pipeline, no store)."""
+    from scanqc.pipeline import check_path
+
+    verdicts = check_path(folder)
+    for v in verdicts:
+        log.info("verdict %s for series %s from %s: %s", v.status, v.series_uid, meta.station,
+                 ", ".join(v.actions) or "no action")
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m scanqc.serving.receiver --data-dir D``: receiver without the HTTP service (debugging)."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--port", type=int, default=11112)
+    ap.add_argument("--ae-title", default="SCANQC")
+    ap.add_argument("--quiet", type=float, default=5.0)
+    ap.add_argument("--site", action="append", default=[], metavar="AE=SITE")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = ReceiverConfig(a.data_dir, a.port, a.ae_title, a.quiet, dict(s.split("=", 1) for s in a.site))
+
+    def on_complete(folder: Path, meta: SeriesArrival) -> None:
+        publish_sr(_check_path_callback(folder, meta), folder, meta, cfg)
+
+    rx = Receiver(cfg, on_complete).start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: rx.request_stop())
+    try:
+        rx.serve()
+    finally:
+        rx.stop()
+
+
+if __name__ == "__main__":
+    main()
