@@ -1,7 +1,133 @@
-"""`scanqc` sub-commands owned by scanqc.models (heavy imports stay inside the commands)."""
+"""`scanqc models ...`: list, evaluate and promote installed model versions (no torch needed)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    code = getattr(exc, "code", None)
+    typer.echo(f"{getattr(code, 'value', 'ERROR')}: {getattr(exc, 'message', exc)}", err=True)
+    raise typer.Exit(2)
+
+
+def _fmt(m: dict, key: str) -> str:
+    v = m.get(key)
+    return "" if v is None else f"{v:.3f}"
+
+
+@app.command("list")
+def list_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Installed versions per task (bundled and $SCANQC_MODELS_DIR), their metrics, and which is promoted."""
+    from scanqc.models import default_registry
+    from scanqc.models.evaluate import PRIMARY_METRIC
+
+    from scanqc.errors import ScanQCError
+    from scanqc.inference import TASKS
+
+    reg = default_registry()
+    rows = []
+    try:
+        for task in TASKS:
+            rec = reg.promoted_record(task)
+            for m in reg.versions(task):
+                s = m.summary()
+                s["promoted"] = bool(rec and rec["version"] == m.version and rec.get("source") in (None, m.source))
+                s["primary"] = PRIMARY_METRIC[task]
+                rows.append(s)
+    except ScanQCError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    t = Table(title=f"scanqc models (user dir: {reg.user_dir})")
+    for col in ("task", "version", "source", "promoted", "metric", "validation", "test", "trained"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["task"], r["version"], r["source"], "*" if r["promoted"] else "", r["primary"],
+                  _fmt(r["validation"], r["primary"]), _fmt(r["test"], r["primary"]), str(r["trained"] or ""))
+    console.print(t)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    task: Annotated[str, typer.Argument()],
+    manifest: Annotated[Path, typer.Option(help="labeled held-out manifest")],
+    version: Annotated[str | None, typer.Option(help="default: the promoted version")] = None,
+    split: Annotated[str, typer.Option(help="manifest split to use ('all' for every row)")] = "test",
+) -> None:
+    """Metrics of one installed version on a labeled manifest."""
+    from scanqc.models import default_registry
+    from scanqc.models.evaluate import evaluate_model
+
+    from scanqc.errors import ScanQCError
+
+    reg = default_registry()
+    try:
+        model = reg.find(task, version) if version else reg.get(task)
+        if model is None:
+            typer.echo(f"no {task} model installed", err=True)
+            raise typer.Exit(2)
+        res = evaluate_model(model, manifest, split=split)
+    except ScanQCError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"task": task, "version": model.version, **res}, indent=2, default=str))
+
+
+@app.command("promote")
+def promote_cmd(
+    task: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    manifest: Annotated[Path | None, typer.Option(help="held-out manifest both versions are evaluated on")] = None,
+    split: Annotated[str, typer.Option()] = "test",
+    margin: Annotated[float, typer.Option(help="required improvement of the primary metric")] = 0.0,
+    force: Annotated[bool, typer.Option("--force", help="promote without (or despite) the comparison")] = False,
+) -> None:
+    """Make VERSION the one `scanqc check` and the service use, if it beats the current one on MANIFEST."""
+    from scanqc.models import default_registry
+    from scanqc.models.evaluate import PRIMARY_METRIC, evaluate_model, is_better
+
+    from scanqc.errors import ErrorCode, ScanQCError
+
+    reg = default_registry()
+    try:
+        cand = reg.find(task, version)
+        current = reg.get(task)
+        comparison: dict = {}
+        if current is not None and current.version == cand.version and current.source == cand.source:
+            typer.echo(f"{task} {version} is already promoted")
+            return
+        if manifest is not None:
+            comparison["manifest"] = str(manifest)
+            comparison["candidate"] = evaluate_model(cand, manifest, split=split)
+            if current is not None:
+                comparison["current"] = evaluate_model(current, manifest, split=split)
+                comparison["current_version"] = current.version
+        elif not force and current is not None:
+            raise ScanQCError(ErrorCode.USAGE, "give --manifest (held-out set) to compare with the promoted "
+                                               f"{task} {current.version}, or --force")
+        key = PRIMARY_METRIC[task]
+        better = current is None or ("current" in comparison and
+                                     is_better(comparison["candidate"], comparison["current"], task, margin))
+        if not better and not force:
+            c, o = comparison["candidate"].get(key), comparison["current"].get(key)
+            typer.echo(f"refused: {task} {version} {key}={c} is not better than {current.version} {key}={o} "
+                       f"(+{margin}) on {manifest}; use --force to override", err=True)
+            raise typer.Exit(1)
+        reason = ("forced" if force and not better else "first promoted version" if current is None
+                  else f"better {key} on held-out manifest")
+        path = reg.promote(task, version, reason=reason, comparison=comparison, forced=force and not better)
+    except ScanQCError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"promoted": f"{task} {version}", "record": str(path), "reason": reason,
+                           "comparison": {k: (v.get(key) if isinstance(v, dict) else v)
+                                          for k, v in comparison.items()}}, default=str))

@@ -15,7 +15,7 @@ from pathlib import Path
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.checks.deidentification import DeidentificationCheck
 from scanqc.checks.integrity import IntegrityCheck
-from scanqc.checks.ml import ModelCheck
+from scanqc.checks.ml import model_checks
 from scanqc.checks.protocol import ProtocolCheck, VisitWindowCheck
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.guideline import Guideline
@@ -26,7 +26,7 @@ from scanqc.verdict import CheckResult, Verdict, overall_status
 log = logging.getLogger("scanqc")
 
 HEADER_CHECKS: list[Check] = [IntegrityCheck(), ProtocolCheck(), DeidentificationCheck(), VisitWindowCheck()]
-MODEL_CHECKS: list[Check] = [ModelCheck("motion"), ModelCheck("contrast_phase"), ModelCheck("coverage")]
+MODEL_CHECKS: list[Check] = [*model_checks()]
 
 
 def default_checks() -> list[Check]:

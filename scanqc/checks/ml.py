@@ -1,26 +1,159 @@
-"""Model-based checks: motion (MR), contrast phase (CT) and coverage (brain MR, abdominal CT).
+"""Model-based checks: shared machinery for motion (MR), contrast phase (CT) and coverage (brain MR, abdominal CT).
 
-Each runs the promoted ONNX model for its task from :mod:`scanqc.models`. With no model
-installed for a task the check says ``skipped``; it never invents a score.
+Each check runs the promoted ONNX model for its task from :mod:`scanqc.models` (or the ``ctx.infer``
+seam the service injects), on the input built by :func:`scanqc.preprocessing.preprocess` with the
+parameters stored in the model's metadata. Where a check does not apply (modality, body region, a
+volume too thin for a 3D model) or no model is installed, it says ``skipped`` and why; it never
+invents a score. The concrete checks live in :mod:`scanqc.checks.motion`,
+:mod:`scanqc.checks.contrast_phase` and :mod:`scanqc.checks.coverage`.
+
+Without a guideline rule the body region is inferred from ``BodyPartExamined``, the series
+description and, as a last resort, the image itself (in-plane size: a head is < ~260 mm across, an
+abdomen wider), with the modality as the tie-breaker (MR -> brain, CT -> abdomen: the regions the
+models were trained on).
 """
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
+import numpy as np
+
 from scanqc.checks.base import CheckContext
+from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.series import Series
 from scanqc.verdict import CheckResult
 
 APPLIES_TO = {"motion": ("MR",), "contrast_phase": ("CT",), "coverage": ("MR", "CT")}
+MIN_VOXELS_PER_AXIS = 8  # thinner stacks (localisers, single slices) are not 3D volumes a model can judge
+
+BRAIN_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK"}
+ABDOMEN_PARTS = {"ABDOMEN", "ABDOMENPELVIS", "ABDOMEN_PELVIS", "CHEST_ABDOMEN", "CHESTABDOMEN", "CHESTABDPELVIS",
+                 "CHEST_ABDOMEN_PELVIS", "TORSO", "CAP", "LIVER", "KIDNEY", "PANCREAS", "WHOLEBODY"}
+_BRAIN_RE = re.compile(r"brain|head|neuro|cran|\bt1w?\b|\bt2w?\b|flair|mprage|spgr|\bswi\b", re.I)
+_ABDOMEN_RE = re.compile(r"abd|liver|hepat|renal|kidney|pancrea|\bcap\b|chest.?abd|torso|venous|arterial|"
+                         r"portal|delayed|\bpv\b", re.I)
+
+
+def infer_region(series: Series, ctx: CheckContext) -> tuple[str | None, str]:
+    """("brain" | "abdomen" | None, how it was decided). None means another body region."""
+    rule = ctx.rule
+    if rule is not None and rule.coverage:
+        return ("brain" if rule.coverage == "whole_brain" else "abdomen"), f"guideline rule {rule.id!r}"
+    if rule is not None and rule.body_part:
+        parts = set(rule.body_part)
+        if parts & BRAIN_PARTS:
+            return "brain", f"guideline rule {rule.id!r} body_part"
+        if parts & ABDOMEN_PARTS:
+            return "abdomen", f"guideline rule {rule.id!r} body_part"
+    part = str(series.get("BodyPartExamined") or "").strip().upper().replace(" ", "_")
+    if part:
+        if part in BRAIN_PARTS:
+            return "brain", f"BodyPartExamined {part}"
+        if part in ABDOMEN_PARTS:
+            return "abdomen", f"BodyPartExamined {part}"
+        return None, f"BodyPartExamined {part}"
+    desc = series.description or ""
+    if _BRAIN_RE.search(desc) and not _ABDOMEN_RE.search(desc):
+        return "brain", f"series description {desc!r}"
+    if _ABDOMEN_RE.search(desc):
+        return "abdomen", f"series description {desc!r}"
+    vol = series.volume
+    modality = (series.modality or "").upper()
+    if vol is not None:
+        from scanqc.preprocessing import canonicalize
+
+        arr, spacing = canonicalize(vol)
+        lr_mm = arr.shape[2] * spacing[2]
+        if modality == "CT" and lr_mm < 260:
+            return "brain", f"image {lr_mm:.0f} mm across (head-sized)"
+    if modality == "MR":
+        return "brain", "MR without body-part information (default: brain)"
+    if modality == "CT":
+        return "abdomen", "CT without body-part information (default: abdomen)"
+    return None, "unknown modality"
 
 
 class ModelCheck:
-    def __init__(self, task: str) -> None:
-        self.name = task
-        self.task = task
+    """Base class: model lookup, applicability, cached preprocessing and inference for one task."""
 
-    def __call__(self, series: Series, ctx: CheckContext) -> CheckResult:
+    task: str = ""
+
+    def __init__(self, task: str | None = None) -> None:
+        if task:
+            self.task = task
+        if self.task not in APPLIES_TO:
+            raise ValueError(f"unknown model task {self.task!r}; known: {sorted(APPLIES_TO)}")
+        self.name = self.task
+
+    # -- helpers shared by the concrete checks -------------------------------------------------
+    def model(self, ctx: CheckContext) -> Any:
+        """The installed model for this task from ``ctx.models`` or the process-wide registry."""
+        reg = ctx.models
+        if isinstance(reg, dict):
+            return reg.get(self.task)
+        if reg is None:
+            from scanqc.models import default_registry
+
+            reg = default_registry()
+        return reg.get(self.task)
+
+    def not_applicable(self, series: Series) -> CheckResult | None:
         modality = (series.modality or "").upper()
         if modality not in APPLIES_TO[self.task]:
             return CheckResult.skipped(f"{self.task} check applies to {'/'.join(APPLIES_TO[self.task])}, "
                                        f"not {modality or 'unknown modality'}")
-        return CheckResult.skipped(f"no {self.task} model installed")
+        vol = series.volume
+        if vol is None:
+            return CheckResult.skipped("no image volume")
+        if min(vol.shape) < MIN_VOXELS_PER_AXIS:
+            return CheckResult.skipped(f"volume {'x'.join(map(str, vol.shape))} is too thin for a 3D model "
+                                       f"(needs >= {MIN_VOXELS_PER_AXIS} voxels per axis)")
+        return None
+
+    def predict(self, series: Series, ctx: CheckContext, model: Any) -> dict[str, Any]:
+        """Preprocess (cached per series and spec), run the model or ``ctx.infer``, calibrate."""
+        from scanqc.preprocessing import preprocess
+
+        spec = model.spec
+        modality = (series.modality or "").upper()
+        key = "pre:" + json.dumps(spec.to_dict(), sort_keys=True) + modality
+        x = ctx.cache.get(key)
+        if x is None:
+            assert series.volume is not None
+            x = preprocess(series.volume, spec, modality)
+            ctx.cache[key] = x
+        batch = x[None]
+        logits = ctx.infer(self.task, batch) if ctx.infer is not None else model.run(batch)
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.ndim == 1:
+            logits = logits[None]
+        out = model.postprocess(logits)[0]
+        out["model_version"] = model.version
+        return out
+
+    def __call__(self, series: Series, ctx: CheckContext) -> CheckResult:
+        skip = self.not_applicable(series)
+        if skip is not None:
+            return skip
+        try:
+            model = self.model(ctx)
+        except ScanQCError as exc:
+            return CheckResult.skipped(f"{self.task} model unusable: {exc.code.value}: {exc.message}")
+        if model is None:
+            return CheckResult.skipped(f"no {self.task} model installed")
+        return self.evaluate(series, ctx, model)
+
+    def evaluate(self, series: Series, ctx: CheckContext, model: Any) -> CheckResult:  # pragma: no cover
+        raise ScanQCError(ErrorCode.INTERNAL, f"{type(self).__name__} must implement evaluate()")
+
+
+def model_checks() -> list[ModelCheck]:
+    """The three model checks, in verdict order."""
+    from scanqc.checks.contrast_phase import ContrastPhaseCheck
+    from scanqc.checks.coverage import CoverageCheck
+    from scanqc.checks.motion import MotionCheck
+
+    return [MotionCheck(), ContrastPhaseCheck(), CoverageCheck()]

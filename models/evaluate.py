@@ -1,0 +1,201 @@
+"""Evaluating a model version on a labeled manifest (numpy + onnxruntime only).
+
+Used by ``scanqc models evaluate`` / ``promote`` (is the candidate better on the same held-out set?),
+by ``scanqc export`` (test metrics into metadata) and by ``scanqc baseline`` (same metrics for the
+classical baseline, so the CNN is always compared with something simpler).
+
+Manifest contract (``scanqc.datasets``): CSV with ``case_id, path, modality, task, label, severity,
+phase, enhancement, missing, body_region, split, provenance``; paths relative to the manifest folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.inference import COVERAGE_ENDS, MOTION_LABELS, PHASES
+
+#: The metric each task is ranked by when comparing versions (higher is better).
+PRIMARY_METRIC = {"motion": "auc_any", "contrast_phase": "accuracy", "coverage": "accuracy"}
+REQUIRED_COLUMNS = ("path", "modality", "task", "label", "split")
+
+
+def read_manifest(path: str | Path, task: str | None = None, split: str | None = None) -> list[dict[str, str]]:
+    """Rows of a manifest as dicts with ``path`` made absolute; filtered by task and split ("all" = no filter)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.csv"
+    try:
+        with p.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+            if missing:
+                raise ScanQCError(ErrorCode.USAGE, f"{p}: manifest lacks column(s) {missing} (has {cols})")
+            rows = [dict(r) for r in reader]
+    except FileNotFoundError:
+        raise ScanQCError(ErrorCode.NOT_FOUND, f"manifest not found: {p}") from None
+    out = []
+    for r in rows:
+        if task and r.get("task") and r["task"] != task:
+            continue
+        if split and split != "all" and r.get("split") != split:
+            continue
+        r["path"] = str((p.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute() else r["path"]
+        out.append(r)
+    return out
+
+
+def manifest_sha256(path: str | Path) -> str:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.csv"
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def encode_row(task: str, row: dict[str, str]) -> np.ndarray:
+    """Training/evaluation target for one manifest row, as a float vector.
+
+    motion ``[class]`` (none/mild/severe); contrast_phase ``[phase, suboptimal, has_enhancement_label]``;
+    coverage ``[superior_missing, inferior_missing]``.
+    """
+    label = (row.get("label") or "").strip()
+    if task == "motion":
+        if label not in MOTION_LABELS:
+            raise ScanQCError(ErrorCode.USAGE, f"motion label {label!r} not one of {list(MOTION_LABELS)}")
+        return np.array([MOTION_LABELS.index(label)], np.float32)
+    if task == "contrast_phase":
+        phase = label if label in PHASES else (row.get("phase") or "").strip()
+        if phase not in PHASES:
+            raise ScanQCError(ErrorCode.USAGE, f"contrast phase label {label!r} not one of {list(PHASES)}")
+        enh = (row.get("enhancement") or "").strip().lower()
+        known = enh in ("optimal", "suboptimal") and phase != "non_contrast"
+        return np.array([PHASES.index(phase), float(enh == "suboptimal"), float(known)], np.float32)
+    if task == "coverage":
+        miss = {m.strip() for m in (row.get("missing") or "").replace(",", ";").split(";") if m.strip()}
+        if not miss and label in COVERAGE_ENDS:
+            miss = {label}
+        if label not in ("full", *COVERAGE_ENDS, "") and not miss:
+            raise ScanQCError(ErrorCode.USAGE, f"coverage label {label!r} not one of full/superior/inferior")
+        bad = miss - set(COVERAGE_ENDS)
+        if bad:
+            raise ScanQCError(ErrorCode.USAGE, f"coverage missing end(s) {sorted(bad)} not superior/inferior")
+        return np.array([float(e in miss) for e in COVERAGE_ENDS], np.float32)
+    raise ScanQCError(ErrorCode.USAGE, f"unknown task {task!r}")
+
+
+def roc_auc(y: Iterable[float], s: Iterable[float]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tie correction); None if one class is absent."""
+    y = np.asarray(list(y), dtype=bool)
+    s = np.asarray(list(s), dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def task_metrics(task: str, targets: np.ndarray, outputs: list[dict[str, Any]],
+                 thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics from per-case calibrated outputs (the :func:`scanqc.inference.postprocess` format)."""
+    thr = thresholds or {}
+    n = len(outputs)
+    m: dict[str, Any] = {"n": n}
+    if n == 0:
+        return m
+    t = np.asarray(targets)
+    if task == "motion":
+        cls = t[:, 0].astype(int)
+        p_any = np.array([o["motion"] for o in outputs])
+        p_sev = np.array([o["severe"] for o in outputs])
+        probs = np.array([[o["probabilities"][k] for k in MOTION_LABELS] for o in outputs])
+        m["auc_any"] = roc_auc(cls > 0, p_any)
+        m["auc_severe"] = roc_auc(cls == 2, p_sev)
+        m["accuracy_3class"] = float(np.mean(probs.argmax(1) == cls))
+        w = float(thr.get("motion_warn", 0.5))
+        flagged = p_any >= w
+        if (cls == 0).any():
+            m["specificity_at_warn"] = float(np.mean(~flagged[cls == 0]))
+        if (cls > 0).any():
+            m["sensitivity_at_warn"] = float(np.mean(flagged[cls > 0]))
+    elif task == "contrast_phase":
+        cls = t[:, 0].astype(int)
+        pred = np.array([PHASES.index(o["predicted"]) for o in outputs])
+        m["accuracy"] = float(np.mean(pred == cls))
+        m["per_phase_accuracy"] = {ph: (float(np.mean(pred[cls == i] == i)) if (cls == i).any() else None)
+                                   for i, ph in enumerate(PHASES)}
+        m["confusion"] = {ph: {q: int(np.sum((cls == i) & (pred == j))) for j, q in enumerate(PHASES)}
+                          for i, ph in enumerate(PHASES)}
+        known = t[:, 2] > 0.5
+        if known.any():
+            m["auc_suboptimal"] = roc_auc(t[known, 1] > 0.5, np.array([o["suboptimal"] for o in outputs])[known])
+    elif task == "coverage":
+        y = t > 0.5
+        flagged = np.zeros_like(y)
+        for j, e in enumerate(COVERAGE_ENDS):
+            p = np.array([o[f"missing_{e}"] for o in outputs])
+            m[f"auc_{e}"] = roc_auc(y[:, j], p)
+            flagged[:, j] = p >= float((thr.get(f"missing_{e}") or {}).get("fail", 0.5))
+        m["accuracy"] = float(np.mean(np.all(flagged == y, axis=1)))
+        m["accuracy_full_vs_cut"] = float(np.mean(flagged.any(1) == y.any(1)))
+    m["primary"] = PRIMARY_METRIC[task]
+    return m
+
+
+def load_inputs(rows: list[dict[str, str]], spec: Any,
+                progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> np.ndarray:
+    """Read every row's series and preprocess it exactly as serving does."""
+    from scanqc.preprocessing import preprocess
+    from scanqc.series import load_series
+
+    xs = []
+    for r in (progress(rows) if progress else rows):
+        series, _ = load_series(r["path"], modality_hint=(r.get("modality") or None))
+        if not series or series[0].volume is None:
+            raise ScanQCError(ErrorCode.UNREADABLE, f"{r['path']}: no volume read for manifest case {r.get('case_id')}")
+        xs.append(preprocess(series[0].volume, spec, r.get("modality") or series[0].modality))
+    return np.stack(xs) if xs else np.zeros((0, spec.in_channels, *spec.shape), np.float32)
+
+
+def evaluate_model(model: Any, manifest: str | Path, split: str = "test", batch_size: int = 8,
+                   limit: int | None = None, progress: Callable | None = None) -> dict[str, Any]:
+    """Metrics of an installed model (:class:`scanqc.models.InstalledModel`) on a manifest split."""
+    rows = read_manifest(manifest, model.task, split)
+    if limit:
+        rows = rows[:limit]
+    if not rows:
+        raise ScanQCError(ErrorCode.USAGE, f"{manifest}: no {model.task} rows in split {split!r}")
+    x = load_inputs(rows, model.spec, progress)
+    logits = np.concatenate([model.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    targets = np.stack([encode_row(model.task, r) for r in rows])
+    out = task_metrics(model.task, targets, model.postprocess(logits), model.thresholds)
+    out["manifest"] = str(manifest)
+    out["manifest_sha256"] = manifest_sha256(manifest)
+    out["split"] = split
+    return out
+
+
+def is_better(candidate: dict[str, Any], current: dict[str, Any], task: str, margin: float = 0.0) -> bool:
+    """Candidate's primary metric strictly above the current one's (plus ``margin``), same data."""
+    key = PRIMARY_METRIC[task]
+    c, o = candidate.get(key), current.get(key)
+    if c is None:
+        return False
+    if o is None:
+        return True
+    return float(c) > float(o) + margin

@@ -1,0 +1,65 @@
+"""Anatomical coverage: is the required region fully inside the scanned extent, and which end is cut.
+
+Regions (guideline ``coverage``): ``whole_brain`` (vertex to foramen magnum / cerebellum, brain MR) and
+``liver_dome_to_kidneys`` (abdominal CT). Without a rule the region follows from the header / image
+(:func:`scanqc.checks.ml.infer_region`). The model sees the whole scanned extent padded at both ends
+with a mask channel (see :mod:`scanqc.preprocessing`) and gives P(missing) per end; thresholds come
+from validation data (95 % specificity for ``fail``). Anchors: TotalSegmentator body stats, Body Part
+Regression (Yan et al. 2018).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scanqc.checks.base import CheckContext
+from scanqc.checks.ml import ModelCheck, infer_region
+from scanqc.inference import COVERAGE_ENDS
+from scanqc.series import Series
+from scanqc.verdict import CheckResult
+
+REGION_FOR = {"brain": "whole_brain", "abdomen": "liver_dome_to_kidneys"}
+MODALITY_FOR = {"whole_brain": "MR", "liver_dome_to_kidneys": "CT"}
+LANDMARK = {("whole_brain", "superior"): "the vertex", ("whole_brain", "inferior"): "the cerebellum / foramen magnum",
+            ("liver_dome_to_kidneys", "superior"): "the liver dome",
+            ("liver_dome_to_kidneys", "inferior"): "the lower poles of the kidneys"}
+
+
+def coverage_action(region: str, missing: list[str]) -> str:
+    ends = " and ".join(f"{e}ly to include {LANDMARK[(region, e)]}" for e in missing)
+    what = "slab / field of view" if region == "whole_brain" else "scan range"
+    return f"Extend the {what} {ends}, then repeat the series before the patient leaves"
+
+
+class CoverageCheck(ModelCheck):
+    task = "coverage"
+
+    def evaluate(self, series: Series, ctx: CheckContext, model: Any) -> CheckResult:
+        region_kind, why = infer_region(series, ctx)
+        region = ctx.rule.coverage if ctx.rule is not None and ctx.rule.coverage else REGION_FOR.get(region_kind or "")
+        modality = (series.modality or "").upper()
+        if region is None:
+            return CheckResult.skipped(f"coverage model knows brain MR and abdominal CT only ({why})")
+        if MODALITY_FOR[region] != modality:
+            return CheckResult.skipped(f"coverage model for {region} is trained on {MODALITY_FOR[region]}, "
+                                       f"not {modality}")
+        out = self.predict(series, ctx, model)
+        thr = model.thresholds
+        probs = {e: out[f"missing_{e}"] for e in COVERAGE_ENDS}
+        fail = [e for e in COVERAGE_ENDS if probs[e] >= float(thr.get(f"missing_{e}", {}).get("fail", 0.5))]
+        warn = [e for e in COVERAGE_ENDS if e not in fail
+                and probs[e] >= float(thr.get(f"missing_{e}", {}).get("warn", 0.5))]
+        score = max(probs.values())
+        extra = {"region": region, "missing": fail, "probabilities": {e: round(p, 4) for e, p in probs.items()},
+                 "model_version": out["model_version"]}
+        if fail:
+            cut = "; ".join(f"{LANDMARK[(region, e)]} cut at the {e} end (P={probs[e]:.2f})" for e in fail)
+            return CheckResult("fail", f"{region.replace('_', ' ')} not fully covered: {cut}", score,
+                               coverage_action(region, fail), extra)
+        if warn:
+            extra["uncertain"] = warn
+            return CheckResult("warn", f"{region.replace('_', ' ')}: {' and '.join(warn)} end possibly cut "
+                               f"(P={max(probs[e] for e in warn):.2f})", score,
+                               "Review the first/last slices; " + coverage_action(region, warn)[0].lower()
+                               + coverage_action(region, warn)[1:] + " if anatomy is cut", extra)
+        return CheckResult("pass", f"{region.replace('_', ' ')} fully covered", score, None, extra)

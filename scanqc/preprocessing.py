@@ -1,0 +1,187 @@
+"""The one preprocessing implementation: :class:`~scanqc.volume.Volume` -> fixed-size model input.
+
+Training (``scanqc.training``, through a MONAI ``Dataset``) and serving (``scanqc.inference``) both
+call :func:`preprocess` with the :class:`PreprocessSpec` stored in the model's ``metadata.json``, so a
+model always sees at serving time exactly what it saw during training. numpy/scipy only: this module
+is on the check path and must not import torch or MONAI.
+
+Steps, in order:
+
+1. **Orientation** (:func:`canonicalize`): transpose/flip the array, using the direction cosines, so
+   axis 0 runs superior -> inferior, axis 1 anterior -> posterior, axis 2 patient right -> left
+   (ITK "to" code ``IPL``; an axial series displayed radiologically, top slice first). Oblique
+   series snap to the nearest axis; no resampling happens here.
+2. **Resampling** (:func:`resample_fit`): the *whole scanned extent* is mapped onto a fixed grid
+   (``mode="fit"``), with optional Gaussian anti-aliasing before down-sampling (sigma from the zoom
+   factor, as in scikit-image ``rescale(anti_aliasing=True)``). With ``pad_slices > 0`` the
+   superior-inferior axis is first fitted into ``shape[0] - 2 * pad_slices`` slices and padded at both
+   ends; a mask channel (1 inside the scan, 0 in the padding) then marks where the acquisition ended, so a
+   coverage model can see anatomy that touches the first or last slice.
+3. **Intensity**: MR -> robust percentile normalisation (Nyúl & Udupa 1999 style landmarks, as in
+   MRIQC/TorchIO ``RescaleIntensity(percentiles=...)``); CT -> one channel per HU window
+   ``(x - lo) / (hi - lo)`` clipped to [0, 1] (standard display windowing; e.g. soft tissue W400/L40).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.volume import Volume
+
+#: Canonical orientation code (axis 0, 1, 2 point towards Inferior, Posterior, Left).
+CANONICAL_ORIENTATION = "IPL"
+# For canonical axis c: the LPS component it follows and the sign of that component (LPS: x=L, y=P, z=S).
+_CANON = ((2, -1.0), (1, 1.0), (0, 1.0))
+
+
+@dataclass
+class PreprocessSpec:
+    """Everything :func:`preprocess` needs; serialised verbatim into ``metadata.json``."""
+
+    shape: tuple[int, int, int] = (64, 64, 64)  # output grid (superior-inferior, anterior-posterior, left-right)
+    mode: str = "fit"  # whole scanned extent -> grid
+    pad_slices: int = 0  # padding slices at each superior/inferior end (adds a mask channel when > 0)
+    antialias: bool = True
+    mr_percentiles: tuple[float, float] = (1.0, 99.0)
+    mr_clip: tuple[float, float] = (-0.5, 2.0)
+    ct_windows: list[tuple[float, float]] = field(default_factory=lambda: [(-160.0, 240.0)])  # HU [lo, hi]
+    modalities: tuple[str, ...] = ("MR", "CT")
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
+        self.mr_percentiles = tuple(float(p) for p in self.mr_percentiles)  # type: ignore[assignment]
+        self.mr_clip = tuple(float(p) for p in self.mr_clip)  # type: ignore[assignment]
+        self.ct_windows = [(float(lo), float(hi)) for lo, hi in self.ct_windows]
+        self.modalities = tuple(m.upper() for m in self.modalities)
+        if len(self.shape) != 3 or min(self.shape) < 4:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing shape must be 3 sizes >= 4, got {self.shape}")
+        if self.mode != "fit":
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing mode {self.mode!r} unknown (expected 'fit')")
+        if not 0 <= self.pad_slices < self.shape[0] // 2 - 1:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"pad_slices {self.pad_slices} does not fit shape {self.shape}")
+        if any(hi <= lo for lo, hi in self.ct_windows) or not self.ct_windows:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"CT windows must be [lo, hi] with lo < hi, got {self.ct_windows}")
+
+    def channels(self, modality: str) -> int:
+        """Number of input channels for a modality (intensity channels + optional mask)."""
+        n = len(self.ct_windows) if modality.upper() == "CT" else 1
+        return n + (1 if self.pad_slices else 0)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the network takes (max over modalities; MR is zero-padded to CT's count)."""
+        return max(self.channels(m) for m in self.modalities)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["ct_windows"] = [list(w) for w in self.ct_windows]
+        d["orientation"] = CANONICAL_ORIENTATION
+        d["in_channels"] = self.in_channels
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        try:
+            return cls(**known)
+        except (TypeError, ValueError) as exc:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"bad preprocessing parameters {d!r}: {exc}") from None
+
+
+#: Defaults per task (the shipped models' metadata is the authority at serving time).
+DEFAULT_SPECS: dict[str, PreprocessSpec] = {
+    # Motion: ghosting/blurring needs in-plane detail -> 64^3 of the whole head.
+    "motion": PreprocessSpec(shape=(64, 64, 64), modalities=("MR",)),
+    # Contrast phase: vessel / parenchyma / collecting-system HU; two windows separate 100-200 HU (portal
+    # venous, delayed) from >250 HU (arterial aorta, excretory collecting system).
+    "contrast_phase": PreprocessSpec(shape=(48, 48, 48), ct_windows=[(-100.0, 300.0), (0.0, 600.0)],
+                                     modalities=("CT",)),
+    # Coverage: whole extent fitted into 40 of 48 slices + 4 padding slices per end and a mask channel.
+    "coverage": PreprocessSpec(shape=(48, 48, 48), pad_slices=4, ct_windows=[(-200.0, 300.0)],
+                               modalities=("MR", "CT")),
+}
+
+
+def canonicalize(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Array view in the canonical ``IPL`` axis order and its spacing (mm) along those axes.
+
+    Raises ``ScanQCError(BAD_MODEL)``-free: an ambiguous (e.g. 45° oblique) direction matrix keeps the
+    stored axis order, since there is no nearest canonical axis to snap to.
+    """
+    d = np.asarray(volume.direction, dtype=np.float64)
+    dominant = np.argmax(np.abs(d), axis=0)  # LPS component each array axis mostly follows
+    arr = volume.array
+    spacing = np.asarray(volume.spacing, dtype=np.float64)
+    if sorted(dominant.tolist()) != [0, 1, 2]:
+        return arr, tuple(spacing.tolist())  # type: ignore[return-value]
+    perm = [int(np.where(dominant == comp)[0][0]) for comp, _ in _CANON]
+    arr = np.transpose(arr, perm)
+    flips = tuple(i for i, (comp, sign) in enumerate(_CANON) if np.sign(d[comp, perm[i]]) != sign)
+    if flips:
+        arr = np.flip(arr, axis=flips)
+    return arr, tuple(spacing[perm].tolist())  # type: ignore[return-value]
+
+
+def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool = True) -> np.ndarray:
+    """Map the whole array extent onto ``shape`` (trilinear, pixel-edge aligned)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    factors = np.asarray(shape, dtype=np.float64) / np.asarray(arr.shape, dtype=np.float64)
+    if np.allclose(factors, 1.0):
+        return np.ascontiguousarray(arr)
+    if antialias and np.any(factors < 1.0):
+        sigma = np.maximum(0.0, (1.0 / factors - 1.0) / 2.0)
+        arr = ndimage.gaussian_filter(arr, sigma=sigma, mode="nearest", truncate=3.0)
+    out = ndimage.zoom(arr, factors, order=1, mode="nearest", grid_mode=True, prefilter=False)
+    if out.shape != tuple(shape):  # rounding in zoom: crop/pad the last voxel
+        fixed = np.empty(shape, dtype=np.float32)
+        sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, shape))
+        fixed[...] = np.pad(out[sl], [(0, s - o.stop) for s, o in zip(shape, sl)], mode="edge")
+        out = fixed
+    return out.astype(np.float32, copy=False)
+
+
+def normalize_mr(arr: np.ndarray, percentiles: tuple[float, float], clip: tuple[float, float]) -> np.ndarray:
+    """Robust min-max: the given percentiles map to 0 and 1, then clip."""
+    lo, hi = np.percentile(arr, percentiles)
+    scale = float(hi - lo) if hi > lo else 1.0
+    return np.clip((arr - lo) / scale, clip[0], clip[1]).astype(np.float32)
+
+
+def window_ct(arr: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
+    """One channel per HU window, each scaled to [0, 1]."""
+    return np.stack([np.clip((arr - lo) / (hi - lo), 0.0, 1.0) for lo, hi in windows]).astype(np.float32)
+
+
+def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None) -> np.ndarray:
+    """Volume -> float32 ``[C, D, H, W]`` model input following ``spec``.
+
+    ``modality`` overrides ``volume.modality`` (NIfTI inputs carry none). MR gets one intensity channel,
+    zero-padded to ``spec.in_channels`` when the model also takes multi-window CT.
+    """
+    mod = (modality or volume.modality or "").upper()
+    if mod not in ("CT", "MR"):
+        raise ScanQCError(ErrorCode.USAGE, f"cannot preprocess modality {mod or 'unknown'!r}: CT or MR only")
+    arr, _ = canonicalize(volume)
+    inner = (spec.shape[0] - 2 * spec.pad_slices, spec.shape[1], spec.shape[2])
+    res = resample_fit(arr, inner, spec.antialias)
+    if mod == "CT":
+        chans = window_ct(res, spec.ct_windows)
+    else:
+        chans = normalize_mr(res, spec.mr_percentiles, spec.mr_clip)[None]
+    n_int = max(len(spec.ct_windows) if "CT" in spec.modalities else 1, 1 if "MR" in spec.modalities else 0)
+    if chans.shape[0] < n_int:
+        chans = np.concatenate([chans, np.zeros((n_int - chans.shape[0], *inner), np.float32)])
+    if spec.pad_slices:
+        p = spec.pad_slices
+        chans = np.pad(chans, [(0, 0), (p, p), (0, 0), (0, 0)], mode="constant")
+        mask = np.zeros((1, *spec.shape), np.float32)
+        mask[:, p:spec.shape[0] - p] = 1.0
+        chans = np.concatenate([chans, mask])
+    return np.ascontiguousarray(chans, dtype=np.float32)

@@ -1,0 +1,77 @@
+"""Training configuration: per-task defaults, overridable from a YAML/JSON file and the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.inference import TASK_OUTPUTS
+from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # PreprocessSpec fields
+    channels: tuple[int, ...] = (8, 16, 32, 64)  # monai Classifier feature maps per stage
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 1
+    dropout: float = 0.1
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 6  # early stopping: epochs without validation improvement
+    seed: int = 0
+    workers: int = 2  # caching / loading workers
+    val_fraction: float = 0.2  # used only when the manifest has no 'val' split
+    augment: bool = True
+    fail_specificity: float = 0.95  # thresholds chosen on validation data
+    warn_specificity: float = 0.90
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 2  # torch.set_num_threads on CPU
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_OUTPUTS:
+            raise ScanQCError(ErrorCode.USAGE, f"unknown task {self.task!r}; choose from {sorted(TASK_OUTPUTS)}")
+        base = DEFAULT_SPECS[self.task].to_dict()
+        base.update(self.preprocessing or {})
+        self.preprocessing = PreprocessSpec.from_dict(base).to_dict()
+        self.channels = tuple(int(c) for c in self.channels)
+        self.strides = tuple(int(s) for s in self.strides)
+        if len(self.channels) != len(self.strides):
+            raise ScanQCError(ErrorCode.USAGE, f"channels {self.channels} and strides {self.strides} differ in length")
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.preprocessing)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"], d["strides"] = list(self.channels), list(self.strides)
+        return d
+
+
+def load_config(task: str, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Task defaults <- config file (YAML/JSON mapping) <- non-None command-line overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ScanQCError(ErrorCode.NOT_FOUND, f"training config {p}: {exc}") from None
+        data = (json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)) or {}
+        if not isinstance(data, dict):
+            raise ScanQCError(ErrorCode.USAGE, f"training config {p}: must be a mapping, got {type(data).__name__}")
+    unknown = set(data) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ScanQCError(ErrorCode.USAGE, f"training config: unknown key(s) {sorted(unknown)}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data["task"] = task
+    return TrainConfig(**data)
