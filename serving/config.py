@@ -50,6 +50,7 @@ class Settings:
     default_site: str = "unassigned"  # uploads and associations from unknown senders
     salt: str = _DEFAULT_SALT  # per-deployment secret for hashing patient identifiers
     workers: int = 1  # BentoML API workers; keep 1 on SQLite
+    concurrency: int = 4  # series checked at once per worker (HTTP) and by the DICOM receiver
     max_batch_size: int = 16
     max_latency_ms: int = 1000
     keep_uploads: bool = True  # keep received files under data_dir/incoming after the verdict

@@ -116,12 +116,11 @@ class Processor:
         self.listeners: list[Listener] = []
         self._guidelines: dict[str, Guideline] = {}
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._in_flight: dict[str, int] = dict.fromkeys(SOURCES, 0)
 
-    @property
-    def in_flight(self) -> int:
-        """Inputs being checked right now (the queue-depth gauge)."""
-        return self._in_flight
+    def in_flight(self, source: str | None = None) -> int:
+        """Inputs being checked right now, of one source or all (the queue-depth gauge)."""
+        return self._in_flight[source] if source else sum(self._in_flight.values())
 
     # -- guidelines ------------------------------------------------------------------------------
     def guideline_for(self, study_id: str | None) -> Guideline | None:
@@ -168,7 +167,7 @@ class Processor:
         site = site_id or self.settings.default_site
         study = self.settings.study_for(site, study_id)
         with self._lock:
-            self._in_flight += 1
+            self._in_flight[source] += 1
         try:
             try:
                 guideline = self.guideline_for(study)
@@ -188,7 +187,7 @@ class Processor:
                                 received_at=received_at)
         finally:
             with self._lock:
-                self._in_flight -= 1
+                self._in_flight[source] -= 1
 
     def _record(self, verdicts: list[Verdict], taps: dict[str, Series], *, site: str, station: str,
                 source: str, study: str | None, received_at: dt.datetime) -> list[Verdict]:

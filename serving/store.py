@@ -224,6 +224,11 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """Raise if the database cannot be reached (readiness probe)."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
     # -- reference data ------------------------------------------------------------------------
     def ensure_site(self, s: Session, site_id: str, name: str | None = None) -> None:
         if s.get(Site, site_id) is None:
@@ -331,6 +336,10 @@ class Store:
         """Cheap change detector for the console's server-sent events."""
         with self.session() as s:
             return s.scalar(select(func.max(VerdictRow.id)).where(VerdictRow.station == station))
+
+    def max_verdict_id(self) -> int | None:
+        with self.session() as s:
+            return s.scalar(select(func.max(VerdictRow.id)))
 
     def recent_verdicts(self, *, site_id: str | None = None, station: str | None = None,
                         limit: int = 50) -> list[dict[str, Any]]:

@@ -1,0 +1,225 @@
+"""HTML for the technologist console and the central dashboard (no JS framework, plots as inline SVG).
+
+Server-rendered so the dashboard works without scripts and the console needs only ``EventSource``.
+Everything interpolated is escaped; JSON embedded in a page has ``<`` escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+STATUS_COLOURS = {"pass": "#1e8e3e", "warn": "#f29900", "fail": "#d93025", "error": "#8e24aa", "none": "#5f6368"}
+
+_BASE_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#202124;background:#f8f9fa}
+header{background:#202124;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}
+header a{color:#8ab4f8} main{padding:1rem} table{border-collapse:collapse;background:#fff}
+th,td{padding:.35rem .6rem;border-bottom:1px solid #e0e0e0;text-align:left;vertical-align:top}
+th{background:#f1f3f4} .num{text-align:right} h2{margin:1.4rem 0 .5rem}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def _json_script(data: Any) -> str:
+    return json.dumps(data).replace("<", "\\u003c")
+
+
+# -- console --------------------------------------------------------------------------------------
+_CONSOLE_CSS = """
+html,body{height:100%} body{display:flex;flex-direction:column;background:#111;color:#fff}
+header{background:#000} #banner{flex:0 0 auto;padding:3vh 4vw;text-align:center;transition:background .2s}
+#status{font-size:16vh;font-weight:800;letter-spacing:.05em;line-height:1}
+#series{font-size:3.2vh;margin-top:1vh;opacity:.9}
+#body{flex:1 1 auto;padding:2vh 4vw;font-size:3vh;overflow:auto}
+#actions li{font-weight:700;margin:.4em 0} #reasons li{margin:.3em 0;opacity:.9}
+.meta{opacity:.7;font-size:2vh} #conn{margin-left:auto;font-size:.9rem}
+.flash{animation:flash 1s ease-out} @keyframes flash{from{filter:brightness(1.8)}to{filter:none}}
+"""
+
+_CONSOLE_JS = """
+const STATION = %(station)s;
+const COLOURS = %(colours)s;
+const LABEL = {pass: "PASS", warn: "WARN", fail: "FAIL", error: "ERROR"};
+function li(items, f) { return items.map(x => { const e = document.createElement("li"); e.textContent = f(x);
+  return e; }); }
+function render(v) {
+  const banner = document.getElementById("banner");
+  const st = v ? v.status : "none";
+  banner.style.background = COLOURS[st] || COLOURS.none;
+  banner.dataset.status = st;
+  document.getElementById("status").textContent = v ? (LABEL[st] || st.toUpperCase()) : "WAITING";
+  document.getElementById("series").textContent = v ? [v.modality, v.series_number != null ? "#" + v.series_number : "",
+    v.series_description || "(no description)", v.n_instances ? v.n_instances + " images" : ""]
+    .filter(Boolean).join("  ") : "No series checked yet at this station";
+  document.getElementById("actions").replaceChildren(...li(v ? v.actions : [], a => a));
+  document.getElementById("action-title").hidden = !(v && v.actions.length);
+  document.getElementById("reasons").replaceChildren(...li(v ? v.reasons : [], r => r.check + ": " + r.message));
+  document.getElementById("reason-title").hidden = !(v && v.reasons.length);
+  document.getElementById("when").textContent = v ? "verdict " + new Date(v.verdict_at).toLocaleTimeString() +
+    (v.elapsed_ms != null ? "  (checked in " + Math.round(v.elapsed_ms) + " ms)" : "") : "";
+  document.body.dataset.verdictId = v ? v.verdict_id : "";
+  document.title = (v ? (LABEL[st] || st) + " - " : "") + STATION + " - scanqc";
+  banner.classList.remove("flash"); void banner.offsetWidth; banner.classList.add("flash");
+}
+render(%(initial)s);
+function connect() {
+  const es = new EventSource("/api/stations/" + encodeURIComponent(STATION) + "/events");
+  const conn = document.getElementById("conn");
+  es.onopen = () => { conn.textContent = "live"; conn.dataset.state = "live"; };
+  es.addEventListener("verdict", ev => render(JSON.parse(ev.data)));
+  es.onerror = () => { conn.textContent = "reconnecting..."; conn.dataset.state = "down"; };
+}
+connect();
+"""
+
+
+def console_page(station: str, view: dict[str, Any] | None) -> str:
+    js = _CONSOLE_JS % {"station": _json_script(station), "colours": _json_script(STATUS_COLOURS),
+                        "initial": _json_script(view)}
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{_e(station)} - scanqc</title>
+<style>{_BASE_CSS}{_CONSOLE_CSS}</style></head><body>
+<header><strong>scanqc console</strong><span>station <b id="station">{_e(station)}</b></span>
+<span id="conn" data-state="connecting">connecting...</span></header>
+<section id="banner" data-status="none"><div id="status">WAITING</div><div id="series"></div></section>
+<section id="body"><h3 id="action-title" hidden>Action</h3><ol id="actions"></ol>
+<h3 id="reason-title" hidden>Why</h3><ul id="reasons"></ul><p class="meta" id="when"></p></section>
+<script>{js}</script></body></html>"""
+
+
+def console_index(stations: list[str]) -> str:
+    items = "".join(f'<li><a href="/console/{_e(s)}">{_e(s)}</a></li>' for s in stations) or \
+        "<li>No verdicts yet. Open <code>/console/&lt;station&gt;</code> with the scanner's AE title.</li>"
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>scanqc consoles</title>
+<style>{_BASE_CSS}</style></head><body><header><strong>scanqc</strong><a href="/dashboard">dashboard</a></header>
+<main><h1>Technologist consoles</h1><ul>{items}</ul></main></body></html>"""
+
+
+# -- SVG plots --------------------------------------------------------------------------------------
+def svg_bars(items: list[tuple[str, float | None, bool]], *, title: str, fmt: str = "{:.0%}",
+             vmax: float | None = None, unit_note: str = "", css_id: str = "") -> str:
+    """Horizontal bar chart; highlighted bars (recurring deviations) are drawn red."""
+    w, left, bar_h, gap = 520, 130, 18, 6
+    h = 30 + len(items) * (bar_h + gap) + 10
+    top = max([v for _, v, _ in items if v is not None] + [vmax or 0, 1e-9])
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" id="{_e(css_id)}" width="{w}" height="{h}" '
+             f'role="img" aria-label="{_e(title)}"><text x="4" y="16" font-weight="600">{_e(title)}'
+             f'<tspan fill="#5f6368" font-weight="400"> {_e(unit_note)}</tspan></text>']
+    for i, (label, v, hot) in enumerate(items):
+        y = 28 + i * (bar_h + gap)
+        bw = 0 if v is None else (w - left - 70) * (v / top)
+        colour = "#d93025" if hot else "#1a73e8"
+        parts.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{_e(label)}</text>'
+                     f'<rect class="bar" data-site="{_e(label)}" x="{left}" y="{y}" width="{bw:.1f}" '
+                     f'height="{bar_h}" fill="{colour}"/>'
+                     f'<text x="{left + bw + 4:.1f}" y="{y + 13}">{"n/a" if v is None else _e(fmt.format(v))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_lines(series: dict[str, list[tuple[str, float]]], *, title: str, css_id: str = "") -> str:
+    """Deviation rate (0..1) per check over ISO weeks."""
+    weeks = sorted({wk for pts in series.values() for wk, _ in pts})
+    w, h, left, right, top, bottom = 520, 200, 40, 130, 24, 30
+    pw, ph = w - left - right, h - top - bottom
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" id="{_e(css_id)}" width="{w}" height="{h}" '
+             f'role="img" aria-label="{_e(title)}"><text x="4" y="16" font-weight="600">{_e(title)}</text>']
+    for frac in (0, 0.5, 1):
+        y = top + ph * (1 - frac)
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y}" y2="{y}" stroke="#e0e0e0"/>'
+                     f'<text x="{left - 4}" y="{y + 4}" text-anchor="end" font-size="11">{frac:.0%}</text>')
+    if not weeks:
+        parts.append(f'<text x="{left + 10}" y="{top + ph / 2}">no checks in the window</text></svg>')
+        return "".join(parts)
+
+    def x(wk: str) -> float:
+        return left + (pw * weeks.index(wk) / (len(weeks) - 1) if len(weeks) > 1 else pw / 2)
+
+    for wk in (weeks[0], weeks[-1]) if len(weeks) > 1 else (weeks[0],):
+        parts.append(f'<text x="{x(wk):.1f}" y="{h - 10}" text-anchor="middle" font-size="11">{_e(wk)}</text>')
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        colour = PALETTE[i % len(PALETTE)]
+        coords = " ".join(f"{x(wk):.1f},{top + ph * (1 - r):.1f}" for wk, r in sorted(pts))
+        parts.append(f'<polyline class="line" data-check="{_e(name)}" fill="none" stroke="{colour}" '
+                     f'stroke-width="2" points="{coords}"/>')
+        for wk, r in pts:
+            parts.append(f'<circle cx="{x(wk):.1f}" cy="{top + ph * (1 - r):.1f}" r="3" fill="{colour}">'
+                         f"<title>{_e(name)} {_e(wk)}: {r:.0%}</title></circle>")
+        ly = top + 12 + i * 16
+        parts.append(f'<rect x="{left + pw + 10}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{left + pw + 24}" y="{ly}" font-size="12">{_e(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# -- dashboard --------------------------------------------------------------------------------------
+def _hours(h: float | None) -> str:
+    if h is None:
+        return "-"
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} d"
+
+
+def dashboard_page(data: dict[str, Any]) -> str:
+    sites: dict[str, Any] = data["sites"]
+    rows, charts = [], []
+    for site, m in sites.items():
+        rec = m["recurring_deviations"]
+        badges = "".join(f'<span class="badge">{_e(r["kind"])} x{r["series"]}</span>' for r in rec)
+        fpa = m["first_pass_acceptance"]
+        ta = m["turnaround_s"]
+        oq = m["open_queries"]
+        fpa_s = "-" if fpa is None else f"{fpa:.0%}"
+        med_s = "-" if ta["median"] is None else f"{ta['median']:.1f} s"
+        p95_s = "-" if ta["p95"] is None else f"{ta['p95']:.1f} s"
+        cls = "site recurring" if rec else "site"
+        rows.append(
+            f'<tr class="{cls}" data-site="{_e(site)}"><td><b>{_e(site)}</b></td>'
+            f'<td class="num">{m["series"]}</td><td class="num fpa">{fpa_s}</td>'
+            f'<td class="num">{med_s}</td><td class="num">{p95_s}</td>'
+            f'<td class="num open-queries">{oq["count"]}</td><td class="num">{_hours(oq["oldest_hours"])}</td>'
+            f"<td>{badges or '-'}</td></tr>")
+        lines = {check: [(wk, cell["rate"]) for wk, cell in weeks.items()]
+                 for check, weeks in m["deviation_rate"].items()}
+        chart = svg_lines(lines, title=f"{site}: deviation rate by check", css_id=f"dev-{site}")
+        charts.append(f'<div class="chart">{chart}</div>')
+    hot = {s for s, m in sites.items() if m["recurring_deviations"]}
+    overview = "".join([
+        svg_bars([(s, m["first_pass_acceptance"], s in hot) for s, m in sites.items()], vmax=1.0,
+                 title="First-pass acceptance", unit_note="(series whose first verdict was pass/warn)",
+                 css_id="fpa"),
+        svg_bars([(s, m["turnaround_s"]["median"], False) for s, m in sites.items()], fmt="{:.1f} s",
+                 title="QC turnaround", unit_note="(median, receipt to verdict)", css_id="turnaround"),
+        svg_bars([(s, float(m["open_queries"]["count"]), s in hot) for s, m in sites.items()], fmt="{:.0f}",
+                 title="Open queries", css_id="open-queries"),
+        svg_bars([(s, m["open_queries"]["oldest_hours"], False) for s, m in sites.items()], fmt="{:.1f} h",
+                 title="Oldest open query", unit_note="(hours)", css_id="query-age"),
+    ])
+    queries = [q for m in sites.values() for q in m["open_queries"]["items"]]
+    queries.sort(key=lambda q: -q["age_hours"])
+    qrows = "".join(
+        f'<tr data-query="{q["id"]}"><td>{q["id"]}</td><td>{_e(q["site_id"])}</td><td>{_e(q["station"])}</td>'
+        f'<td>{_e(q["check"])}</td><td>{_e(q["state"])}</td><td>{_e(q["message"])}</td><td>{_e(q["action"])}</td>'
+        f'<td class="num">{_hours(q["age_hours"])}</td></tr>' for q in queries[:100])
+    empty = "" if sites else "<p id=\"empty\">No verdicts in this window yet.</p>"
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>scanqc dashboard</title>
+<meta http-equiv="refresh" content="60"><style>{_BASE_CSS}
+tr.recurring td{{background:#fce8e6}} .badge{{background:#d93025;color:#fff;border-radius:3px;padding:1px 6px;
+margin-right:4px;font-size:.85em;white-space:nowrap}} .charts{{display:flex;flex-wrap:wrap;gap:12px}}
+.plot{{background:#fff;border:1px solid #e0e0e0}} .plot text{{font-size:12px;font-family:inherit}}</style></head>
+<body><header><strong>scanqc central dashboard</strong><span>last {data["days"]} days, until {_e(data["until"])}
+</span><a href="/console">consoles</a><a href="/api/dashboard">JSON</a><a href="/">API docs</a></header><main>
+{empty}<h2>Sites</h2><table id="sites"><thead><tr><th>site</th><th>series</th><th>first-pass acceptance</th>
+<th>turnaround median</th><th>p95</th><th>open queries</th><th>oldest</th>
+<th>recurring deviations (&ge;{data["recurring_min"]} series)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<h2>Overview</h2><div class="charts" id="overview">{overview}</div>
+<h2>Deviation rate by check over time</h2><div class="charts" id="deviation-charts">{"".join(charts)}</div>
+<h2>Open queries</h2><table id="queries"><thead><tr><th>#</th><th>site</th><th>station</th><th>check</th>
+<th>state</th><th>finding</th><th>action</th><th>age</th></tr></thead><tbody>{qrows}</tbody></table>
+</main></body></html>"""

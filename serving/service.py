@@ -1,0 +1,300 @@
+"""The BentoML QC service: ``bentoml serve scanqc.serving.service:QCService`` (or ``scanqc serve``).
+
+Two BentoML services, one deployment:
+
+- :class:`QCService` (entry): ``POST /api/check`` takes a series as multipart files (DICOM instances, a zip,
+  or a NIfTI file), writes it durably under ``data_dir``, runs :class:`Processor` (which calls
+  ``scanqc.pipeline.check_path``, the same path as ``scanqc check``) and returns the verdicts. It also
+  mounts :mod:`scanqc.serving.web` (console, dashboard, series/queries API) and, in its first worker,
+  the DICOM C-STORE receiver, so HTTP and DICOM verdicts share one Processor and one set of metrics.
+- :class:`InferenceService`: one ``batchable=True`` API per model task. The checks' ``CheckContext.infer``
+  seam calls it through ``bentoml.depends``, so model inference from concurrent series (HTTP uploads and
+  DICOM associations alike) is adaptively batched by BentoML. Its ``/readyz`` is green only once every
+  installed model has an onnxruntime session.
+
+Readiness (``/readyz``) of the entry service requires the database (migrated) and the inference service;
+``/livez`` is BentoML's; ``/metrics`` carries BentoML's HTTP metrics plus ``scanqc_*`` ones below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import bentoml
+import numpy as np
+from scanqc.serving import web
+from scanqc.serving.config import Settings, load_settings
+from scanqc.serving.processing import Processed, Processor
+from scanqc.serving.store import Store
+
+from scanqc.errors import ScanQCError
+
+log = logging.getLogger("scanqc.serving")
+
+TASKS = ("motion", "contrast_phase", "coverage")
+_MAX_BATCH = int(os.environ.get("SCANQC_MAX_BATCH_SIZE", "16"))
+_MAX_LATENCY_MS = int(os.environ.get("SCANQC_MAX_LATENCY_MS", "1000"))
+_WORKERS = int(os.environ.get("SCANQC_WORKERS", "1"))
+
+# -- QC metrics (exported on /metrics next to BentoML's own) ---------------------------------------
+VERDICTS = bentoml.metrics.Counter(name="scanqc_verdicts_total", documentation="Series verdicts by status",
+                                   labelnames=["status", "source"])
+CHECKS = bentoml.metrics.Counter(name="scanqc_checks_total",
+                                 documentation="Check results by check and status (a verdict has several)",
+                                 labelnames=["check", "status"])
+VERDICT_SECONDS = bentoml.metrics.Histogram(
+    name="scanqc_verdict_seconds", documentation="Pipeline time per series (read + checks)",
+    labelnames=["source"], buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0))
+TURNAROUND_SECONDS = bentoml.metrics.Histogram(
+    name="scanqc_turnaround_seconds", documentation="Receipt (series complete) to stored verdict",
+    labelnames=["source"], buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0))
+QUEUE_DEPTH = bentoml.metrics.Gauge(name="scanqc_queue_depth",
+                                    documentation="Series inputs being checked or waiting for a check slot",
+                                    labelnames=[])
+INFER_BATCH = bentoml.metrics.Histogram(name="scanqc_inference_batch_size",
+                                        documentation="Series per adaptive inference batch", labelnames=["task"],
+                                        buckets=(1, 2, 4, 8, 16, 32))
+
+
+@bentoml.service(name="scanqc-inference", workers=1, traffic={"timeout": 120})
+class InferenceService:
+    """Adaptively batched ONNX inference, one batchable endpoint per task (inputs [N, C, D, H, W])."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, Any] = {}
+        self.load_errors: dict[str, str] = {}
+        try:
+            from scanqc.models import default_registry
+
+            registry = default_registry()
+        except Exception as exc:  # no registry = no model checks; they say "skipped"
+            log.warning("model registry unavailable: %s", exc)
+            registry = None
+        for task in TASKS:
+            try:
+                m = registry.get(task) if registry is not None else None
+                if m is not None:
+                    _ = m.onnx.session  # create the session now: /readyz means "models loaded"
+                    self.models[task] = m
+            except Exception as exc:
+                self.load_errors[task] = f"{type(exc).__name__}: {exc}"
+                log.error("loading %s model failed: %s", task, exc)
+        self.ready = not self.load_errors
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    def _run(self, task: str, batch: np.ndarray) -> np.ndarray:
+        INFER_BATCH.labels(task=task).observe(int(batch.shape[0]))
+        m = self.models.get(task)
+        if m is None:
+            raise bentoml.exceptions.NotFound(f"no {task} model loaded")
+        return np.asarray(m.run(batch), dtype=np.float32)
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_MAX_BATCH, max_latency_ms=_MAX_LATENCY_MS)
+    def motion(self, batch: np.ndarray) -> np.ndarray:
+        return self._run("motion", batch)
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_MAX_BATCH, max_latency_ms=_MAX_LATENCY_MS)
+    def contrast_phase(self, batch: np.ndarray) -> np.ndarray:
+        return self._run("contrast_phase", batch)
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_MAX_BATCH, max_latency_ms=_MAX_LATENCY_MS)
+    def coverage(self, batch: np.ndarray) -> np.ndarray:
+        return self._run("coverage", batch)
+
+    @bentoml.api
+    def loaded(self) -> dict[str, Any]:
+        return {"models": {t: getattr(m, "version", "?") for t, m in self.models.items()},
+                "errors": self.load_errors}
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _original_name(tmp: Path, index: int) -> str:
+    # BentoML names the temp file tmpXXXXXXXX<original basename>; keep the tail (its extension matters for
+    # .nii.gz) without trusting any path component from the client.
+    name = tmp.name[11:] if tmp.name.startswith("tmp") and len(tmp.name) > 11 else tmp.name
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".") or "upload"
+    return f"{index:05d}_{safe[-120:]}"
+
+
+@bentoml.service(name="scanqc", workers=_WORKERS, traffic={"timeout": 300},
+                 http={"cors": {"enabled": False}})
+@bentoml.asgi_app(web.app, path="/")
+class QCService:
+    """Series in, verdict out, stored first; console, dashboard and queries under the same server."""
+
+    inference = bentoml.depends(InferenceService)
+
+    def __init__(self) -> None:
+        t0 = time.perf_counter()
+        self.settings: Settings = load_settings()
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.default_salt:
+            log.warning("SCANQC_SALT is the built-in default: set a per-deployment secret before real data")
+        self.store = Store(self.settings.db_url)  # runs the Alembic migrations
+        self.processor = Processor(self.settings, self.store, infer=self._infer)
+        self.processor.listeners.append(self._observe)
+        self._concurrency = max(1, self.settings.concurrency)
+        self._slots = threading.BoundedSemaphore(self._concurrency)
+        self._waiting = 0
+        self.receiver: Any = None
+        self.receiver_error: str | None = None
+        web.bind(web.AppState(settings=self.settings, store=self.store, processor=self.processor,
+                              service=self))
+        self._start_receiver()
+        log.warning("scanqc service ready in %.2f s (db %s)", time.perf_counter() - t0,
+                    self.settings.public()["db_url"])
+
+    # -- DICOM receiver (owned by scanqc.serving.receiver) ---------------------------------------
+    def _start_receiver(self) -> None:
+        if not self.settings.dicom_enabled:
+            return
+        idx = bentoml.server_context.worker_index
+        if idx not in (None, 1):  # one listener per host port: only the first worker
+            return
+        try:
+            from scanqc.serving.receiver import make_receiver
+        except ImportError as exc:
+            self.receiver_error = f"receiver not available: {exc}"
+            log.warning(self.receiver_error)
+            return
+        try:
+            # In this process, so DICOM verdicts share the batching inference seam, metrics and console wake-up.
+            self.receiver = make_receiver(self.settings, self.processor, default_site=self.settings.default_site,
+                                          workers=self._concurrency).start()
+        except Exception as exc:  # e.g. the DICOM port is taken: HTTP keeps working, /api/status says why
+            self.receiver_error = f"{type(exc).__name__}: {exc}"
+            log.error("DICOM receiver failed: %s", self.receiver_error)
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
+        self.store.close()
+
+    # -- model inference seam ---------------------------------------------------------------------
+    def _infer(self, task: str, batch: np.ndarray) -> np.ndarray:
+        """``CheckContext.infer``: send one series' batch to the batching inference service."""
+        return np.asarray(getattr(self.inference, task)(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def _observe(self, ev: Processed) -> None:
+        v = ev.verdict
+        VERDICTS.labels(status=v.status, source=ev.source).inc()
+        for name, c in v.checks.items():
+            CHECKS.labels(check=name, status=c.status).inc()
+        VERDICT_SECONDS.labels(source=ev.source).observe(v.elapsed_ms / 1000)
+        TURNAROUND_SECONDS.labels(source=ev.source).observe(
+            max((ev.verdict_at - ev.received_at).total_seconds(), 0.0))
+        self._set_depth()
+        web.notify_threadsafe()
+
+    def _set_depth(self) -> None:
+        # HTTP uploads accepted and not yet answered + DICOM series being checked.
+        QUEUE_DEPTH.set(self._waiting + self.processor.in_flight("dicom"))
+
+    # -- health -----------------------------------------------------------------------------------
+    async def __is_ready__(self) -> bool:
+        try:
+            await asyncio.to_thread(self.store.ping)
+        except Exception:
+            return False
+        is_ready = getattr(self.inference, "is_ready", None)
+        if is_ready is None:  # in-process (tests, bentoml.importing): the object exists, so it loaded
+            return bool(getattr(self.inference, "ready", True))
+        try:
+            return bool(await is_ready(timeout=2))
+        except Exception:
+            return False
+
+    # -- API --------------------------------------------------------------------------------------
+    @bentoml.api(route="/api/check")
+    async def check(self, files: list[Path] = [], station: str = "http", site: str = "",  # noqa: B006
+                    study: str = "", visit: str = "", modality: str = "", complete_study: bool = False,
+                    ctx: bentoml.Context = None) -> dict[str, Any]:  # type: ignore[assignment]
+        """Check one upload: DICOM instances (one or more series), a .zip of them, or a NIfTI file.
+
+        Form fields: ``station`` (console to notify, e.g. the scanner name), ``site``, ``study`` (selects the
+        acquisition guideline; default: the site's study), ``visit``, ``modality`` (for NIfTI),
+        ``complete_study`` (the upload is a whole visit: also check required series).
+        Returns the verdicts (the ``scanqc check --json`` objects, plus ``verdict_id``). 400/404/413/422 with
+        ``{"error": {"code", "message"}}`` for bad requests; an unreadable upload is 422 with its verdict.
+        """
+        received_at = dt.datetime.now(dt.timezone.utc)
+        station = (station or "http").strip()[:64] or "http"
+        site_id = (site or "").strip()[:64] or None
+        try:
+            _, study_id, _ = self.processor.resolve(site_id, study.strip() or None)
+        except ScanQCError as exc:
+            ctx.response.status_code = 400
+            return web.error_body(exc.code.value, exc.message)
+        if not files:
+            ctx.response.status_code = 400
+            return web.error_body("EMPTY_INPUT", "no files in the upload: send multipart field 'files' "
+                                                 "(DICOM instances, a .zip or a .nii/.nii.gz)")
+        total = sum(p.stat().st_size for p in files)
+        if total > self.processor.limits.max_archive_bytes:
+            ctx.response.status_code = 413
+            return web.error_body("TOO_LARGE", f"upload of {total} bytes exceeds the "
+                                               f"{self.processor.limits.max_archive_bytes}-byte limit")
+        upload_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        folder = self.settings.incoming_dir / "http" / upload_id
+        self._waiting += 1
+        self._set_depth()
+        try:
+            await asyncio.to_thread(self._persist, files, folder)
+            verdicts = await asyncio.to_thread(
+                self._process, folder, site_id=site_id, station=station, received_at=received_at,
+                study_id=study_id, visit=visit.strip() or None,
+                modality_hint=modality.strip().upper() or None, complete_study=complete_study)
+        finally:
+            self._waiting -= 1
+            self._set_depth()
+        if not self.settings.keep_uploads:
+            shutil.rmtree(folder, ignore_errors=True)
+        out = [v.to_dict() for v in verdicts]
+        body: dict[str, Any] = {"upload_id": upload_id, "station": station,
+                                "site_id": site_id or self.settings.default_site, "study_id": study_id,
+                                "received_at": received_at.isoformat().replace("+00:00", "Z"), "verdicts": out}
+        if verdicts and all(v.status == "error" for v in verdicts):
+            first = verdicts[0].error or {"code": "INTERNAL", "message": "no verdict"}
+            ctx.response.status_code = 422
+            body["error"] = {"code": first["code"], "message": first["message"]}
+        return body
+
+    def _persist(self, files: list[Path], folder: Path) -> None:
+        """Move the upload into data_dir and fsync it: acknowledged means on disk."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(files):
+            shutil.move(str(p), folder / _original_name(p, i))
+        _fsync_tree(folder)
+
+    def _process(self, folder: Path, **kw: Any) -> list:
+        with self._slots:  # bound concurrent pipelines; the rest wait (queue depth)
+            return self.processor.process_folder(folder, source="http", **kw)

@@ -1,0 +1,474 @@
+"""Pages and the read/query API, a Starlette app mounted into the BentoML service at ``/``.
+
+BentoML keeps its own routes (``/api/check``, ``/readyz``, ``/livez``, ``/metrics``, ``/docs.json``, the
+Swagger UI at ``/``); this app adds:
+
+- ``GET /console/{station}``: the technologist console; ``GET /api/stations/{station}/events`` is its
+  server-sent-event stream (a new verdict is pushed as soon as it is stored, in this process or another);
+- ``GET /dashboard``: the central dashboard (inline SVG plots + tables), ``GET /api/dashboard`` its data;
+- ``GET /api/series/{uid}`` (+ ``/sr``: the verdict as a DICOM Structured Report), ``GET /api/verdicts``;
+- queries: ``GET /api/queries``, ``POST /api/queries``, ``POST /api/queries/{id}/answer|close``.
+
+Every error is ``{"error": {"code", "message"}}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scanqc.serving import pages
+from scanqc.serving.config import Settings
+from scanqc.serving.processing import Processor
+from scanqc.serving.store import QueryStateError, Store
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from scanqc.errors import ScanQCError
+
+log = logging.getLogger("scanqc.serving")
+
+SSE_POLL_S = 0.25  # verdicts stored by another process (a separate receiver) show up within this
+SSE_KEEPALIVE_S = 15.0
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: Store
+    processor: Processor
+    service: Any = None
+
+
+_state: AppState | None = None
+
+
+def bind(state: AppState) -> None:
+    """Called by the service once its store exists (one per worker process)."""
+    global _state
+    _state = state
+    notifier.reset()
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _st() -> AppState:
+    if _state is None:
+        raise ApiError(503, "NOT_READY", "service is starting")
+    return _state
+
+
+# -- change notification for the console ----------------------------------------------------------
+class Notifier:
+    """Wakes SSE streams when a verdict is stored: directly in-process, by polling ``max(id)`` otherwise."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.version = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._subscribers = 0
+        self._poller: asyncio.Task | None = None
+        self._last_max: int | None = None
+
+    def _ensure(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._event is None:
+            self._loop, self._event = loop, asyncio.Event()
+        if self._poller is None or self._poller.done():
+            self._poller = loop.create_task(self._poll())
+        return self._event
+
+    def bump(self) -> None:
+        self.version += 1
+        if self._event is not None:
+            ev, self._event = self._event, asyncio.Event()
+            ev.set()
+
+    def notify_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.bump)
+
+    async def wait(self, seen_version: int, timeout: float) -> bool:
+        """True when something changed since ``seen_version`` (or changes within ``timeout``)."""
+        ev = self._ensure()
+        if self.version != seen_version:
+            return True
+        self._subscribers += 1
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._subscribers -= 1
+
+    async def _poll(self) -> None:
+        idle = 0
+        while idle < 40:  # stop ~10 s after the last stream went away; restarted on demand
+            await asyncio.sleep(SSE_POLL_S)
+            idle = idle + 1 if self._subscribers == 0 else 0
+            if _state is None:
+                continue
+            try:
+                m = await asyncio.to_thread(_state.store.max_verdict_id)
+            except Exception:
+                continue
+            if self._last_max is not None and m != self._last_max:
+                self.bump()
+            self._last_max = m
+
+
+notifier = Notifier()
+
+
+def notify_threadsafe() -> None:
+    notifier.notify_threadsafe()
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    ctype = request.headers.get("content-type", "")
+    # curl -d sends JSON labelled as a form: trust the body's first byte over the label.
+    if not raw.lstrip().startswith(b"{") and ("form-urlencoded" in ctype or "multipart/form-data" in ctype):
+        form = await request.form()
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "BAD_REQUEST", "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "BAD_REQUEST", "request body must be a JSON object")
+    return data
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError(400, "BAD_REQUEST", f"query parameter {name}={raw!r} is not an integer") from None
+    if not lo <= v <= hi:
+        raise ApiError(400, "BAD_REQUEST", f"query parameter {name}={v} must be within {lo}..{hi}")
+    return v
+
+
+def _path_int(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(404, "NOT_FOUND", f"{name} {raw!r} is not a number") from None
+
+
+async def _db(fn: Any, *args: Any, **kw: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kw)
+
+
+def console_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the console shows for one stored verdict: status, reasons, actions."""
+    if record is None:
+        return None
+    v = record["verdict"]
+    reasons = [{"check": n, "status": c["status"], "message": c.get("message")}
+               for n, c in v.get("checks", {}).items() if c["status"] in ("fail", "warn")]
+    reasons.sort(key=lambda r: r["status"] != "fail")
+    if v.get("error"):
+        reasons.insert(0, {"check": "input", "status": "error",
+                           "message": f"{v['error']['code']}: {v['error']['message']}"})
+    actions = list(v.get("actions") or [])
+    if v.get("error") and not actions:
+        actions = ["Check the export and resend the series"]
+    return {"verdict_id": record["id"], "status": v["status"], "station": record["station"],
+            "site_id": record["site_id"], "series_uid": v.get("series_uid"),
+            "series_description": v.get("series_description"), "modality": v.get("modality"),
+            "series_number": v.get("series_number"), "n_instances": v.get("n_instances"),
+            "received_at": record["received_at"], "verdict_at": record["verdict_at"],
+            "elapsed_ms": v.get("elapsed_ms"), "reasons": reasons, "actions": actions}
+
+
+# -- API --------------------------------------------------------------------------------------------
+async def api_status(request: Request) -> Response:
+    st = _st()
+    svc = st.service
+    return _json({"settings": st.settings.public(),
+                  "receiver": {"enabled": st.settings.dicom_enabled,
+                               "ae_title": st.settings.dicom_ae_title, "port": st.settings.dicom_port,
+                               "running": getattr(svc, "receiver", None) is not None,
+                               "error": getattr(svc, "receiver_error", None)},
+                  "in_flight": st.processor.in_flight()})
+
+
+async def api_series(request: Request) -> Response:
+    uid = request.path_params["uid"]
+    records = await _db(_st().store.verdicts_for_series, uid)
+    if not records:
+        raise ApiError(404, "NOT_FOUND", f"no verdict for series {uid}")
+    latest = records[0]
+    return _json({"series_uid": uid, **latest, "history": [
+        {k: r[k] for k in ("id", "station", "source", "received_at", "verdict_at")} | {"status": r["verdict"]["status"]}
+        for r in records]})
+
+
+def _reference_header(verdict: dict[str, Any]) -> Any:
+    """A header of the checked series, read back from the stored input (the SR references it)."""
+    import zipfile
+
+    import pydicom
+
+    p = Path(str(verdict.get("input") or ""))
+    uid = verdict.get("series_uid")
+    candidates = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else []
+
+    def matches(ds: Any) -> bool:
+        return uid is None or str(ds.get("SeriesInstanceUID", "")) == uid
+
+    for f in candidates[:5000]:
+        try:
+            if zipfile.is_zipfile(f):
+                with zipfile.ZipFile(f) as zf:
+                    for info in zf.infolist()[:5000]:
+                        if info.is_dir():
+                            continue
+                        try:
+                            with zf.open(info) as member:
+                                ds = pydicom.dcmread(member, stop_before_pixels=True)
+                        except Exception:
+                            continue
+                        if matches(ds):
+                            return ds
+                continue
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:
+            continue
+        if matches(ds):
+            return ds
+    return None
+
+
+async def api_series_sr(request: Request) -> Response:
+    uid = request.path_params["uid"]
+    records = await _db(_st().store.verdicts_for_series, uid)
+    if not records:
+        raise ApiError(404, "NOT_FOUND", f"no verdict for series {uid}")
+    verdict = records[0]["verdict"]
+    try:
+        from scanqc.serving.sr import verdict_to_sr
+    except ImportError:
+        raise ApiError(501, "SR_UNAVAILABLE", "DICOM SR export is not installed in this build") from None
+    ref = await asyncio.to_thread(_reference_header, verdict)
+    if ref is None:
+        raise ApiError(409, "NO_REFERENCE", f"series {uid}: the received DICOM files are no longer kept "
+                                            "(keep_uploads=false or a NIfTI input), so no SR can reference them")
+    try:
+        ds = await asyncio.to_thread(verdict_to_sr, verdict, ref)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+    except ScanQCError as exc:
+        raise ApiError(422, exc.code.value, exc.message) from None
+    except Exception as exc:
+        log.exception("SR for %s failed", uid)
+        raise ApiError(500, "INTERNAL", f"building the SR failed ({type(exc).__name__})") from None
+    return Response(buf.getvalue(), media_type="application/dicom",
+                    headers={"Content-Disposition": f'attachment; filename="scanqc-sr-{uid[-32:]}.dcm"'})
+
+
+async def api_verdicts(request: Request) -> Response:
+    q = request.query_params
+    rows = await _db(_st().store.recent_verdicts, site_id=q.get("site") or None, station=q.get("station") or None,
+                     limit=_int_param(request, "limit", 50, 1, 1000))
+    return _json({"verdicts": rows})
+
+
+async def api_verdict(request: Request) -> Response:
+    vid = _path_int(request, "id")
+    rec = await _db(_st().store.get_verdict, vid)
+    if rec is None:
+        raise ApiError(404, "NOT_FOUND", f"verdict {vid} not found")
+    return _json(rec)
+
+
+async def api_station_latest(request: Request) -> Response:
+    station = request.path_params["station"]
+    rec = await _db(_st().store.latest_verdict, station)
+    if rec is None:
+        raise ApiError(404, "NOT_FOUND", f"no verdict yet for station {station}")
+    return _json({"console": console_view(rec), **rec})
+
+
+async def api_station_events(request: Request) -> Response:
+    station = request.path_params["station"]
+    store = _st().store
+
+    async def stream() -> Any:
+        last_id: int | None = -1
+        yield "retry: 1000\n\n"
+        while True:
+            seen = notifier.version  # read before the query so a change during it is not lost
+            vid = await _db(store.latest_verdict_id, station)
+            if vid != last_id:
+                last_id = vid
+                view = console_view(await _db(store.latest_verdict, station)) if vid is not None else None
+                yield f"id: {vid or 0}\nevent: verdict\ndata: {json.dumps(view)}\n\n"
+            if not await notifier.wait(seen, SSE_KEEPALIVE_S):
+                if await request.is_disconnected():
+                    return
+                yield ": keepalive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def api_queries(request: Request) -> Response:
+    q = request.query_params
+    try:
+        rows = await _db(_st().store.list_queries, site_id=q.get("site") or None, state=q.get("state") or None,
+                         series_uid=q.get("series_uid") or None, limit=_int_param(request, "limit", 500, 1, 5000))
+    except ScanQCError as exc:
+        raise ApiError(400, "BAD_REQUEST", exc.message) from None
+    return _json({"queries": rows})
+
+
+async def api_query_open(request: Request) -> Response:
+    data = await _body(request)
+    try:
+        vid = int(data.get("verdict_id"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ApiError(400, "BAD_REQUEST", "verdict_id (integer) is required") from None
+    check = str(data.get("check") or "").strip()
+    if not check:
+        raise ApiError(400, "BAD_REQUEST", "check (the check the query is about) is required")
+    try:
+        qid = await _db(_st().store.open_query, vid, check, message=data.get("message"), action=data.get("action"))
+    except ScanQCError as exc:
+        raise ApiError(404, exc.code.value, exc.message) from None
+    return _json(await _db(_st().store.get_query, qid), 201)
+
+
+async def api_query(request: Request) -> Response:
+    qid = _path_int(request, "id")
+    rec = await _db(_st().store.get_query, qid)
+    if rec is None:
+        raise ApiError(404, "NOT_FOUND", f"query {qid} not found")
+    return _json(rec)
+
+
+async def _transition(request: Request, kind: str) -> Response:
+    qid = _path_int(request, "id")
+    data = await _body(request)
+    by = str(data.get("by") or "").strip()[:100] or None
+    store = _st().store
+    try:
+        if kind == "answer":
+            answer = str(data.get("answer") or "").strip()
+            if not answer:
+                raise ApiError(400, "BAD_REQUEST", "answer (what the site did) is required")
+            rec = await _db(store.answer_query, qid, answer, by=by)
+        else:
+            rec = await _db(store.resolve_query, qid, str(data.get("resolution") or "").strip() or None, by=by)
+    except QueryStateError as exc:
+        raise ApiError(409, "INVALID_STATE", exc.message) from None
+    except ScanQCError as exc:
+        raise ApiError(404 if exc.code.value == "NOT_FOUND" else 400, exc.code.value, exc.message) from None
+    return _json(rec)
+
+
+async def api_query_answer(request: Request) -> Response:
+    return await _transition(request, "answer")
+
+
+async def api_query_close(request: Request) -> Response:
+    return await _transition(request, "close")
+
+
+async def api_dashboard(request: Request) -> Response:
+    data = await _db(_st().store.site_metrics, days=_int_param(request, "days", 90, 1, 3650),
+                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000),
+                     site_id=request.query_params.get("site") or None)
+    return _json(data)
+
+
+async def api_studies(request: Request) -> Response:
+    st = _st()
+    return _json({"configured": st.settings.studies, "site_studies": st.settings.site_studies,
+                  "default_study": st.settings.default_study, "seen": await _db(st.store.list_studies)})
+
+
+# -- pages ------------------------------------------------------------------------------------------
+async def page_console(request: Request) -> Response:
+    station = request.path_params["station"]
+    rec = await _db(_st().store.latest_verdict, station)
+    return HTMLResponse(pages.console_page(station, console_view(rec)))
+
+
+async def page_console_index(request: Request) -> Response:
+    rows = await _db(_st().store.recent_verdicts, limit=500)
+    stations = sorted({r["station"] for r in rows})
+    return HTMLResponse(pages.console_index(stations))
+
+
+async def page_dashboard(request: Request) -> Response:
+    data = await _db(_st().store.site_metrics, days=_int_param(request, "days", 90, 1, 3650),
+                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000))
+    return HTMLResponse(pages.dashboard_page(data))
+
+
+async def page_home(request: Request) -> Response:
+    return RedirectResponse("/dashboard", status_code=307)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _json(error_body(exc.code, exc.message), exc.status)
+
+
+app = Starlette(
+    routes=[
+        Route("/api/status", api_status),
+        Route("/api/series/{uid}", api_series),
+        Route("/api/series/{uid}/sr", api_series_sr),
+        Route("/api/verdicts", api_verdicts),
+        Route("/api/verdicts/{id}", api_verdict),
+        Route("/api/stations/{station}/latest", api_station_latest),
+        Route("/api/stations/{station}/events", api_station_events),
+        Route("/api/queries", api_queries, methods=["GET"]),
+        Route("/api/queries", api_query_open, methods=["POST"]),
+        Route("/api/queries/{id}", api_query),
+        Route("/api/queries/{id}/answer", api_query_answer, methods=["POST"]),
+        Route("/api/queries/{id}/close", api_query_close, methods=["POST"]),
+        Route("/api/dashboard", api_dashboard),
+        Route("/api/studies", api_studies),
+        Route("/console", page_console_index),
+        Route("/console/{station}", page_console),
+        Route("/dashboard", page_dashboard),
+        Route("/ui", page_home),
+    ],
+    exception_handlers={ApiError: _api_error},
+)
