@@ -10,7 +10,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from scanqc.io.nifti import write_nifti
 from scanqc.volume import Volume
@@ -73,7 +72,5 @@ LABELS = {"motion": ["none", "mild", "severe"], "contrast_phase": PHASES,
           "coverage": ["full", "superior", "inferior"]}
 
 
-@pytest.fixture(scope="session")
-def tiny_manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-data")
+def tiny_manifests(root: Path) -> dict[str, Path]:
     return {t: write_manifest(root / t, t, labs, 8, seed=i) for i, (t, labs) in enumerate(LABELS.items())}

@@ -1,0 +1,82 @@
+"""The one preprocessing implementation (scanqc.preprocessing): orientation, grid, intensities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec, canonicalize, preprocess, resample_fit
+from scanqc.volume import Volume
+
+
+def _marked(shape=(10, 12, 14)) -> np.ndarray:
+    a = np.zeros(shape, np.float32)
+    a[-1, 0, 0] = 1.0  # last slice
+    return a
+
+
+def test_default_axial_is_flipped_so_superior_comes_first():
+    # Default direction: array axis 0 follows LPS +z (superior), so the last slice is the top one.
+    vol = Volume(_marked(), (2.0, 1.0, 1.0))
+    arr, spacing = canonicalize(vol)
+    assert arr.shape == (10, 12, 14) and spacing == (2.0, 1.0, 1.0)
+    assert arr[0, 0, 0] == 1.0  # canonical index 0 = superior
+
+
+def test_sagittal_stack_is_permuted_to_superior_inferior_first():
+    # array axes: (x: left-right, y: superior->inferior, z: anterior->posterior)
+    direction = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float)
+    a = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    vol = Volume(a, (3.0, 1.0, 2.0), direction=direction)
+    arr, spacing = canonicalize(vol)
+    assert arr.shape == (5, 6, 4)
+    assert spacing == (1.0, 2.0, 3.0)
+    np.testing.assert_array_equal(arr, np.transpose(a, (1, 2, 0)))
+
+
+def test_resample_fit_shape_and_constant_preserved():
+    out = resample_fit(np.full((30, 50, 7), 5.0, np.float32), (16, 16, 16))
+    assert out.shape == (16, 16, 16) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 5.0, atol=1e-5)
+
+
+def test_ct_windows_become_channels_in_unit_range():
+    vol = Volume(np.linspace(-1000, 1000, 20 ** 3, dtype=np.float32).reshape(20, 20, 20), (2, 2, 2), modality="CT")
+    x = preprocess(vol, DEFAULT_SPECS["contrast_phase"])
+    assert x.shape == (2, 48, 48, 48) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_mr_percentile_normalisation_and_channel_padding_for_mixed_models():
+    rng = np.random.default_rng(0)
+    vol = Volume(rng.gamma(2.0, 300.0, (24, 24, 24)).astype(np.float32), (1, 1, 1), modality="MR")
+    spec = PreprocessSpec(shape=(16, 16, 16), ct_windows=[(-100, 300), (0, 600)], modalities=("MR", "CT"))
+    x = preprocess(vol, spec)
+    assert x.shape == (2, 16, 16, 16)
+    assert np.all(x[1] == 0)  # MR fills one channel, the CT-only one stays empty
+    assert np.percentile(x[0], 50) < 1.0 and x[0].max() <= 2.0
+
+
+def test_coverage_padding_adds_mask_channel():
+    vol = Volume(np.ones((20, 20, 20), np.float32) * 100, (3, 1, 1), modality="MR")
+    x = preprocess(vol, DEFAULT_SPECS["coverage"])
+    p = DEFAULT_SPECS["coverage"].pad_slices
+    assert x.shape == (2, 48, 48, 48)
+    assert np.all(x[1, :p] == 0) and np.all(x[1, -p:] == 0) and np.all(x[1, p:-p] == 1)
+    assert np.all(x[0, :p] == 0)
+
+
+def test_spec_roundtrip_and_bad_values_quote_the_value():
+    spec = DEFAULT_SPECS["coverage"]
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ScanQCError) as e:
+        PreprocessSpec.from_dict({"shape": [64, 64], "mode": "fit"})
+    assert e.value.code == ErrorCode.BAD_MODEL and "64" in e.value.message
+    with pytest.raises(ScanQCError, match="crop"):
+        PreprocessSpec(mode="crop")
+
+
+def test_unknown_modality_is_a_coded_error():
+    with pytest.raises(ScanQCError, match="PT"):
+        preprocess(Volume(np.zeros((8, 8, 8), np.float32), (1, 1, 1), modality="PT"), DEFAULT_SPECS["motion"])

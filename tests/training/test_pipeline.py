@@ -1,0 +1,152 @@
+"""The whole model pipeline on a tiny configuration: train -> calibrate -> export (parity) -> registry ->
+promote -> `scanqc check` with torch unimportable. Runs in well under a minute on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scanqc.models.registry import ModelRegistry
+from scanqc.training.config import TrainConfig, load_config
+from scanqc.training.export import PARITY_TOL, export_run
+from scanqc.training.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tinydata import TINY_CONFIG
+from tinydata import tiny_manifests as make_tiny_manifests
+
+TASKS = ("motion", "contrast_phase", "coverage")
+
+
+@pytest.fixture(scope="module")
+def tiny_manifests(tmp_path_factory) -> dict[str, Path]:
+    return make_tiny_manifests(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_manifests, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    runs = tmp_path_factory.mktemp("runs")
+    for task in TASKS:
+        cfg = TrainConfig(task=task, epochs=3, **TINY_CONFIG)
+        summary = train(cfg, tiny_manifests[task], runs / task, command=f"pytest tiny {task}", progress=False)
+        assert summary["best_epoch"] >= 1 and (runs / task / "best.pt").is_file()
+        export_run(runs / task, "0.1.0", root, changelog="tiny", test_manifest=tiny_manifests[task])
+    return root
+
+
+def test_run_folder_has_history_and_calibration(exported):
+    run_root = next(Path(exported).parent.glob("runs*"))
+    for task in TASKS:
+        summary = json.loads((run_root / task / "train_summary.json").read_text())
+        assert summary["seed"] == 0 and len(summary["manifest_sha256"]) == 64
+        assert summary["history"][0]["epoch"] == 1 and "val_loss" in summary["history"][0]
+        assert summary["thresholds"] and summary["calibration"]["fitted_on"] == "validation"
+
+
+def test_export_metadata_parity_and_props(exported):
+    import onnx
+
+    for task in TASKS:
+        d = exported / task / "0.1.0"
+        meta = json.loads((d / "metadata.json").read_text())
+        assert meta["task"] == task and meta["version"] == "0.1.0"
+        assert meta["onnx"]["parity_max_abs_diff"] < PARITY_TOL
+        for key in ("labels", "preprocessing", "thresholds", "calibration", "training", "network_data_format",
+                    "monai_version", "pytorch_version"):
+            assert key in meta, key
+        assert meta["training"]["command"] == f"pytest tiny {task}"
+        assert "test" in meta["metrics"] and meta["metrics"]["test"]["n"] > 0
+        assert not list(d.glob("*.data")) and meta["onnx"]["bytes"] < 2_000_000
+        props = {p.key: p.value for p in onnx.load(str(d / "model.onnx")).metadata_props}
+        assert json.loads(props["thresholds"]) == meta["thresholds"] and props["task"] == task
+
+
+def test_onnx_matches_torch_on_real_inputs(exported, tiny_manifests):
+    import torch
+    from scanqc.models.evaluate import read_manifest
+    from scanqc.training.train import build_net, load_case
+
+    reg = ModelRegistry(bundled_dir=exported, user_dir=exported / "none")
+    for task in TASKS:
+        model = reg.find(task, "0.1.0")
+        cfg = TrainConfig(**model.metadata["training"]["config"])
+        run = next(Path(exported).parent.glob("runs*")) / task
+        net = build_net(cfg)
+        net.load_state_dict(torch.load(run / "best.pt", weights_only=True)["state_dict"])
+        net.eval()
+        rows = read_manifest(tiny_manifests[task], task, "all")[:3]
+        x = np.stack([load_case(r, model.spec) for r in rows])
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x)).numpy()
+        assert np.max(np.abs(model.run(x) - ref)) < 1e-4
+
+
+def test_promote_refuses_worse_and_forces(exported, tiny_manifests, tmp_path):
+    from scanqc.models import registry as regmod
+    from typer.testing import CliRunner
+
+    from scanqc.cli import app
+
+    user = tmp_path / "user"
+    (user / "motion").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(exported / "motion" / "0.1.0", user / "motion" / "0.2.0")
+    meta = json.loads((user / "motion" / "0.2.0" / "metadata.json").read_text())
+    meta["version"] = "0.2.0"
+    (user / "motion" / "0.2.0" / "metadata.json").write_text(json.dumps(meta))
+    (user / "motion" / "promoted.json").write_text(json.dumps({"version": "0.2.0"}))
+    shutil.copytree(exported / "motion" / "0.1.0", user / "motion" / "0.1.0")
+    env = {"SCANQC_MODELS_DIR": str(user)}
+    regmod.reset_default_registry()
+    runner = CliRunner()
+    try:
+        os.environ.update(env)
+        res = runner.invoke(app, ["models", "promote", "motion", "0.1.0", "--manifest", str(tiny_manifests["motion"]),
+                                  "--split", "all"])
+        assert res.exit_code == 1 and "refused" in res.output  # identical weights: not better
+        res = runner.invoke(app, ["models", "promote", "motion", "0.1.0", "--force"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((user / "motion" / "promoted.json").read_text())["version"] == "0.1.0"
+        res = runner.invoke(app, ["models", "list", "--json"])
+        rows = json.loads(res.output)
+        assert any(r["version"] == "0.1.0" and r["promoted"] for r in rows)
+    finally:
+        os.environ.pop("SCANQC_MODELS_DIR", None)
+        regmod.reset_default_registry()
+
+
+def test_check_runs_models_without_torch(exported, tiny_manifests, tmp_path):
+    user = tmp_path / "models"
+    import shutil
+
+    shutil.copytree(exported, user)
+    for task in TASKS:
+        (user / task / "promoted.json").write_text(json.dumps({"version": "0.1.0"}))
+    case = next((tiny_manifests["coverage"].parent / "cases").glob("coverage_superior_*.nii.gz"))
+    code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'monai', 'torchio')];"
+            "from scanqc.cli import main; sys.argv = ['scanqc', 'check', '--json', '--modality', 'MR', sys.argv[1]];"
+            "main()")
+    env = {**os.environ, "SCANQC_MODELS_DIR": str(user)}
+    out = subprocess.run([sys.executable, "-c", code, str(case)], capture_output=True, text=True, env=env, timeout=120)
+    verdict = json.loads(out.stdout.splitlines()[0])
+    assert verdict["checks"]["motion"]["status"] != "skipped", verdict["checks"]["motion"]
+    cov = verdict["checks"]["coverage"]
+    assert cov["status"] in ("pass", "warn", "fail") and cov["model_version"] == "0.1.0"
+    assert "missing" in cov and verdict["checks"]["contrast_phase"]["status"] == "skipped"
+
+
+def test_config_file_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("epochs: 2\nchannels: [4, 8]\nstrides: [2, 2]\n")
+    cfg = load_config("coverage", p, seed=7)
+    assert cfg.epochs == 2 and cfg.seed == 7 and cfg.channels == (4, 8)
+    with pytest.raises(Exception, match="unknown"):
+        p.write_text("epoch: 2\n")
+        load_config("coverage", p)
