@@ -362,3 +362,25 @@ def test_processor_wiring_writes_and_sends_sr(tmp_path: Path) -> None:
     finally:
         rx.stop()
         server.shutdown()
+
+
+def test_real_processor_stores_verdicts(tmp_path: Path) -> None:
+    """make_receiver with the service's own Settings/Store/Processor, in-process (no BentoML)."""
+    from scanqc.serving.config import Settings
+    from scanqc.serving.processing import Processor
+    from scanqc.serving.store import Store
+
+    settings = Settings(data_dir=tmp_path, dicom_host="127.0.0.1", dicom_port=0, quiet_period_s=QUIET,
+                        ae_sites={"SCANNER1": "site-a"})
+    store = Store(settings.db_url)
+    rx = make_receiver(settings, Processor(settings, store)).start()
+    try:
+        dss = make_series(5)
+        assert send(rx.port, dss) == [0] * 5
+        assert eventually(lambda: bool(store.verdicts_for_series(dss[0].SeriesInstanceUID)), 15)
+        rec = store.verdicts_for_series(dss[0].SeriesInstanceUID)[0]
+        assert rec["verdict"]["n_instances"] == 5
+        assert eventually(sr_path(tmp_path, "site-a", dss[0].StudyInstanceUID, dss[0].SeriesInstanceUID).exists)
+    finally:
+        rx.stop()
+        store.close()
