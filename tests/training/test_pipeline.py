@@ -150,3 +150,13 @@ def test_config_file_overrides(tmp_path):
     with pytest.raises(Exception, match="unknown"):
         p.write_text("epoch: 2\n")
         load_config("coverage", p)
+
+
+def test_baseline_fits_and_reports_same_metrics(tiny_manifests, tmp_path):
+    from scanqc.training.baseline import run_baseline
+
+    for task in TASKS:
+        res = run_baseline(task, tiny_manifests[task], tmp_path / task, test_manifest=tiny_manifests[task],
+                           compare=None)
+        assert res["baseline"]["primary"] and res["baseline"]["n"] > 0
+        assert (tmp_path / task / "baseline.pkl").is_file()
