@@ -105,13 +105,14 @@ def phase_hu(rng: np.random.Generator, phase: str, enhancement: str = "optimal",
 
     Suboptimal enhancement ("warn" cases) comes in two kinds:
 
-    - ``weak_bolus``: every enhancing structure gets only ``f`` in [0.3, 0.55] of its enhancement
+    - ``weak_bolus``: every enhancing structure gets only ``f`` in [0.3, 0.5] of its enhancement
       above the non-contrast value (low iodine dose/flow, extravasation, high cardiac output);
     - ``mistimed_early``: scanned before the intended phase (arterial scanned while the bolus is
-      still arriving: ``w`` in [0.45, 0.7] of the way from non-contrast; portal venous scanned
-      in the late arterial phase: ``w`` in [0.3, 0.55] of the way from arterial).
+      still arriving: ``w`` in [0.3, 0.55] of the way from non-contrast; portal venous scanned
+      in the late arterial phase: ``w`` in [0.1, 0.33] of the way from arterial).
 
-    Both leave e.g. a portal-venous liver below ~100 HU or an arterial aorta below ~250 HU.
+    The ranges are chosen so that a portal-venous liver stays below 100 HU and an arterial aorta
+    below 250 HU, the thresholds in /work/shared/README.md.
     """
     _check_choice("phase", phase, PHASES)
     _check_choice("enhancement", enhancement, ENHANCEMENTS)
@@ -130,12 +131,12 @@ def phase_hu(rng: np.random.Generator, phase: str, enhancement: str = "optimal",
         kind = suboptimal_kind or kinds[int(rng.integers(len(kinds)))]
         _check_choice("suboptimal_kind", kind, kinds)
         if kind == "weak_bolus":
-            f = float(rng.uniform(0.3, 0.55))
+            f = float(rng.uniform(0.3, 0.5))
             hu.update({k: v["non_contrast"] + f * (v[phase] - v["non_contrast"]) for k, v in table.items()})
             meta = {"kind": kind, "fraction": round(f, 3)}
         else:
-            start, w = ("non_contrast", float(rng.uniform(0.45, 0.7))) if phase == "arterial" else \
-                ("arterial", float(rng.uniform(0.3, 0.55)))
+            start, w = ("non_contrast", float(rng.uniform(0.3, 0.55))) if phase == "arterial" else \
+                ("arterial", float(rng.uniform(0.1, 0.33)))
             hu.update({k: v[start] + w * (v[phase] - v[start]) for k, v in table.items()})
             meta = {"kind": kind, "from_phase": start, "fraction": round(w, 3)}
     return {k: round(v, 1) for k, v in hu.items()}, meta
