@@ -131,3 +131,41 @@ def promote_cmd(
     typer.echo(json.dumps({"promoted": f"{task} {version}", "record": str(path), "reason": reason,
                            "comparison": {k: (v.get(key) if isinstance(v, dict) else v)
                                           for k, v in comparison.items()}}, default=str))
+
+
+@app.command("bench")
+def bench_cmd(
+    runs: Annotated[int, typer.Option(help="timed runs per model (after 3 warm-up runs)")] = 20,
+    threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: min(2, cores))")] = None,
+) -> None:
+    """Median onnxruntime latency (batch 1) of each promoted model at its input size."""
+    import os
+    import statistics
+    import time
+
+    import numpy as np
+
+    from scanqc.inference import TASKS
+    from scanqc.models import default_registry
+
+    if threads:
+        os.environ["SCANQC_ORT_THREADS"] = str(threads)
+    reg = default_registry()
+    res = {}
+    for task in TASKS:
+        m = reg.get(task)
+        if m is None:
+            continue
+        x = np.random.default_rng(0).random((1, m.spec.in_channels, *m.spec.shape), dtype=np.float32)
+        for _ in range(3):
+            m.run(x)
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            m.run(x)
+            ts.append((time.perf_counter() - t) * 1000)
+        res[task] = {"version": m.version, "input": [1, m.spec.in_channels, *m.spec.shape],
+                     "median_ms": round(statistics.median(ts), 2), "p90_ms": round(sorted(ts)[int(0.9 * len(ts))], 2),
+                     "bytes": (m.folder / "model.onnx").stat().st_size}
+    res["total_median_ms"] = round(sum(v["median_ms"] for v in res.values() if isinstance(v, dict)), 2)
+    typer.echo(json.dumps(res, indent=2))
