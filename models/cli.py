@@ -136,7 +136,7 @@ def promote_cmd(
 @app.command("bench")
 def bench_cmd(
     runs: Annotated[int, typer.Option(help="timed runs per model (after 3 warm-up runs)")] = 20,
-    threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: min(2, cores))")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: min(2, cores))")] = None,
 ) -> None:
     """Median onnxruntime latency (batch 1) of each promoted model at its input size."""
     import os
@@ -144,9 +144,9 @@ def bench_cmd(
     import time
 
     import numpy as np
+    from scanqc.models import default_registry
 
     from scanqc.inference import TASKS
-    from scanqc.models import default_registry
 
     if threads:
         os.environ["SCANQC_ORT_THREADS"] = str(threads)
