@@ -10,7 +10,7 @@ import csv
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class ManifestRow:
     severity: float | None = None
     phase: str = ""
     enhancement: str = ""
-    missing: list[str] | None = None
+    missing: list[str] = field(default_factory=list)  # ends cut: 'superior', 'inferior'
     body_region: str = ""
     split: str = "train"
     provenance: dict[str, Any] | str = "real"

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from scanqc.datasets.base import mni_t1, required_brain_mask
 from scanqc.datasets.coverage import CoverageParams, crop_coverage, end_touches, random_coverage
 from scanqc.datasets.ct_phantom import make_abdomen_phantom, required_abdomen_mask
 from scanqc.datasets.geometry import reorient, reorient_array
+
 from scanqc.errors import ScanQCError
 
 

@@ -5,9 +5,9 @@ import sys
 
 import numpy as np
 import pytest
+from scanqc.datasets.ct_phantom import HU_TABLE, LABELS, PHASES, make_abdomen_phantom, required_abdomen_mask
 from scipy import ndimage
 
-from scanqc.datasets.ct_phantom import HU_TABLE, LABELS, PHASES, make_abdomen_phantom, required_abdomen_mask
 from scanqc.errors import ScanQCError
 
 SPACING = (5.0, 4.0, 4.0)  # coarse for speed; HU do not depend on it

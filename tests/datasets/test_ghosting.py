@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from scanqc.datasets.ghosting import GhostParams, apply_ghosting, ghost_offset, simulate_ghosting
+
 from scanqc.errors import ScanQCError
 
 
@@ -43,5 +43,5 @@ def test_zero_severity_and_errors():
     a = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
     out, p = simulate_ghosting(a, 0.0, np.random.default_rng(0))
     assert np.allclose(out, a) and p.strength == 0
-    with pytest.raises(ScanQCError, match="1.0"):
+    with pytest.raises(ScanQCError, match=r"1\.0"):
         GhostParams(1.0)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from scanqc.datasets.motion import (
     MotionParams,
     Pose,
@@ -14,6 +13,7 @@ from scanqc.datasets.motion import (
     severity_label,
     simulate_motion,
 )
+
 from scanqc.errors import ErrorCode, ScanQCError
 
 

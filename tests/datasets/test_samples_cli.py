@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from scanqc.datasets.cli import app
+from scanqc.datasets.samples import write_sample
+from typer.testing import CliRunner
+
+from scanqc.series import load_series
+
+
+def test_brain_sample_headers(tmp_path):
+    folder = write_sample("brain_mr", tmp_path / "brain")
+    s = load_series(folder)[0][0]
+    assert s.modality == "MR" and s.volume.shape[1:] == (256, 256) and s.volume.spacing[0] == 1.0
+    assert float(s.get("MagneticFieldStrength")) == 3.0 and float(s.get("RepetitionTime")) == 2300
+
+
+def test_cli_generate_and_preview(tmp_path):
+    r = CliRunner().invoke(app, ["generate", "--task", "coverage", "--n", "2", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["preview", str(tmp_path / "d" / "manifest.csv"), "--out", str(tmp_path / "p.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    r = CliRunner().invoke(app, ["generate", "--task", "nope", "--n", "1", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "'nope'" in r.output
