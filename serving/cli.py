@@ -61,6 +61,9 @@ def serve(
     env = {**os.environ, **settings.to_env(), "BENTOML_DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1",
            "SCANQC_DATA_DIR": str(settings.data_dir.resolve())}
     env.pop("SCANQC_CONFIG", None)  # everything is in the environment now
+    # BentoML wipes $BENTOML_HOME/prometheus_multiproc_dir when any server starts: a per-instance home keeps
+    # another `bentoml serve` on this host from resetting our /metrics counters.
+    env.setdefault("BENTOML_HOME", str((settings.data_dir / "bentoml").resolve()))
     cmd = [sys.executable, "-m", "bentoml", "serve", "scanqc.serving.service:QCService",
            "--host", settings.http_host, "--port", str(settings.http_port)]
     base = f"http://{settings.http_host}:{settings.http_port}"
