@@ -307,6 +307,12 @@ def _assemble_dicom(group: list[tuple[InputFile, Dataset]], input_name: str, lim
         series.error = exc
         series.header = _strip_pixels(group[0][1])
         return series
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+        # Header values of the wrong type or shape (fuzzing finds these): name them, don't crash.
+        series.error = ScanQCError(ErrorCode.INCONSISTENT_SERIES,
+                                   f"{name}: cannot build a volume from the headers ({type(exc).__name__}: {exc})")
+        series.header = _strip_pixels(group[0][1])
+        return series
     series.volume = vol
     series.integrity = issues
     series.notes += more_notes

@@ -112,6 +112,12 @@ def _float_list(value: object, n: int) -> list[float] | None:
     return out if len(out) == n and all(np.isfinite(out)) else None
 
 
+def _spacing(value: object) -> list[float] | None:
+    """PixelSpacing as two positive numbers, else None (zero or negative spacing is a broken header)."""
+    ps = _float_list(value, 2)
+    return ps if ps is not None and all(v > 0 for v in ps) else None
+
+
 def _first(seq_parent: Dataset | None, seq: str, attr: str) -> object:
     if seq_parent is None or seq not in seq_parent or not seq_parent[seq].value:
         return None
@@ -144,7 +150,7 @@ def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
             fg = per_frame[i] if i < len(per_frame) else None
             pos = _float_list(lookup(fg, "PlanePositionSequence", "ImagePositionPatient"), 3)
             ori = _float_list(lookup(fg, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-            ps = _float_list(lookup(fg, "PixelMeasuresSequence", "PixelSpacing"), 2)
+            ps = _spacing(lookup(fg, "PixelMeasuresSequence", "PixelSpacing"))
             st = lookup(fg, "PixelMeasuresSequence", "SliceThickness")
             slope = lookup(fg, "PixelValueTransformationSequence", "RescaleSlope")
             inter = lookup(fg, "PixelValueTransformationSequence", "RescaleIntercept")
@@ -156,7 +162,7 @@ def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
         return out
     pos = _float_list(ds.get("ImagePositionPatient"), 3)
     ori = _float_list(ds.get("ImageOrientationPatient"), 6)
-    ps = _float_list(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
+    ps = _spacing(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
     st_raw = ds.get("SliceThickness")
     st = float(st_raw) if st_raw not in (None, "") else None
     slope = float(ds.get("RescaleSlope", 1) or 1)

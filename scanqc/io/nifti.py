@@ -19,10 +19,21 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def read_nifti(path: Path, name: str | None = None, limits: Limits = DEFAULT_LIMITS) -> tuple[Volume, dict]:
     """Return the volume and a small header summary (no patient data exists in NIfTI headers)."""
+    name = name or str(path)
+    try:
+        return _read_nifti(path, name, limits)
+    except ScanQCError:
+        raise
+    except MemoryError:
+        raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: voxel data does not fit in memory") from None
+    except Exception as exc:  # nibabel raises many types on corrupt headers (fuzzing found several)
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: NIfTI unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _read_nifti(path: Path, name: str, limits: Limits) -> tuple[Volume, dict]:
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
-    name = name or str(path)
     try:
         img = nib.load(str(path))
     except (ImageFileError, OSError, EOFError, ValueError) as exc:
