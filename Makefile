@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README):
-#   make run   - install the service extras and start scanqc on embedded defaults
+#   make run   - install the service extras and start scanqc serve on embedded defaults (127.0.0.1)
 #   make test  - install everything (dev extras, headless Chromium) and run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -26,7 +26,7 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 run: install-serve
-	$(BIN)/scanqc check --sample
+	$(BIN)/scanqc serve
 
 test: install-dev chromium
 	$(BIN)/python -m pytest -q

@@ -34,10 +34,17 @@ def _exit_code(statuses: list[str]) -> int:
 
 
 def sample_series_path() -> Path:
-    """A real multi-slice MR series shipped inside pydicom, for trying scanqc out."""
-    import pydicom.data
+    """An abdominal CT sample series (phantom, portal venous, 2.5 mm), written once into the user cache."""
+    import os
 
-    return Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892003" / "MR700"
+    from scanqc.datasets.samples import write_sample
+
+    cache = Path(os.environ.get("SCANQC_CACHE", Path.home() / ".cache" / "scanqc")) / "samples" / "abdomen_ct"
+    if not (cache / ".complete").exists():
+        err_console.print(f"[dim]writing the sample series to {cache} (once)...[/]")
+        write_sample("abdomen_ct", cache, seed=0)
+        (cache / ".complete").touch()
+    return cache
 
 
 def _print_table(verdicts: list) -> None:
@@ -72,7 +79,8 @@ def check(
     visit: Annotated[str | None, typer.Option(help="visit name (default: ClinicalTrialTimePointID)")] = None,
     baseline_date: Annotated[str | None, typer.Option(help="subject's baseline date YYYY-MM-DD")] = None,
     modality: Annotated[str | None, typer.Option(help="modality for NIfTI inputs (CT or MR)")] = None,
-    sample: Annotated[bool, typer.Option("--sample", help="check a sample MR series shipped with pydicom")] = False,
+    sample: Annotated[bool, typer.Option("--sample", help="check a sample abdominal CT series "
+                                         "(phantom; uses the abdomen_ct guideline unless --protocol is given)")] = False,
 ) -> None:
     """Check series and print verdicts. Exit 0 all pass/warn, 1 any fail, 2 any error."""
     from scanqc.errors import ScanQCError
@@ -82,6 +90,7 @@ def check(
     inputs = list(paths or [])
     if sample:
         inputs.append(sample_series_path())
+        protocol = protocol or "abdomen_ct"
     if not inputs:
         err_console.print("[red]USAGE[/]: give at least one PATH (or --sample)")
         raise typer.Exit(EXIT_ERROR)
