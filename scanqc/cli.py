@@ -79,8 +79,8 @@ def check(
     visit: Annotated[str | None, typer.Option(help="visit name (default: ClinicalTrialTimePointID)")] = None,
     baseline_date: Annotated[str | None, typer.Option(help="subject's baseline date YYYY-MM-DD")] = None,
     modality: Annotated[str | None, typer.Option(help="modality for NIfTI inputs (CT or MR)")] = None,
-    sample: Annotated[bool, typer.Option("--sample", help="check a sample abdominal CT series "
-                                         "(phantom; uses the abdomen_ct guideline unless --protocol is given)")] = False,
+    sample: Annotated[bool, typer.Option(
+        "--sample", help="check a sample abdominal CT (phantom; abdomen_ct guideline unless --protocol)")] = False,
 ) -> None:
     """Check series and print verdicts. Exit 0 all pass/warn, 1 any fail, 2 any error."""
     from scanqc.errors import ScanQCError
