@@ -264,7 +264,12 @@ def build_volume(
         arr = decoded[key]
         if arr is None:
             continue
-        out[z] = arr[f.index] * f.geom.slope + f.geom.intercept
+        dst = out[z]
+        dst[...] = arr[f.index]  # one conversion to float32, then rescale in place
+        if f.geom.slope != 1.0:
+            dst *= f.geom.slope
+        if f.geom.intercept != 0.0:
+            dst += f.geom.intercept
         keep_rows.append(z)
     if bad:
         if not keep_rows:
