@@ -2,6 +2,85 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+def _fail(exc: Exception) -> None:
+    code = getattr(exc, "code", None)
+    typer.echo(f"{getattr(code, 'value', 'ERROR')}: {getattr(exc, 'message', exc)}", err=True)
+    raise typer.Exit(2)
+
+
+def _command_line() -> str:
+    return "scanqc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@app.command()
+def evaluate(
+    manifest: Annotated[list[Path], typer.Option(help="labeled held-out manifest(s); every task found is evaluated")],
+    out: Annotated[Path, typer.Option(help="report folder (report.md, report.html, report.json, PNGs)")],
+    models: Annotated[Path | None, typer.Option(
+        "--models", help="models folder (<task>/<version>/; its promoted or newest version) [promoted models]")] = None,
+    baselines: Annotated[Path | None, typer.Option(
+        help="`scanqc baseline --out` results: <task>/baseline.pkl or <task>-baseline/baseline.pkl")] = None,
+    baseline_train: Annotated[list[Path] | None, typer.Option(
+        help="training manifest(s) to fit the baseline on (train+val rows) when --baselines has none")] = None,
+    split: Annotated[str, typer.Option(help="manifest split ('all' = every row)")] = "all",
+    task: Annotated[list[str] | None, typer.Option(help="only these tasks")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N cases per task (smoke runs)")] = None,
+) -> None:
+    """Accuracy report: ROC AUC, sensitivity at fixed specificity, confusion, calibration, breakdowns; CNN vs
+    the classical baseline, with PNG plots."""
+    from scanqc.evaluation.quality import run_evaluation
+
+    from scanqc.errors import ScanQCError
+
+    try:
+        res = run_evaluation(list(manifest), out, models_dir=models, split=split, baselines=baselines,
+                             baseline_train=list(baseline_train or []), tasks=list(task or []) or None,
+                             limit=limit, command=_command_line())
+    except ScanQCError as exc:
+        _fail(exc)
+    summary = []
+    for r in res["tasks"]:
+        pm = r["primary_metric"]
+        summary.append({"task": r["task"], "n": r["n"], "metric": pm,
+                        **{w: r[w]["task_metrics"].get(pm) for w in ("CNN", "baseline") if w in r}})
+    typer.echo(json.dumps({"report": res["report"], "summary": summary}, indent=2, default=str))
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="folder for bench.json and bench.md")] = Path("bench-results"),
+    runs: Annotated[int, typer.Option(help="timed in-process `check` runs per series (after warm-up)")] = 20,
+    series: Annotated[str, typer.Option(help="comma list of: ct (200 x 512^2), mr (176 x 256^2)")] = "ct,mr",
+    service: Annotated[bool, typer.Option("--service/--no-service", help="measure `scanqc serve` throughput")] = True,
+    clients: Annotated[str, typer.Option(help="concurrent client counts for the service")] = "1,4,8",
+    requests_per_client: Annotated[int, typer.Option(help="uploads per client at each concurrency")] = 3,
+    torch_eager: Annotated[bool, typer.Option("--torch/--no-torch", help="torch-eager comparison")] = True,
+    cache: Annotated[Path | None, typer.Option(help="where the test series are written once [~/.cache/scanqc]")] = None,
+    ct_slices: Annotated[int, typer.Option(help="slices of the CT series")] = 200,
+    mr_slices: Annotated[int, typer.Option(help="slices of the MR series")] = 176,
+) -> None:
+    """Latency of `check` (stages, floor, torch eager), service throughput and memory; JSON + Markdown."""
+    from scanqc.evaluation.benchmark import run_bench
+
+    from scanqc.errors import ScanQCError
+
+    try:
+        res = run_bench(out, runs=runs, kinds=[s.strip() for s in series.split(",") if s.strip()],
+                        service=service, clients=[int(c) for c in clients.split(",") if c.strip()],
+                        requests_per_client=requests_per_client, torch_eager=torch_eager, cache=cache,
+                        ct_slices=ct_slices, mr_slices=mr_slices, command=_command_line())
+    except ScanQCError as exc:
+        _fail(exc)
+    typer.echo((out / "bench.md").read_text())
+    typer.echo(json.dumps({"json": str(out / "bench.json"), "targets": res.get("targets")}, indent=2))
