@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,6 +31,78 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+def _auth_line(settings: object) -> str:
+    from scanqc.serving.auth import Gate
+    from scanqc.serving.store import Store
+
+    try:
+        store = Store(settings.db_url, migrate_schema=False)  # type: ignore[attr-defined]
+        try:
+            return Gate(settings, store).mode_line()
+        finally:
+            store.close()
+    except Exception as exc:  # the banner must not fail the server
+        return f"unknown ({type(exc).__name__})"
+
+
+def _token_store(config: Path | None, data_dir: Path | None, db_url: str | None) -> tuple[Any, Any]:
+    from scanqc.serving.config import load_settings
+    from scanqc.serving.store import Store
+
+    from scanqc.errors import ScanQCError
+
+    try:
+        settings = load_settings(config, data_dir=data_dir, db_url=db_url)
+    except ScanQCError as exc:
+        typer.echo(f"{exc.code.value}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    return settings, Store(settings.db_url)
+
+
+# One command with an action argument (scanqc/cli.py merges single commands at top level, not groups).
+@app.command()
+def tokens(
+    action: Annotated[str, typer.Argument(help="create | list | revoke")],
+    token_id: Annotated[int | None, typer.Argument(help="for revoke: the token id (see list)")] = None,
+    role: Annotated[str | None, typer.Option(help="create: site | monitor | admin")] = None,
+    site: Annotated[str | None, typer.Option(help="create: the site a site token is bound to")] = None,
+    label: Annotated[str | None, typer.Option(help="create: who holds it, e.g. 'CT1 upload script'")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="settings YAML (as for serve)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="data dir [./scanqc-data]")] = None,
+    db_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL [sqlite:///<data-dir>/scanqc.db]")] = None,
+) -> None:
+    """API tokens: `create --role site --site S` (printed once; only a keyed hash is stored), `list`,
+    `revoke ID` (effective within 5 s). The first token turns authentication on (auth: auto)."""
+    from scanqc.serving.auth import create_token
+
+    if action not in ("create", "list", "revoke"):
+        typer.echo(f"USAGE: action must be create, list or revoke, not {action!r}", err=True)
+        raise typer.Exit(2)
+    settings, store = _token_store(config, data_dir, db_url)
+    try:
+        if action == "create":
+            try:
+                tid, token = create_token(store, settings, role or "", site, label)
+            except ValueError as exc:
+                typer.echo(f"USAGE: {exc}", err=True)
+                raise typer.Exit(2) from None
+            typer.echo(f"token {tid} ({role}{' for site ' + site if site else ''}); store it now, "
+                       "it is not shown again:", err=True)
+            typer.echo(token)
+        elif action == "list":
+            for t in store.list_tokens():
+                state = "revoked " + t["revoked_at"] if t["revoked_at"] else "active"
+                typer.echo(f"{t['id']:>4}  {t['prefix']}...  {t['role']:<8} {t['site_id'] or '-':<12} "
+                           f"{t['created_at']}  {state}  {t['label'] or ''}")
+        else:
+            if token_id is None or not store.revoke_token(token_id):
+                typer.echo(f"NOT_FOUND: no active token {token_id}", err=True)
+                raise typer.Exit(1)
+            typer.echo(f"token {token_id} revoked")
+    finally:
+        store.close()
+
+
 @app.command()
 def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="settings YAML (docs/serving.md)")] = None,
@@ -44,6 +116,7 @@ def serve(
     study: Annotated[str | None, typer.Option(help="default study / guideline (e.g. abdomen_ct, brain_mr)")] = None,
     no_dicom: Annotated[bool, typer.Option("--no-dicom", help="HTTP only, no DICOM receiver")] = False,
     workers: Annotated[int | None, typer.Option(help="BentoML API workers (keep 1 with SQLite)")] = None,
+    auth: Annotated[str | None, typer.Option(help="auto | required | off (off: loopback only) [auto]")] = None,
 ) -> None:
     """Start the QC service: HTTP API, technologist console, dashboard and the DICOM receiver."""
     from scanqc.serving.config import load_settings
@@ -53,7 +126,7 @@ def serve(
     try:
         settings = load_settings(config, http_host=host, http_port=port, dicom_port=dicom_port,
                                  dicom_ae_title=ae_title, data_dir=data_dir, db_url=db_url, default_study=study,
-                                 dicom_enabled=False if no_dicom else None, workers=workers)
+                                 dicom_enabled=False if no_dicom else None, workers=workers, auth=auth)
     except ScanQCError as exc:
         typer.echo(f"{exc.code.value}: {exc.message}", err=True)
         raise typer.Exit(2) from None
@@ -83,7 +156,8 @@ def serve(
             f"  Technologist console:    {base}/console/<station>  (station = the scanner's calling AE title)\n"
             f"  Central dashboard:       {base}/dashboard\n"
             f"  API docs (OpenAPI):      {base}/   probes: {base}/readyz {base}/livez   metrics: {base}/metrics\n"
-            f"  Data:                    {settings.data_dir.resolve()}  ({settings.public()['db_url']})\n",
+            f"  Data:                    {settings.data_dir.resolve()}  ({settings.public()['db_url']})\n"
+            f"  Auth:                    {_auth_line(settings)}\n",
         )
         sys.stdout.flush()
         proc.wait()

@@ -15,6 +15,7 @@ Example YAML::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -26,10 +27,12 @@ from typing import Any
 import yaml
 
 from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.limits import Limits
 
 ENV_PREFIX = "SCANQC_"
 CONFIG_ENV = "SCANQC_CONFIG"
 _DEFAULT_SALT = "scanqc-default-salt-change-me"
+AUTH_MODES = ("auto", "required", "off")
 
 
 @dataclass
@@ -54,6 +57,17 @@ class Settings:
     max_batch_size: int = 16
     max_latency_ms: int = 1000
     keep_uploads: bool = True  # keep received files under data_dir/incoming after the verdict
+    # -- security and limits (docs/security.md) --
+    # auth: "auto" = required once any API token exists or when HTTP is bound beyond loopback; "required";
+    # "off" (refused beyond loopback: the embedded demo only).
+    auth: str = "auto"
+    max_upload_bytes: int = 2 * 1024**3  # HTTP request body, enforced while streaming (413 TOO_LARGE)
+    max_instances: int = 5000  # instances per series
+    max_voxels: int = 600_000_000  # voxels per series volume
+    max_archive_members: int = 20_000  # zip members
+    max_archive_bytes: int = 4 * 1024**3  # zip uncompressed total
+    check_timeout_s: float = 120.0  # an upload's check taking longer answers 504 CHECK_TIMEOUT (kept, finished later)
+    request_idle_timeout_s: float = 30.0  # no request-body bytes for this long: 408 REQUEST_TIMEOUT
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -83,6 +97,16 @@ class Settings:
         if value is None or str(value).strip() == "":
             return None
         return hmac.new(self.salt.encode(), str(value).strip().encode(), hashlib.sha256).hexdigest()[:32]
+
+    def limits(self) -> Limits:
+        """Ingest limits for this deployment (``scanqc.limits.Limits``)."""
+        return dataclasses.replace(
+            Limits.from_env(), max_instances=self.max_instances, max_voxels=self.max_voxels,
+            max_archive_members=self.max_archive_members, max_archive_bytes=self.max_archive_bytes)
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.http_host in ("127.0.0.1", "localhost", "::1")
 
     @property
     def default_salt(self) -> bool:
@@ -172,4 +196,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
                 kwargs[f.name] = values[f.name] or None
             else:
                 kwargs[f.name] = _coerce(f.name, values[f.name], default)
-    return Settings(**kwargs)
+    settings = Settings(**kwargs)
+    if settings.auth not in AUTH_MODES:
+        raise ScanQCError(ErrorCode.USAGE, f"setting auth={settings.auth!r} must be one of {list(AUTH_MODES)}")
+    if settings.auth == "off" and not settings.loopback_only:
+        raise ScanQCError(ErrorCode.USAGE, f"auth=off is only allowed on loopback, not http_host={settings.http_host}")
+    return settings

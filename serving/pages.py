@@ -223,3 +223,17 @@ margin-right:4px;font-size:.85em;white-space:nowrap}} .charts{{display:flex;flex
 <h2>Open queries</h2><table id="queries"><thead><tr><th>#</th><th>site</th><th>station</th><th>check</th>
 <th>state</th><th>finding</th><th>action</th><th>age</th></tr></thead><tbody>{qrows}</tbody></table>
 </main></body></html>"""
+
+
+# -- login ----------------------------------------------------------------------------------------
+def login_page(next_path: str, error: str | None) -> str:
+    """Token login for the console and dashboard: the token is posted once and kept in an HttpOnly cookie."""
+    err = f'<p id="error" style="color:#d93025">{_e(error)}</p>' if error else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>scanqc login</title>
+<style>{_BASE_CSS} form{{background:#fff;padding:1rem;border:1px solid #e0e0e0;max-width:32rem}}
+input[type=password]{{width:100%;padding:.4rem;margin:.5rem 0}}</style></head>
+<body><header><strong>scanqc</strong></header><main><h2>Sign in</h2>{err}
+<form method="post" action="/login"><label for="token">API token (site, monitor or admin)</label>
+<input type="password" id="token" name="token" autocomplete="off" required>
+<input type="hidden" name="next" value="{_e(next_path)}"><button type="submit">Sign in</button></form>
+</main></body></html>"""

@@ -21,7 +21,7 @@ from scanqc.serving.store import Store
 
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.errors import ErrorCode, ScanQCError
-from scanqc.guideline import Guideline, load_guideline
+from scanqc.guideline import Guideline, load_guideline, parse_guideline
 from scanqc.limits import Limits
 from scanqc.pipeline import apply_required_series, check_path, default_checks
 from scanqc.series import Series
@@ -111,10 +111,11 @@ class Processor:
         self.store = store
         self.infer = infer
         self.models = models
-        self.limits = limits or Limits.from_env()
+        self.limits = limits or (settings.limits() if hasattr(settings, "limits") else Limits.from_env())
         self.checks = list(checks) if checks is not None else None
         self.listeners: list[Listener] = []
         self._guidelines: dict[str, Guideline] = {}
+        self._managed_cache: dict[str, tuple[Any, Guideline]] = {}
         self._lock = threading.Lock()
         self._in_flight: dict[str, int] = dict.fromkeys(SOURCES, 0)
 
@@ -131,6 +132,10 @@ class Processor:
         ref = self.settings.guideline_ref(study_id)
         if ref is None:
             return None
+        if study_id and study_id not in self.settings.studies:
+            managed = self._managed(study_id)
+            if managed is not None:
+                return managed
         with self._lock:
             g = self._guidelines.get(ref)
         if g is None:
@@ -143,10 +148,43 @@ class Processor:
                 log.warning("could not record guideline for study %s", study_id, exc_info=True)
         return g
 
+    def _managed(self, study_id: str) -> Guideline | None:
+        """A guideline set through the admin API (kept in the store; re-read when it changes)."""
+        try:
+            row = self.store.managed_guideline(study_id)
+        except Exception:
+            return None
+        if row is None:
+            return None
+        updated, raw = row
+        key = f"api:{study_id}"
+        with self._lock:
+            hit = self._managed_cache.get(key)
+        if hit is not None and hit[0] == updated:
+            return hit[1]
+        g = parse_guideline(raw, f"study {study_id}")
+        with self._lock:
+            self._managed_cache[key] = (updated, g)
+        return g
+
+    def forget_guideline(self, study_id: str) -> None:
+        with self._lock:
+            self._managed_cache.pop(f"api:{study_id}", None)
+
+    def study_for(self, site: str, study_id: str | None) -> str | None:
+        """Request's study, else the site's (settings, then the admin API's site record), else the default."""
+        if study_id or site in self.settings.site_studies:
+            return self.settings.study_for(site, study_id)
+        try:
+            managed = self.store.site_study(site)
+        except Exception:
+            managed = None
+        return managed or self.settings.study_for(site, None)
+
     def resolve(self, site_id: str | None, study_id: str | None) -> tuple[str, str | None, Guideline | None]:
         """(site, study, guideline) for an input; raises ScanQCError for an unknown study."""
         site = site_id or self.settings.default_site
-        study = self.settings.study_for(site, study_id)
+        study = self.study_for(site, study_id)
         return site, study, self.guideline_for(study)
 
     # -- the one entry point ---------------------------------------------------------------------
@@ -165,7 +203,7 @@ class Processor:
         if received_at.tzinfo is None:
             received_at = received_at.replace(tzinfo=dt.timezone.utc)
         site = site_id or self.settings.default_site
-        study = self.settings.study_for(site, study_id)
+        study = self.study_for(site, study_id)
         with self._lock:
             self._in_flight[source] += 1
         try:

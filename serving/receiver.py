@@ -133,6 +133,7 @@ class ReceiverConfig:
     retries: int = 2  # extra attempts when on_series_complete raises
     retry_delay_s: float = 5.0
     sr_destination: str | None = None  # "AE@host:port": C-STORE the verdict SR there (off by default)
+    max_instances: int = 5000  # per series: more are refused (bounded disk and tracker memory)
 
     @property
     def accepts_any(self) -> bool:
@@ -150,7 +151,8 @@ class ReceiverConfig:
         )
         for attr, name in (("dicom_host", "host"), ("dicom_accept_unknown_ae", "accept_unknown_ae"),
                            ("default_site", "default_site"), ("dicom_tcp_nodelay", "tcp_nodelay"),
-                           ("dicom_workers", "workers"), ("dicom_sr_destination", "sr_destination")):
+                           ("dicom_workers", "workers"), ("dicom_sr_destination", "sr_destination"),
+                           ("max_instances", "max_instances")):
             if getattr(settings, attr, None) is not None:
                 kw[name] = getattr(settings, attr)
         kw.update(overrides)
@@ -348,6 +350,13 @@ class Receiver:
             return CANNOT_UNDERSTAND
         site = self._site_for(calling)
         folder = self.incoming / site / study / series
+        with self._lock:
+            p = self._pending.get(series)
+            over = p is not None and sop not in p.sops and len(p.sops) >= self.cfg.max_instances
+        if over:
+            log.warning("C-STORE %s from %s: series %s already has %d instances (max_instances); refused",
+                        sop, calling, series, self.cfg.max_instances)
+            return OUT_OF_RESOURCES
         try:
             data = event.encoded_dataset(include_meta=True)  # Part 10 file: preamble, meta, bytes as sent
             self._store(folder, f"{sop}.dcm", data, calling)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import bentoml
 import numpy as np
-from scanqc.serving import web
+from scanqc.serving import auth, web
 from scanqc.serving.config import Settings, load_settings
 from scanqc.serving.processing import Processed, Processor
 from scanqc.serving.store import Store
@@ -133,12 +135,26 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+_KEPT_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".ima")
+UPLOAD_META = ".upload.json"
+UPLOAD_DONE = ".verdict"
+
+
 def _original_name(tmp: Path, index: int) -> str:
-    # BentoML names the temp file tmpXXXXXXXX<original basename>; keep the tail (its extension matters for
-    # .nii.gz) without trusting any path component from the client.
-    name = tmp.name[11:] if tmp.name.startswith("tmp") and len(tmp.name) > 11 else tmp.name
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".") or "upload"
-    return f"{index:05d}_{safe[-120:]}"
+    """A stored name for an uploaded file: its index plus a recognised suffix only.
+
+    Client file names can carry patient names (``DOE_JANE_MRN123.dcm``); they would end up in the verdict's
+    ``input`` and so in the database. The suffix is all the pipeline needs (``.nii.gz`` vs ``.zip``...).
+    """
+    lower = tmp.name.lower()
+    suffix = next((x for x in _KEPT_SUFFIXES if lower.endswith(x)), "")
+    return f"{index:05d}{suffix}"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from scanqc.serving.receiver import atomic_write
+
+    atomic_write(path, json.dumps(data).encode())
 
 
 @bentoml.service(name="scanqc", workers=_WORKERS, traffic={"timeout": 300},
@@ -160,13 +176,17 @@ class QCService:
         self.processor = Processor(self.settings, self.store, infer=self._infer)
         self.processor.listeners.append(self._observe)
         self._concurrency = max(1, self.settings.concurrency)
-        self._slots = threading.BoundedSemaphore(self._concurrency)
+        # Own pool for pipelines: long checks must not occupy the event loop's default executor, which the
+        # read API, auth lookups and the console's SSE polls use.
+        self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="scanqc-http")
+        self._count_lock = threading.Lock()
         self._waiting = 0
         self.receiver: Any = None
         self.receiver_error: str | None = None
         web.bind(web.AppState(settings=self.settings, store=self.store, processor=self.processor,
                               service=self))
         self._start_receiver()
+        self._recover_uploads()
         log.warning("scanqc service ready in %.2f s (db %s)", time.perf_counter() - t0,
                     self.settings.public()["db_url"])
 
@@ -191,11 +211,30 @@ class QCService:
             self.receiver_error = f"{type(exc).__name__}: {exc}"
             log.error("DICOM receiver failed: %s", self.receiver_error)
 
+    def _recover_uploads(self) -> None:
+        """Check again HTTP uploads that were persisted but never got a verdict (killed mid-check, or
+        answered 504 and the process stopped before the check ended)."""
+        if bentoml.server_context.worker_index not in (None, 1):
+            return
+        root = self.settings.incoming_dir / "http"
+        todo = [f for f in sorted(root.glob("*")) if (f / UPLOAD_META).is_file() and not (f / UPLOAD_DONE).exists()]
+        for folder in todo:
+            try:
+                meta = json.loads((folder / UPLOAD_META).read_text())
+                received = dt.datetime.fromisoformat(meta.pop("received_at"))
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("upload %s: unreadable upload record (%s); skipped", folder.name, type(exc).__name__)
+                continue
+            log.warning("restart: upload %s has no verdict yet; checking it again", folder.name)
+            self._enter()
+            self._pool.submit(self._run_upload, folder, received, meta)
+
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+        self._pool.shutdown(wait=True, cancel_futures=False)
         self.store.close()
 
     # -- model inference seam ---------------------------------------------------------------------
@@ -247,10 +286,19 @@ class QCService:
         ``{"error": {"code", "message"}}`` for bad requests; an unreadable upload is 422 with its verdict.
         """
         received_at = dt.datetime.now(dt.timezone.utc)
+        who = web.principal_of(ctx.request) if ctx is not None and ctx.request is not None else auth.OPEN
         station = (station or "http").strip()[:64] or "http"
         site_id = (site or "").strip()[:64] or None
+        if not who.can_submit:
+            ctx.response.status_code = 403
+            return web.error_body("FORBIDDEN", f"a {who.role} token cannot submit series")
+        if who.role == "site":
+            if site_id and site_id != who.site_id:
+                ctx.response.status_code = 403
+                return web.error_body("WRONG_SITE", f"this token belongs to site {who.site_id}, not {site_id}")
+            site_id = who.site_id
         try:
-            _, study_id, _ = self.processor.resolve(site_id, study.strip() or None)
+            _, study_id, _ = await asyncio.to_thread(self.processor.resolve, site_id, study.strip() or None)
         except ScanQCError as exc:
             ctx.response.status_code = 400
             return web.error_body(exc.code.value, exc.message)
@@ -259,25 +307,26 @@ class QCService:
             return web.error_body("EMPTY_INPUT", "no files in the upload: send multipart field 'files' "
                                                  "(DICOM instances, a .zip or a .nii/.nii.gz)")
         total = sum(p.stat().st_size for p in files)
-        if total > self.processor.limits.max_archive_bytes:
+        if total > self.settings.max_upload_bytes:  # the middleware stops larger bodies while they stream
             ctx.response.status_code = 413
             return web.error_body("TOO_LARGE", f"upload of {total} bytes exceeds the "
-                                               f"{self.processor.limits.max_archive_bytes}-byte limit")
-        upload_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+                                               f"{self.settings.max_upload_bytes}-byte limit")
+        upload_id = received_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
         folder = self.settings.incoming_dir / "http" / upload_id
-        self._waiting += 1
-        self._set_depth()
+        meta = {"site_id": site_id, "station": station, "study_id": study_id, "visit": visit.strip() or None,
+                "modality_hint": modality.strip().upper() or None, "complete_study": bool(complete_study)}
+        await asyncio.to_thread(self._persist, files, folder, {**meta, "received_at": received_at.isoformat()})
+        # Acknowledged from here on: the files and the request are on disk; a restart finishes the check.
+        self._enter()
+        fut = asyncio.wrap_future(self._pool.submit(self._run_upload, folder, received_at, meta))
         try:
-            await asyncio.to_thread(self._persist, files, folder)
-            verdicts = await asyncio.to_thread(
-                self._process, folder, site_id=site_id, station=station, received_at=received_at,
-                study_id=study_id, visit=visit.strip() or None,
-                modality_hint=modality.strip().upper() or None, complete_study=complete_study)
-        finally:
-            self._waiting -= 1
-            self._set_depth()
-        if not self.settings.keep_uploads:
-            shutil.rmtree(folder, ignore_errors=True)
+            verdicts = await asyncio.wait_for(asyncio.shield(fut), timeout=self.settings.check_timeout_s)
+        except asyncio.TimeoutError:
+            ctx.response.status_code = 504
+            return {"upload_id": upload_id, "station": station, "site_id": site_id or self.settings.default_site,
+                    **web.error_body("CHECK_TIMEOUT", f"the check took longer than {self.settings.check_timeout_s:g} s;"
+                                     f" the upload is stored and its verdict will be at /api/uploads/{upload_id}"
+                                     " (and on the console); no need to send it again")}
         out = [v.to_dict() for v in verdicts]
         body: dict[str, Any] = {"upload_id": upload_id, "station": station,
                                 "site_id": site_id or self.settings.default_site, "study_id": study_id,
@@ -288,13 +337,40 @@ class QCService:
             body["error"] = {"code": first["code"], "message": first["message"]}
         return body
 
-    def _persist(self, files: list[Path], folder: Path) -> None:
-        """Move the upload into data_dir and fsync it: acknowledged means on disk."""
+    def _enter(self) -> None:
+        with self._count_lock:
+            self._waiting += 1
+        self._set_depth()
+
+    def _persist(self, files: list[Path], folder: Path, meta: dict[str, Any]) -> None:
+        """Move the upload into data_dir and fsync it, with its request: acknowledged means on disk."""
         folder.mkdir(parents=True, exist_ok=True)
         for i, p in enumerate(files):
             shutil.move(str(p), folder / _original_name(p, i))
         _fsync_tree(folder)
+        _write_json(folder / UPLOAD_META, meta)  # last: a folder without it was never acknowledged
+        from scanqc.serving.receiver import fsync_dir
 
-    def _process(self, folder: Path, **kw: Any) -> list:
-        with self._slots:  # bound concurrent pipelines; the rest wait (queue depth)
-            return self.processor.process_folder(folder, source="http", **kw)
+        fsync_dir(folder.parent)
+
+    def _run_upload(self, folder: Path, received_at: dt.datetime, meta: dict[str, Any]) -> list:
+        """Check a persisted upload, store the verdicts (before anyone is told), then mark it done."""
+        try:
+            verdicts = self.processor.process_folder(folder, source="http", received_at=received_at, **meta)
+            ids = [v.to_dict().get("series_uid") for v in verdicts]
+            _write_json(folder / UPLOAD_DONE, {"series_uids": ids, "statuses": [v.status for v in verdicts],
+                                               "site_id": meta.get("site_id") or self.settings.default_site,
+                                               "at": dt.datetime.now(dt.timezone.utc).isoformat()})
+            if not self.settings.keep_uploads:  # keep the small records, drop the images
+                for p in folder.iterdir():
+                    if not p.name.startswith("."):
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+            return verdicts
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
+            self._set_depth()
+
+
+# Authentication, streaming body limits and coded errors in front of every route (scanqc.serving.auth).
+QCService.add_asgi_middleware(auth.SecurityMiddleware)

@@ -43,6 +43,7 @@ from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.verdict import Verdict
 
 QUERY_STATES = ("open", "answered", "closed")
+MANAGED_REF = "api"  # studies.guideline_ref of a guideline uploaded through the admin API
 # Query transitions the API allows: the site answers, the central team closes (or closes outright when
 # the series was repeated and passed).
 _TRANSITIONS = {("open", "answered"), ("answered", "closed"), ("open", "closed")}
@@ -73,6 +74,21 @@ class Site(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    study_id: Mapped[str | None] = mapped_column(String(64))  # the site's default study (admin API)
+
+
+class ApiToken(Base):
+    """An API token: only its keyed hash is kept (the clear token is shown once, at creation)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to recognise a token in listings
+    role: Mapped[str] = mapped_column(String(16))  # site | monitor | admin
+    site_id: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 class Study(Base):
@@ -253,6 +269,72 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Site.id).order_by(Site.id)))
 
+    def sites(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [{"id": r.id, "name": r.name, "study": r.study_id, "created_at": iso(r.created_at)}
+                    for r in s.scalars(select(Site).order_by(Site.id))]
+
+    def upsert_site(self, site_id: str, name: str | None = None, study_id: str | None = None) -> dict[str, Any]:
+        with self.session(write=True) as s:
+            row = s.get(Site, site_id)
+            if row is None:
+                row = Site(id=site_id, name=name or site_id, study_id=study_id)
+                s.add(row)
+            else:
+                row.name = name or row.name
+                row.study_id = study_id if study_id is not None else row.study_id
+            s.flush()
+            return {"id": row.id, "name": row.name, "study": row.study_id, "created_at": iso(row.created_at)}
+
+    def site_study(self, site_id: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Site, site_id)
+            return row.study_id if row is not None else None
+
+    def managed_guideline(self, study_id: str) -> tuple[dt.datetime, dict] | None:
+        """(updated_at, guideline mapping) of a study whose guideline was set through the admin API."""
+        with self.session() as s:
+            row = s.get(Study, study_id)
+            if row is None or row.guideline_ref != MANAGED_REF or not isinstance(row.guideline, dict):
+                return None
+            return row.updated_at, row.guideline
+
+    # -- API tokens ------------------------------------------------------------------------------
+    def add_token(self, token_hash: str, prefix: str, role: str, site_id: str | None,
+                  label: str | None = None) -> int:
+        with self.session(write=True) as s:
+            if site_id:
+                self.ensure_site(s, site_id)
+            row = ApiToken(token_hash=token_hash, prefix=prefix, role=role, site_id=site_id, label=label,
+                           created_at=utcnow())
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def token_by_hash(self, token_hash: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            r = s.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash,
+                                                 ApiToken.revoked_at.is_(None))).first()
+            return None if r is None else {"id": r.id, "role": r.role, "site_id": r.site_id}
+
+    def active_token_count(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count(ApiToken.id)).where(ApiToken.revoked_at.is_(None))) or 0)
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [{"id": r.id, "prefix": r.prefix, "role": r.role, "site_id": r.site_id, "label": r.label,
+                     "created_at": iso(r.created_at), "revoked_at": iso(r.revoked_at)}
+                    for r in s.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+    def revoke_token(self, token_id: int) -> bool:
+        with self.session(write=True) as s:
+            r = s.get(ApiToken, token_id)
+            if r is None or r.revoked_at is not None:
+                return False
+            r.revoked_at = utcnow()
+            return True
+
     # -- receipt ---------------------------------------------------------------------------------
     def record_instance_received(self, series_uid: str, station: str, *, site_id: str | None = None,
                                  received_at: dt.datetime | None = None, count: int = 1) -> None:
@@ -326,16 +408,21 @@ class Store:
                              .order_by(VerdictRow.id.desc()))
             return [self._verdict_out(r) for r in rows]
 
-    def latest_verdict(self, station: str) -> dict[str, Any] | None:
+    def latest_verdict(self, station: str, site_id: str | None = None) -> dict[str, Any] | None:
         with self.session() as s:
-            r = s.scalars(select(VerdictRow).where(VerdictRow.station == station)
-                          .order_by(VerdictRow.id.desc()).limit(1)).first()
+            q = select(VerdictRow).where(VerdictRow.station == station)
+            if site_id:
+                q = q.where(VerdictRow.site_id == site_id)
+            r = s.scalars(q.order_by(VerdictRow.id.desc()).limit(1)).first()
             return self._verdict_out(r) if r else None
 
-    def latest_verdict_id(self, station: str) -> int | None:
+    def latest_verdict_id(self, station: str, site_id: str | None = None) -> int | None:
         """Cheap change detector for the console's server-sent events."""
         with self.session() as s:
-            return s.scalar(select(func.max(VerdictRow.id)).where(VerdictRow.station == station))
+            q = select(func.max(VerdictRow.id)).where(VerdictRow.station == station)
+            if site_id:
+                q = q.where(VerdictRow.site_id == site_id)
+            return s.scalar(q)
 
     def max_verdict_id(self) -> int | None:
         with self.session() as s:

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from scanqc.serving import pages
+from scanqc.serving.auth import COOKIE, OPEN, ROLES, Gate, Principal, create_token
 from scanqc.serving.config import Settings
 from scanqc.serving.processing import Processor
-from scanqc.serving.store import QueryStateError, Store
+from scanqc.serving.store import MANAGED_REF, QueryStateError, Store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -45,6 +46,11 @@ class AppState:
     store: Store
     processor: Processor
     service: Any = None
+    gate: Gate = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            self.gate = Gate(self.settings, self.store)
 
 
 _state: AppState | None = None
@@ -55,6 +61,10 @@ def bind(state: AppState) -> None:
     global _state
     _state = state
     notifier.reset()
+
+
+def current_state() -> AppState | None:
+    return _state
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -71,6 +81,37 @@ def _st() -> AppState:
     if _state is None:
         raise ApiError(503, "NOT_READY", "service is starting")
     return _state
+
+
+# -- authorization (authentication is SecurityMiddleware's job) ------------------------------------
+def principal_of(request: Any) -> Principal:
+    """The caller set by :class:`scanqc.serving.auth.SecurityMiddleware` (open demo mode: ``OPEN``)."""
+    st = request.scope.get("state") or {}
+    p = st.get("principal") if isinstance(st, dict) else getattr(st, "principal", None)
+    return p if isinstance(p, Principal) else OPEN
+
+
+def _need(request: Request, *, roles: tuple[str, ...]) -> Principal:
+    p = principal_of(request)
+    if p.role not in roles:
+        raise ApiError(403, "FORBIDDEN", f"a {p.role} token cannot do this (needs {' or '.join(roles)})")
+    return p
+
+
+def _site_scope(request: Request, asked: str | None) -> str | None:
+    """The site filter a caller may use: a site token sees only its own site (asking for another is 403)."""
+    p = principal_of(request)
+    if p.sees_all_sites:
+        return asked
+    if asked and asked != p.site_id:
+        raise ApiError(403, "WRONG_SITE", f"this token belongs to site {p.site_id}, not {asked}")
+    return p.site_id
+
+
+def _own(request: Request, site_id: str | None, what: str) -> None:
+    p = principal_of(request)
+    if not p.sees_all_sites and site_id != p.site_id:
+        raise ApiError(403, "WRONG_SITE", f"{what} belongs to another site")
 
 
 # -- change notification for the console ----------------------------------------------------------
@@ -216,6 +257,7 @@ def console_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # -- API --------------------------------------------------------------------------------------------
 async def api_status(request: Request) -> Response:
+    _need(request, roles=("monitor", "admin"))
     st = _st()
     svc = st.service
     return _json({"settings": st.settings.public(),
@@ -223,14 +265,25 @@ async def api_status(request: Request) -> Response:
                                "ae_title": st.settings.dicom_ae_title, "port": st.settings.dicom_port,
                                "running": getattr(svc, "receiver", None) is not None,
                                "error": getattr(svc, "receiver_error", None)},
+                  "auth": await asyncio.to_thread(st.gate.mode_line),
                   "in_flight": st.processor.in_flight()})
+
+
+async def _series_records(request: Request, uid: str) -> list[dict[str, Any]]:
+    records = await _db(_st().store.verdicts_for_series, uid)
+    if not records:
+        raise ApiError(404, "NOT_FOUND", f"no verdict for series {uid}")
+    p = principal_of(request)
+    if not p.sees_all_sites:
+        records = [r for r in records if r["site_id"] == p.site_id]
+        if not records:
+            raise ApiError(403, "WRONG_SITE", f"series {uid} belongs to another site")
+    return records
 
 
 async def api_series(request: Request) -> Response:
     uid = request.path_params["uid"]
-    records = await _db(_st().store.verdicts_for_series, uid)
-    if not records:
-        raise ApiError(404, "NOT_FOUND", f"no verdict for series {uid}")
+    records = await _series_records(request, uid)
     latest = records[0]
     return _json({"series_uid": uid, **latest, "history": [
         {k: r[k] for k in ("id", "station", "source", "received_at", "verdict_at")} | {"status": r["verdict"]["status"]}
@@ -275,9 +328,7 @@ def _reference_header(verdict: dict[str, Any]) -> Any:
 
 async def api_series_sr(request: Request) -> Response:
     uid = request.path_params["uid"]
-    records = await _db(_st().store.verdicts_for_series, uid)
-    if not records:
-        raise ApiError(404, "NOT_FOUND", f"no verdict for series {uid}")
+    records = await _series_records(request, uid)
     verdict = records[0]["verdict"]
     try:
         from scanqc.serving.sr import verdict_to_sr
@@ -300,9 +351,40 @@ async def api_series_sr(request: Request) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="scanqc-sr-{uid[-32:]}.dcm"'})
 
 
+async def api_upload(request: Request) -> Response:
+    """State of an HTTP upload: ``pending`` (stored, being checked) or ``done`` with its verdicts."""
+    uid = request.path_params["id"]
+    if not uid or len(uid) > 64 or not set(uid) <= _ID_CHARS or uid.startswith("."):
+        raise ApiError(404, "NOT_FOUND", "no such upload")
+    folder = _st().settings.incoming_dir / "http" / uid
+
+    def read() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        def load(name: str) -> dict[str, Any] | None:
+            try:
+                return json.loads((folder / name).read_text())
+            except (OSError, ValueError):
+                return None
+        return load(".upload.json"), load(".verdict")
+
+    meta, done = await asyncio.to_thread(read)
+    if meta is None:
+        raise ApiError(404, "NOT_FOUND", f"no upload {uid}")
+    site = meta.get("site_id") or _st().settings.default_site
+    _own(request, site, f"upload {uid}")
+    out: dict[str, Any] = {"upload_id": uid, "site_id": site, "station": meta.get("station"),
+                           "state": "done" if done else "pending", "verdicts": []}
+    for series_uid in (done or {}).get("series_uids") or []:
+        if series_uid:
+            recs = [r for r in await _db(_st().store.verdicts_for_series, series_uid) if r["site_id"] == site]
+            if recs:
+                out["verdicts"].append({"verdict_id": recs[0]["id"], **recs[0]["verdict"]})
+    return _json(out)
+
+
 async def api_verdicts(request: Request) -> Response:
     q = request.query_params
-    rows = await _db(_st().store.recent_verdicts, site_id=q.get("site") or None, station=q.get("station") or None,
+    rows = await _db(_st().store.recent_verdicts, site_id=_site_scope(request, q.get("site") or None),
+                     station=q.get("station") or None,
                      limit=_int_param(request, "limit", 50, 1, 1000))
     return _json({"verdicts": rows})
 
@@ -312,12 +394,13 @@ async def api_verdict(request: Request) -> Response:
     rec = await _db(_st().store.get_verdict, vid)
     if rec is None:
         raise ApiError(404, "NOT_FOUND", f"verdict {vid} not found")
+    _own(request, rec["site_id"], f"verdict {vid}")
     return _json(rec)
 
 
 async def api_station_latest(request: Request) -> Response:
     station = request.path_params["station"]
-    rec = await _db(_st().store.latest_verdict, station)
+    rec = await _db(_st().store.latest_verdict, station, _site_scope(request, None))
     if rec is None:
         raise ApiError(404, "NOT_FOUND", f"no verdict yet for station {station}")
     return _json({"console": console_view(rec), **rec})
@@ -326,16 +409,17 @@ async def api_station_latest(request: Request) -> Response:
 async def api_station_events(request: Request) -> Response:
     station = request.path_params["station"]
     store = _st().store
+    site = _site_scope(request, None)
 
     async def stream() -> Any:
         last_id: int | None = -1
         yield "retry: 1000\n\n"
         while True:
             seen = notifier.version  # read before the query so a change during it is not lost
-            vid = await _db(store.latest_verdict_id, station)
+            vid = await _db(store.latest_verdict_id, station, site)
             if vid != last_id:
                 last_id = vid
-                view = console_view(await _db(store.latest_verdict, station)) if vid is not None else None
+                view = console_view(await _db(store.latest_verdict, station, site)) if vid is not None else None
                 yield f"id: {vid or 0}\nevent: verdict\ndata: {json.dumps(view)}\n\n"
             if not await notifier.wait(seen, SSE_KEEPALIVE_S):
                 if await request.is_disconnected():
@@ -349,7 +433,8 @@ async def api_station_events(request: Request) -> Response:
 async def api_queries(request: Request) -> Response:
     q = request.query_params
     try:
-        rows = await _db(_st().store.list_queries, site_id=q.get("site") or None, state=q.get("state") or None,
+        rows = await _db(_st().store.list_queries, site_id=_site_scope(request, q.get("site") or None),
+                         state=q.get("state") or None,
                          series_uid=q.get("series_uid") or None, limit=_int_param(request, "limit", 500, 1, 5000))
     except ScanQCError as exc:
         raise ApiError(400, "BAD_REQUEST", exc.message) from None
@@ -357,6 +442,7 @@ async def api_queries(request: Request) -> Response:
 
 
 async def api_query_open(request: Request) -> Response:
+    _need(request, roles=("monitor", "admin"))  # queries are opened by the central team
     data = await _body(request)
     try:
         vid = int(data.get("verdict_id"))  # type: ignore[arg-type]
@@ -377,6 +463,7 @@ async def api_query(request: Request) -> Response:
     rec = await _db(_st().store.get_query, qid)
     if rec is None:
         raise ApiError(404, "NOT_FOUND", f"query {qid} not found")
+    _own(request, rec["site_id"], f"query {qid}")
     return _json(rec)
 
 
@@ -385,6 +472,16 @@ async def _transition(request: Request, kind: str) -> Response:
     data = await _body(request)
     by = str(data.get("by") or "").strip()[:100] or None
     store = _st().store
+    p = principal_of(request)
+    if kind == "answer":  # the site answers its own queries; closing is the central team's
+        current = await _db(store.get_query, qid)
+        if current is None:
+            raise ApiError(404, "NOT_FOUND", f"query {qid} not found")
+        _own(request, current["site_id"], f"query {qid}")
+        if p.role == "monitor":
+            raise ApiError(403, "FORBIDDEN", "the site answers its queries; a monitor token closes them")
+    else:
+        _need(request, roles=("monitor", "admin"))
     try:
         if kind == "answer":
             answer = str(data.get("answer") or "").strip()
@@ -411,7 +508,7 @@ async def api_query_close(request: Request) -> Response:
 async def api_dashboard(request: Request) -> Response:
     data = await _db(_st().store.site_metrics, days=_int_param(request, "days", 90, 1, 3650),
                      recurring_min=_int_param(request, "recurring_min", 3, 1, 1000),
-                     site_id=request.query_params.get("site") or None)
+                     site_id=_site_scope(request, request.query_params.get("site") or None))
     return _json(data)
 
 
@@ -421,22 +518,143 @@ async def api_studies(request: Request) -> Response:
                   "default_study": st.settings.default_study, "seen": await _db(st.store.list_studies)})
 
 
+# -- admin: sites, studies/guidelines, tokens ----------------------------------------------------------
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _ident(value: Any, what: str) -> str:
+    v = str(value or "").strip()
+    if not v or len(v) > 64 or not set(v) <= _ID_CHARS:
+        raise ApiError(400, "BAD_REQUEST", f"{what} must be 1-64 characters of letters, digits, '.', '_', '-'")
+    return v
+
+
+async def api_admin_sites(request: Request) -> Response:
+    _need(request, roles=("admin",))
+    st = _st()
+    if request.method == "GET":
+        return _json({"sites": await _db(st.store.sites), "ae_sites": st.settings.ae_sites})
+    data = await _body(request)
+    site = _ident(data.get("id"), "id")
+    study = str(data.get("study") or "").strip() or None
+    if study:
+        study = _ident(study, "study")
+        try:
+            await _db(st.processor.guideline_for, study)
+        except ScanQCError as exc:
+            raise ApiError(400, exc.code.value, exc.message) from None
+    name = str(data.get("name") or "").strip()[:200] or None
+    return _json(await _db(st.store.upsert_site, site, name, study), 200)
+
+
+async def api_admin_studies(request: Request) -> Response:
+    _need(request, roles=("admin",))
+    return _json({"studies": await _db(_st().store.list_studies), "configured": _st().settings.studies})
+
+
+async def api_admin_study_put(request: Request) -> Response:
+    """Set a study's acquisition guideline: a YAML document, or JSON ``{"guideline": {...}}``."""
+    _need(request, roles=("admin",))
+    from scanqc.guideline import parse_guideline
+
+    st = _st()
+    study = _ident(request.path_params["id"], "study id")
+    if study in st.settings.studies:
+        raise ApiError(409, "CONFIGURED", f"study {study} is defined in the settings file; change it there")
+    raw = await request.body()
+    try:
+        import yaml
+
+        doc = yaml.safe_load(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ApiError(400, "BAD_GUIDELINE", f"guideline is not valid YAML/JSON ({type(exc).__name__})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("guideline"), dict):
+        doc = doc["guideline"]
+    if isinstance(doc, dict):
+        doc = {**doc, "study": study}
+    try:
+        g = parse_guideline(doc, f"study {study}")  # type: ignore[arg-type]
+    except ScanQCError as exc:
+        raise ApiError(400, exc.code.value, exc.message) from None
+    await _db(st.store.upsert_study, study, MANAGED_REF, g.title or None, g.raw)
+    st.processor.forget_guideline(study)
+    return _json({"id": study, "title": g.title, "series": [r.id for r in g.series]}, 200)
+
+
+async def api_admin_tokens(request: Request) -> Response:
+    _need(request, roles=("admin",))
+    st = _st()
+    if request.method == "GET":
+        return _json({"tokens": await _db(st.store.list_tokens)})
+    data = await _body(request)
+    role = str(data.get("role") or "").strip()
+    if role not in ROLES:
+        raise ApiError(400, "BAD_REQUEST", f"role must be one of {list(ROLES)}")
+    site = _ident(data["site"], "site") if data.get("site") else None
+    try:
+        tid, token = await _db(create_token, st.store, st.settings, role, site,
+                               str(data.get("label") or "")[:200] or None)
+    except ValueError as exc:
+        raise ApiError(400, "BAD_REQUEST", str(exc)) from None
+    st.gate.invalidate()
+    return _json({"id": tid, "role": role, "site_id": site, "token": token,
+                  "note": "shown once: only a keyed hash is stored"}, 201)
+
+
+async def api_admin_token_revoke(request: Request) -> Response:
+    _need(request, roles=("admin",))
+    tid = _path_int(request, "id")
+    if not await _db(_st().store.revoke_token, tid):
+        raise ApiError(404, "NOT_FOUND", f"no active token {tid}")
+    _st().gate.invalidate()
+    return _json({"id": tid, "revoked": True})
+
+
+# -- login for the pages (the token goes into an HttpOnly cookie, never into a URL) -------------------
+def _safe_next(raw: Any) -> str:
+    n = str(raw or "/dashboard")
+    return n if n.startswith("/") and not n.startswith("//") and "\\" not in n else "/dashboard"
+
+
+async def page_login(request: Request) -> Response:
+    nxt = _safe_next(request.query_params.get("next"))
+    if request.method == "GET":
+        return HTMLResponse(pages.login_page(nxt, None))
+    data = await _body(request)
+    token = str(data.get("token") or "").strip()
+    nxt = _safe_next(data.get("next") or nxt)
+    p = await asyncio.to_thread(_st().gate.verify, token) if token else None
+    if p is None:
+        return HTMLResponse(pages.login_page(nxt, "Unknown or revoked token."), status_code=401)
+    resp = RedirectResponse(nxt, status_code=303)
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                    max_age=12 * 3600)
+    return resp
+
+
+async def page_logout(request: Request) -> Response:
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(COOKIE)
+    return resp
+
+
 # -- pages ------------------------------------------------------------------------------------------
 async def page_console(request: Request) -> Response:
     station = request.path_params["station"]
-    rec = await _db(_st().store.latest_verdict, station)
+    rec = await _db(_st().store.latest_verdict, station, _site_scope(request, None))
     return HTMLResponse(pages.console_page(station, console_view(rec)))
 
 
 async def page_console_index(request: Request) -> Response:
-    rows = await _db(_st().store.recent_verdicts, limit=500)
+    rows = await _db(_st().store.recent_verdicts, site_id=_site_scope(request, None), limit=500)
     stations = sorted({r["station"] for r in rows})
     return HTMLResponse(pages.console_index(stations))
 
 
 async def page_dashboard(request: Request) -> Response:
     data = await _db(_st().store.site_metrics, days=_int_param(request, "days", 90, 1, 3650),
-                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000))
+                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000),
+                     site_id=_site_scope(request, None))
     return HTMLResponse(pages.dashboard_page(data))
 
 
@@ -454,6 +672,7 @@ app = Starlette(
         Route("/api/status", api_status),
         Route("/api/series/{uid}", api_series),
         Route("/api/series/{uid}/sr", api_series_sr),
+        Route("/api/uploads/{id}", api_upload),
         Route("/api/verdicts", api_verdicts),
         Route("/api/verdicts/{id}", api_verdict),
         Route("/api/stations/{station}/latest", api_station_latest),
@@ -469,6 +688,13 @@ app = Starlette(
         Route("/console/{station}", page_console),
         Route("/dashboard", page_dashboard),
         Route("/ui", page_home),
+        Route("/login", page_login, methods=["GET", "POST"]),
+        Route("/logout", page_logout),
+        Route("/api/admin/sites", api_admin_sites, methods=["GET", "POST"]),
+        Route("/api/admin/studies", api_admin_studies),
+        Route("/api/admin/studies/{id}", api_admin_study_put, methods=["PUT"]),
+        Route("/api/admin/tokens", api_admin_tokens, methods=["GET", "POST"]),
+        Route("/api/admin/tokens/{id}", api_admin_token_revoke, methods=["DELETE"]),
     ],
     exception_handlers={ApiError: _api_error},
 )
