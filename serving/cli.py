@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,6 +30,16 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when `scanqc serve` dies, even by kill -9 (Linux PR_SET_PDEATHSIG).
+    The workers follow their arbiter (scanqc.serving.service._exit_with_parent), so no orphan keeps
+    the ports and a restart can bind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 def _auth_line(settings: object) -> str:
@@ -141,7 +152,7 @@ def serve(
            "--host", settings.http_host, "--port", str(settings.http_port)]
     base = f"http://{settings.http_host}:{settings.http_port}"
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try:
         if not _wait_ready(base + "/readyz", proc, timeout=120):
             typer.echo("scanqc: the service did not become ready (see the log above)", err=True)

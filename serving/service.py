@@ -70,11 +70,29 @@ INFER_BATCH = bentoml.metrics.Histogram(name="scanqc_inference_batch_size",
                                         buckets=(1, 2, 4, 8, 16, 32))
 
 
+def _exit_with_parent() -> None:
+    """Die when the BentoML arbiter dies. Its workers run in their own sessions, so after a ``kill -9``
+    of the server they would otherwise live on as orphans holding the HTTP/DICOM ports (and a stale
+    view of the data), and the restarted service could not bind."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                log.error("the server process is gone; this worker exits too")
+                os._exit(70)
+
+    threading.Thread(target=watch, name="scanqc-parent-watch", daemon=True).start()
+
+
 @bentoml.service(name="scanqc-inference", workers=1, traffic={"timeout": 120})
 class InferenceService:
     """Adaptively batched ONNX inference, one batchable endpoint per task (inputs [N, C, D, H, W])."""
 
     def __init__(self) -> None:
+        if bentoml.server_context.worker_index is not None:  # a served worker, not an in-process import
+            _exit_with_parent()
         self.models: dict[str, Any] = {}
         self.load_errors: dict[str, str] = {}
         try:
@@ -167,6 +185,8 @@ class QCService:
 
     def __init__(self) -> None:
         t0 = time.perf_counter()
+        if bentoml.server_context.worker_index is not None:
+            _exit_with_parent()
         self.settings: Settings = load_settings()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.incoming_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,17 +65,19 @@ class ServerProc:
 
     def start(self, timeout: float = 180) -> ServerProc:
         t0 = time.monotonic()
+        start_mark = self.log.stat().st_size if self.log.exists() else 0
         fh = open(self.log, "a")  # appended across restarts: the PHI test greps all of it
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         fh.close()
-        start_mark = self.log.stat().st_size if self.log.exists() else 0
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"scanqc serve exited {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
-            if "scanqc ready" in self.log.read_text()[max(0, start_mark - 200):] and self._ready():
-                break
+            with open(self.log, "rb") as f:
+                f.seek(start_mark)
+                if b"scanqc ready" in f.read() and self._ready():
+                    break
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"scanqc serve not ready in {timeout} s:\n{self.log.read_text()[-4000:]}")
@@ -104,23 +107,66 @@ class ServerProc:
             return []
 
     def kill(self) -> None:
-        """kill -9 of the whole process group (no shutdown hooks, no flushes)."""
+        """kill -9 of the whole process tree (no shutdown hooks, no flushes).
+
+        BentoML's workers do not all stay in the process group of ``scanqc serve``, so the tree is walked
+        first and every process in it gets SIGKILL."""
+        import psutil
+
         if self.proc is None:
             return
+        procs = []
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
             pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
         self.proc.wait(timeout=30)
+        psutil.wait_procs(procs, timeout=30)
+
+    def kill_top(self, wait_s: float = 15.0) -> list[int]:
+        """kill -9 of `scanqc serve` alone; returns the pids of its tree still alive after ``wait_s``
+        (none expected: the arbiter dies with it and the workers with the arbiter)."""
+        import psutil
+
+        tree = self.pids()
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        procs = []
+        for pid in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.append(psutil.Process(pid))
+        _, alive = psutil.wait_procs(procs, timeout=wait_s)
+        for p in alive:  # clean up whatever survived, then report it
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        return [p.pid for p in alive]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        import psutil
+
+        tree = self.pids()
         os.killpg(self.proc.pid, signal.SIGINT)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.kill()
+        # nothing of ours may outlive the test
+        for pid in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p = psutil.Process(pid)
+                try:
+                    p.wait(timeout=10)
+                except psutil.TimeoutExpired:
+                    p.kill()
 
 
 def server(root: Path, *, extra_env: dict[str, str] | None = None, quiet_s: float = 1.0) -> ServerProc:
