@@ -69,6 +69,8 @@ def bench(
     cache: Annotated[Path | None, typer.Option(help="where the test series are written once [~/.cache/scanqc]")] = None,
     ct_slices: Annotated[int, typer.Option(help="slices of the CT series")] = 200,
     mr_slices: Annotated[int, typer.Option(help="slices of the MR series")] = 176,
+    models: Annotated[Path | None, typer.Option(
+        "--models", help="models folder for the in-process and torch parts (CLI and service use the promoted)")] = None,
 ) -> None:
     """Latency of `check` (stages, floor, torch eager), service throughput and memory; JSON + Markdown."""
     from scanqc.evaluation.benchmark import run_bench
@@ -79,7 +81,7 @@ def bench(
         res = run_bench(out, runs=runs, kinds=[s.strip() for s in series.split(",") if s.strip()],
                         service=service, clients=[int(c) for c in clients.split(",") if c.strip()],
                         requests_per_client=requests_per_client, torch_eager=torch_eager, cache=cache,
-                        ct_slices=ct_slices, mr_slices=mr_slices, command=_command_line())
+                        ct_slices=ct_slices, mr_slices=mr_slices, command=_command_line(), models_dir=models)
     except ScanQCError as exc:
         _fail(exc)
     typer.echo((out / "bench.md").read_text())
