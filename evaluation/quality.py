@@ -119,7 +119,8 @@ BREAKDOWNS: dict[str, list[tuple[str, str, Callable[[dict[str, str]], str | None
     # (key, title, group function); the motion figure is "flagged at the warn threshold == has motion".
     "motion": [("severity", "by motion severity (share flagged correctly at the warn threshold)", _severity_group),
                ("orientation", "by slice orientation (share flagged correctly)",
-                lambda r: _provenance(r, "orientation"))],
+                lambda r: _provenance(r, "orientation")),
+               ("label", "by label (share flagged correctly)", lambda r: r.get("label") or None)],
     "contrast_phase": [("phase", "by true phase (share with the right phase)", lambda r: r.get("label") or None),
                        ("enhancement", "by enhancement (share with the right phase)",
                         lambda r: r.get("enhancement") or "none (non-contrast)")],
@@ -137,7 +138,7 @@ def breakdown(task: str, rows: list[dict[str, str]], outcomes: dict[str, dict[st
         g = fn(r)
         if g is not None:
             groups.setdefault(g, []).append(i)
-    order = [name for _, _, name in SEVERITY_BINS] if task == "motion" else sorted(groups)
+    order = [name for _, _, name in SEVERITY_BINS] + ["none", "mild", "severe"] if task == "motion" else sorted(groups)
     table = []
     for g in [g for g in order if g in groups] + [g for g in sorted(groups) if g not in order]:
         idx = np.array(groups[g])

@@ -1,0 +1,47 @@
+"""`scanqc evaluate` end to end on tiny manifests: stub ONNX models + the classical baseline, report with PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from scanqc.cli import app
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+
+def test_evaluate_writes_report_with_plots_for_every_task(tiny_data, stub_models, tmp_path):
+    out = tmp_path / "report"
+    args = ["evaluate", "--models", str(stub_models), "--out", str(out)]
+    for m in tiny_data.values():
+        args += ["--manifest", str(m), "--baseline-train", str(m)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert {s["task"] for s in summary["summary"]} == {"motion", "contrast_phase", "coverage"}
+    report = json.loads((out / "report.json").read_text())
+    for t in report["tasks"]:
+        for who in ("CNN", "baseline"):
+            block = t[who]
+            assert 0.0 <= block["accuracy"] <= 1.0
+            for q in block["quantities"].values():
+                assert q["auc"] is None or 0.0 <= q["auc"] <= 1.0
+                assert q["ece"] is not None and len(q["reliability_bins"]) == 10
+            assert sum(map(sum, block["confusion"]["matrix"])) == t["n"]
+        assert t["breakdowns"], t["task"]
+    md = (out / "report.md").read_text()
+    for task in ("motion", "contrast_phase", "coverage"):
+        for kind in ("roc", "reliability", "confusion"):
+            png = out / f"{kind}_{task}.png"
+            assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({png.name})" in md
+    assert "<img" in (out / "report.html").read_text()
+
+
+def test_evaluate_without_models_or_baseline_is_a_usage_error(tiny_data, tmp_path):
+    res = CliRunner().invoke(app, ["evaluate", "--manifest", str(tiny_data["motion"]), "--models",
+                                   str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--task", "coverage"])
+    assert res.exit_code == 2 and "USAGE" in res.output
