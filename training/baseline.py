@@ -149,12 +149,14 @@ BASELINE_THRESHOLDS = {"motion_warn": 0.5, "severe_fail": 0.5, "suboptimal_warn"
                        **{f"missing_{e}": {"warn": 0.5, "fail": 0.5} for e in COVERAGE_ENDS}}
 
 
-def run_baseline(task: str, manifest: str | Path, out: str | Path, test_manifest: str | Path | None = None,
+def run_baseline(task: str, manifest: str | Path | list, out: str | Path, test_manifest: str | Path | None = None,
                  compare: str | None = "promoted", seed: int = 0) -> dict[str, Any]:
     """Fit on train+val of ``manifest``; report metrics on ``test_manifest`` next to the CNN's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in read_manifest(manifest, task, "all") if r.get("split") in ("train", "val")]
+    from scanqc.training.train import read_rows
+
+    rows = [r for r in read_rows(manifest, task) if r.get("split") in ("train", "val")]
     x = np.stack([features(task, r) for r in rows])
     t = np.stack([encode_row(task, r) for r in rows])
     models = fit(task, x, t, seed)

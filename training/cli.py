@@ -25,7 +25,8 @@ def _fail(exc: Exception) -> None:
 @app.command("train")
 def train_cmd(
     task: Annotated[str, typer.Option(help="motion | contrast_phase | coverage")],
-    manifest: Annotated[Path, typer.Option(help="manifest.csv (or its folder) from `scanqc data generate`")],
+    manifest: Annotated[list[Path], typer.Option(help="manifest.csv (or its folder) from `scanqc data generate`; "
+                                                     "repeat to train on several")],
     out: Annotated[Path, typer.Option(help="run folder: best.pt, history.json, train_summary.json")],
     epochs: Annotated[int | None, typer.Option(help="maximum epochs (early stopping may end sooner)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON overrides of the task defaults")] = None,
@@ -82,7 +83,7 @@ def export_cmd(
 @app.command("baseline")
 def baseline_cmd(
     task: Annotated[str, typer.Option(help="motion | contrast_phase | coverage")],
-    manifest: Annotated[Path, typer.Option(help="training manifest (train+val splits are used)")],
+    manifest: Annotated[list[Path], typer.Option(help="training manifest(s) (train+val splits are used)")],
     out: Annotated[Path, typer.Option(help="folder for baseline.pkl and baseline_metrics.json")],
     test_manifest: Annotated[Path | None, typer.Option(help="held-out manifest to report metrics on")] = None,
     compare: Annotated[str | None, typer.Option(help="model version to compare on the same test set "

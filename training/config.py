@@ -13,6 +13,16 @@ from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASK_OUTPUTS
 from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec
 
+#: Per-task defaults applied by :func:`load_config` (below a config file and the command line). Five
+#: stride-2 stages leave a 2^3 map, so the dense head stays small (less over-fitting on a few hundred cases)
+#: while keeping coarse position (superior vs inferior) for coverage.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "motion": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10},
+    "contrast_phase": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
+                       "dropout": 0.2, "weight_decay": 1e-3},
+    "coverage": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10},
+}
+
 
 @dataclass
 class TrainConfig:
@@ -72,6 +82,9 @@ def load_config(task: str, path: str | Path | None = None, **overrides: Any) -> 
     unknown = set(data) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise ScanQCError(ErrorCode.USAGE, f"training config: unknown key(s) {sorted(unknown)}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    data["task"] = task
+    merged: dict[str, Any] = dict(TASK_DEFAULTS.get(task, {}))
+    merged.update(data)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    merged["task"] = task
+    data = merged
     return TrainConfig(**data)

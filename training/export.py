@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scanqc.models.evaluate import read_manifest
 from scanqc.models.registry import semver_key
 from scanqc.training.config import TrainConfig
-from scanqc.training.train import build_net, library_versions, load_case
+from scanqc.training.train import build_net, library_versions, load_case, read_rows
 
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASK_OUTPUTS, OnnxModel
@@ -76,7 +75,7 @@ def export_run(run_dir: str | Path, version: str, out_root: str | Path, *, chang
     net.eval()
 
     # Real inputs for the parity check: validation cases of the training manifest.
-    rows = read_manifest(summary["manifest"], task, "all")
+    rows = read_rows(summary["manifest"], task)
     want = set(summary.get("val_case_ids") or [])
     rows = [r for r in rows if r.get("case_id") in want] or rows
     xs = np.stack([load_case(r, spec) for r in rows[:parity_cases]])

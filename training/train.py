@@ -90,7 +90,7 @@ def split_rows(rows: list[dict[str, str]], cfg: TrainConfig) -> tuple[list[dict]
 
 def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) -> tuple[Any, Any]:
     from monai.data import CacheDataset
-    from monai.transforms import Compose, MapTransform, RandFlipd, RandScaleIntensityd
+    from monai.transforms import Compose, MapTransform, RandFlipd, RandomizableTransform, RandScaleIntensityd
 
     spec = cfg.spec
 
@@ -104,12 +104,39 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             return {"image": load_case(row, spec), "target": encode_row(cfg.task, row),
                     "case_id": row.get("case_id", "")}
 
-    aug = []
+    class RandShiftd(RandomizableTransform):
+        """Cheap random translation by up to ``max_shift`` voxels per axis (edge-padded roll)."""
+
+        def __init__(self, max_shift: int, prob: float) -> None:
+            RandomizableTransform.__init__(self, prob)
+            self.max_shift = max_shift
+
+        def __call__(self, d: dict[str, Any]) -> dict[str, Any]:
+            self.randomize(None)
+            if not self._do_transform:
+                return d
+            img = np.asarray(d["image"])
+            shifts = self.R.randint(-self.max_shift, self.max_shift + 1, size=3)
+            pad = [(0, 0)] + [(self.max_shift, self.max_shift)] * 3
+            padded = np.pad(img, pad, mode="edge")
+            sl = (slice(None), *(slice(self.max_shift + s, self.max_shift + s + n)
+                                 for s, n in zip(shifts, img.shape[1:], strict=True)))
+            return {**d, "image": np.ascontiguousarray(padded[sl])}
+
+    def plain(d: dict[str, Any]) -> dict[str, Any]:
+        """MONAI transforms may return MetaTensors, others ndarrays: collate plain tensors only."""
+        img = d["image"]
+        img = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(np.asarray(img))
+        return {**d, "image": img.float().contiguous()}
+
+    aug: list[Any] = []
     if cfg.augment:
         aug.append(RandFlipd(keys="image", prob=0.5, spatial_axis=2))  # left-right only: S-I matters
+        if cfg.task != "coverage":  # coverage: a shift would move anatomy into the padding -> wrong label
+            aug.append(RandShiftd(max_shift=2, prob=0.5))
         if cfg.task == "motion":
             aug.append(RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
-    train_ds = CacheDataset(train_rows, Compose([PreprocessD(), *aug]), num_workers=cfg.workers,
+    train_ds = CacheDataset(train_rows, Compose([PreprocessD(), *aug, plain]), num_workers=cfg.workers,
                             progress=True, copy_cache=False)
     val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=True,
                           copy_cache=False)
@@ -144,7 +171,24 @@ def _is_better(m: dict[str, Any], loss: float, best: tuple[float, float] | None,
     return score > best[0] + 1e-4 or (abs(score - best[0]) <= 1e-4 and loss < best[1] - 1e-4)
 
 
-def train(cfg: TrainConfig, manifest: str | Path, out: str | Path, command: str | None = None,
+def _manifests(manifest: str | Path | list[str | Path] | tuple[str | Path, ...]) -> list[Path]:
+    return [Path(m) for m in manifest] if isinstance(manifest, (list, tuple)) else [Path(manifest)]
+
+
+def read_rows(manifest: str | Path | list, task: str) -> list[dict[str, str]]:
+    """Rows of one or several manifests (their splits kept), in the given order."""
+    return [r for m in _manifests(manifest) for r in read_manifest(m, task, "all")]
+
+
+def manifests_hash(manifest: str | Path | list) -> str:
+    """SHA-256 of one manifest; for several, SHA-256 over their hashes joined in order."""
+    import hashlib
+
+    hashes = [manifest_sha256(m) for m in _manifests(manifest)]
+    return hashes[0] if len(hashes) == 1 else hashlib.sha256(":".join(hashes).encode()).hexdigest()
+
+
+def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, command: str | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train, keep the best validation checkpoint, calibrate, write the run folder; returns the summary."""
     from monai.data import DataLoader
@@ -171,7 +215,7 @@ def train(cfg: TrainConfig, manifest: str | Path, out: str | Path, command: str 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    rows = read_manifest(manifest, cfg.task, "all")
+    rows = read_rows(manifest, cfg.task)
     if not rows:
         raise ScanQCError(ErrorCode.USAGE, f"{manifest}: no rows for task {cfg.task!r}")
     train_rows, val_rows = split_rows(rows, cfg)
@@ -246,7 +290,7 @@ def train(cfg: TrainConfig, manifest: str | Path, out: str | Path, command: str 
             "task": cfg.task, "config": cfg.to_dict(), "seed": cfg.seed, "best_epoch": best_epoch,
             "epochs_run": len(history), "history": history, "calibration": cal, "thresholds": thr,
             "validation_metrics": val_metrics,
-            "manifest": str(Path(manifest).resolve()), "manifest_sha256": manifest_sha256(manifest),
+            "manifest": [str(m.resolve()) for m in _manifests(manifest)], "manifest_sha256": manifests_hash(manifest),
             "n_train": len(train_rows), "n_val": len(val_rows),
             "val_case_ids": [r.get("case_id", "") for r in val_rows],
             "command": command or " ".join(shlex.quote(a) for a in sys.argv),
@@ -270,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:  # entry point for torchrun
 
     ap = argparse.ArgumentParser(description="scanqc training (torchrun entry point)")
     ap.add_argument("--task", required=True)
-    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--manifest", required=True, action="append")
     ap.add_argument("--out", required=True)
     ap.add_argument("--config")
     ap.add_argument("--epochs", type=int)
