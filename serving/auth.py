@@ -232,9 +232,21 @@ class SecurityMiddleware:
                 for m in coded(413, "TOO_LARGE", f"request body of {n} bytes exceeds the {limit}-byte limit"):
                     await send(m)
                 return
+        if path == "/api/check" and scope.get("method") == "POST":
+            # Only multipart reaches the framework: its JSON fallback answers 500 with the body (maybe
+            # patient data) echoed into the log.
+            ctype = (_header(scope, b"content-type") or "").lower()
+            multipart = ctype.startswith("multipart/form-data") and "boundary=" in ctype
+            if not (multipart or ctype.startswith("application/x-www-form-urlencoded")):
+                for m in coded(415, "BAD_REQUEST", "send the upload as multipart/form-data (field 'files')"):
+                    await send(m)
+                return
         guard = _BodyGuard(receive, send, limit, settings.request_idle_timeout_s,
                            rewrite=path.startswith("/api/"))
-        await self.app(scope, guard.receive, guard.send)
+        if path == "/api/check" and scope.get("method") == "POST" and state.service is not None:
+            await _upload(state, scope, guard)
+        else:
+            await self.app(scope, guard.receive, guard.send)
         await guard.finish()
 
     @staticmethod
@@ -250,6 +262,64 @@ class SecurityMiddleware:
                 return OPEN  # a stale cookie in demo mode is harmless
             raise AuthError(401, "BAD_TOKEN", "the API token is unknown or revoked")
         return p
+
+
+_UPLOAD_FIELDS = ("station", "site", "study", "visit", "modality", "complete_study")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+async def _upload(state: Any, scope: dict[str, Any], guard: _BodyGuard) -> None:
+    """POST /api/check: parse the multipart body here (bounded, spooled to disk) and hand it to the service."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+    from starlette.requests import ClientDisconnect, Request
+
+    async def answer(status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, default=str).encode()
+        await guard.send({"type": "http.response.start", "status": status,
+                          "headers": [(b"content-type", b"application/json"),
+                                      (b"content-length", str(len(data)).encode())]})
+        await guard.send({"type": "http.response.body", "body": data, "more_body": False})
+
+    def bad(message: str) -> dict[str, Any]:
+        return {"error": {"code": "BAD_REQUEST", "message": message}}
+
+    request = Request(scope, guard.receive)
+    limits = state.processor.limits
+    try:
+        form = await request.form(max_files=limits.max_files, max_fields=len(_UPLOAD_FIELDS) + 10,
+                                  max_part_size=64 * 1024)
+    except MultiPartException as exc:
+        await answer(400, bad(f"malformed multipart body ({exc.message})"))
+        return
+    except ClientDisconnect:
+        return  # the guard has answered (413/408) or the client went away
+    except (ValueError, UnicodeDecodeError, KeyError) as exc:
+        await answer(400, bad(f"malformed multipart body ({type(exc).__name__})"))
+        return
+    try:
+        files, fields = [], {}
+        for key, value in form.multi_items():
+            if key == "files":
+                if not isinstance(value, UploadFile):
+                    await answer(400, bad("'files' parts must be files (Content-Disposition with a filename)"))
+                    return
+                files.append(value)
+            elif key in _UPLOAD_FIELDS:
+                if not isinstance(value, str) or len(value) > 200 or any(ord(c) < 32 for c in value):
+                    await answer(400, bad(f"form field {key!r} must be a short line of text"))
+                    return
+                fields[key] = value
+        flag = str(fields.get("complete_study", "")).strip().lower()
+        if flag not in _TRUE + _FALSE:
+            await answer(400, bad("complete_study must be true or false"))
+            return
+        fields["complete_study"] = flag in _TRUE
+        principal = (scope.get("state") or {}).get("principal", OPEN)
+        status, body = await state.service.handle_upload(principal, files, fields)
+        await answer(status, body)
+    finally:
+        await form.close()
 
 
 def _token_from_header_only(scope: dict[str, Any]) -> str | None:

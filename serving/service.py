@@ -305,36 +305,51 @@ class QCService:
         Returns the verdicts (the ``scanqc check --json`` objects, plus ``verdict_id``). 400/404/413/422 with
         ``{"error": {"code", "message"}}`` for bad requests; an unreadable upload is 422 with its verdict.
         """
-        received_at = dt.datetime.now(dt.timezone.utc)
+        # Over HTTP, SecurityMiddleware parses the multipart body itself and calls handle_upload (the
+        # framework's own parser answers 500 to malformed fields and would fetch URLs given as 'files');
+        # this entry serves in-process callers and documents the API in the OpenAPI spec.
         who = web.principal_of(ctx.request) if ctx is not None and ctx.request is not None else auth.OPEN
-        station = (station or "http").strip()[:64] or "http"
-        site_id = (site or "").strip()[:64] or None
+        status, out = await self.handle_upload(who, list(files), {
+            "station": station, "site": site, "study": study, "visit": visit, "modality": modality,
+            "complete_study": complete_study})
+        if ctx is not None:
+            ctx.response.status_code = status
+        return out
+
+    async def handle_upload(self, who: auth.Principal, files: list[Any], form: dict[str, Any]
+                            ) -> tuple[int, dict[str, Any]]:
+        """Authorise, persist (fsync) and check one upload; (HTTP status, JSON body).
+
+        ``files`` are paths (moved into data_dir) or file objects with ``.file``/``.size`` (Starlette
+        uploads, copied). The answer comes once the verdicts are stored, or 504 CHECK_TIMEOUT.
+        """
+        received_at = dt.datetime.now(dt.timezone.utc)
+        station = str(form.get("station") or "http").strip()[:64] or "http"
+        site_id = str(form.get("site") or "").strip()[:64] or None
+        study = str(form.get("study") or "")
+        visit, modality = str(form.get("visit") or ""), str(form.get("modality") or "")
+        complete_study = bool(form.get("complete_study"))
         if not who.can_submit:
-            ctx.response.status_code = 403
-            return web.error_body("FORBIDDEN", f"a {who.role} token cannot submit series")
+            return 403, web.error_body("FORBIDDEN", f"a {who.role} token cannot submit series")
         if who.role == "site":
             if site_id and site_id != who.site_id:
-                ctx.response.status_code = 403
-                return web.error_body("WRONG_SITE", f"this token belongs to site {who.site_id}, not {site_id}")
+                return 403, web.error_body("WRONG_SITE", f"this token belongs to site {who.site_id}, not {site_id}")
             site_id = who.site_id
         try:
             _, study_id, _ = await asyncio.to_thread(self.processor.resolve, site_id, study.strip() or None)
         except ScanQCError as exc:
-            ctx.response.status_code = 400
-            return web.error_body(exc.code.value, exc.message)
+            return 400, web.error_body(exc.code.value, exc.message)
         if not files:
-            ctx.response.status_code = 400
-            return web.error_body("EMPTY_INPUT", "no files in the upload: send multipart field 'files' "
-                                                 "(DICOM instances, a .zip or a .nii/.nii.gz)")
-        total = sum(p.stat().st_size for p in files)
+            return 400, web.error_body("EMPTY_INPUT", "no files in the upload: send multipart field 'files' "
+                                                      "(DICOM instances, a .zip or a .nii/.nii.gz)")
+        total = sum(int(f.stat().st_size) if isinstance(f, Path) else int(f.size or 0) for f in files)
         if total > self.settings.max_upload_bytes:  # the middleware stops larger bodies while they stream
-            ctx.response.status_code = 413
-            return web.error_body("TOO_LARGE", f"upload of {total} bytes exceeds the "
-                                               f"{self.settings.max_upload_bytes}-byte limit")
+            return 413, web.error_body("TOO_LARGE", f"upload of {total} bytes exceeds the "
+                                                    f"{self.settings.max_upload_bytes}-byte limit")
         upload_id = received_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
         folder = self.settings.incoming_dir / "http" / upload_id
         meta = {"site_id": site_id, "station": station, "study_id": study_id, "visit": visit.strip() or None,
-                "modality_hint": modality.strip().upper() or None, "complete_study": bool(complete_study)}
+                "modality_hint": modality.strip().upper() or None, "complete_study": complete_study}
         await asyncio.to_thread(self._persist, files, folder, {**meta, "received_at": received_at.isoformat()})
         # Acknowledged from here on: the files and the request are on disk; a restart finishes the check.
         self._enter()
@@ -342,31 +357,37 @@ class QCService:
         try:
             verdicts = await asyncio.wait_for(asyncio.shield(fut), timeout=self.settings.check_timeout_s)
         except asyncio.TimeoutError:
-            ctx.response.status_code = 504
-            return {"upload_id": upload_id, "station": station, "site_id": site_id or self.settings.default_site,
-                    **web.error_body("CHECK_TIMEOUT", f"the check took longer than {self.settings.check_timeout_s:g} s;"
-                                     f" the upload is stored and its verdict will be at /api/uploads/{upload_id}"
-                                     " (and on the console); no need to send it again")}
+            return 504, {"upload_id": upload_id, "station": station,
+                         "site_id": site_id or self.settings.default_site,
+                         **web.error_body("CHECK_TIMEOUT",
+                                          f"the check took longer than {self.settings.check_timeout_s:g} s; the "
+                                          f"upload is stored and its verdict will be at /api/uploads/{upload_id} "
+                                          "(and on the console); no need to send it again")}
         out = [v.to_dict() for v in verdicts]
         body: dict[str, Any] = {"upload_id": upload_id, "station": station,
                                 "site_id": site_id or self.settings.default_site, "study_id": study_id,
                                 "received_at": received_at.isoformat().replace("+00:00", "Z"), "verdicts": out}
         if verdicts and all(v.status == "error" for v in verdicts):
             first = verdicts[0].error or {"code": "INTERNAL", "message": "no verdict"}
-            ctx.response.status_code = 422
             body["error"] = {"code": first["code"], "message": first["message"]}
-        return body
+            return 422, body
+        return 200, body
 
     def _enter(self) -> None:
         with self._count_lock:
             self._waiting += 1
         self._set_depth()
 
-    def _persist(self, files: list[Path], folder: Path, meta: dict[str, Any]) -> None:
-        """Move the upload into data_dir and fsync it, with its request: acknowledged means on disk."""
+    def _persist(self, files: list[Any], folder: Path, meta: dict[str, Any]) -> None:
+        """Move/copy the upload into data_dir and fsync it, with its request: acknowledged means on disk."""
         folder.mkdir(parents=True, exist_ok=True)
         for i, p in enumerate(files):
-            shutil.move(str(p), folder / _original_name(p, i))
+            if isinstance(p, Path):
+                shutil.move(str(p), folder / _original_name(p, i))
+            else:  # a Starlette UploadFile: spooled to a temp file while the body streamed
+                with open(folder / _original_name(Path(p.filename or "upload"), i), "wb") as out:
+                    p.file.seek(0)
+                    shutil.copyfileobj(p.file, out, 1 << 20)
         _fsync_tree(folder)
         _write_json(folder / UPLOAD_META, meta)  # last: a folder without it was never acknowledged
         from scanqc.serving.receiver import fsync_dir

@@ -1,0 +1,203 @@
+"""Bounded load test of ``scanqc serve`` on loopback: N concurrent clients for a fixed duration.
+
+    .venv/bin/python -m scanqc.evaluation.loadtest --clients 8 --duration 180 --out /tmp/load
+
+Starts its own server (random loopback ports, a temporary data dir, one site token so the auth path is
+exercised), then each client loops: upload a small CT series (12 x 32x32, a fresh SeriesInstanceUID per
+request) and read it back (GET /api/series/{uid}); one request in ten is a dashboard read. Records
+requests, errors (any non-2xx or transport error), latency percentiles, and the RSS of the whole server
+process tree every second; memory growth compares the mean of the first third of the run with the last
+third. Writes ``load.json`` and ``load.md`` to ``--out``. Stops by itself after ``--duration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _series_bytes(tmp: Path, n: int) -> list[list[tuple[str, bytes]]]:
+    """A few distinct series as in-memory files; each request rewrites the UIDs so no two are the same."""
+    import numpy as np
+
+    from scanqc.io.dicom_write import write_dicom_series
+    from scanqc.volume import Volume
+
+    out = []
+    for i in range(n):
+        vol = Volume(np.random.default_rng(i).normal(40, 10, (12, 32, 32)).astype("float32"), (3.0, 0.8, 0.8))
+        files = write_dicom_series(vol, tmp / f"s{i}", "CT", header={"SeriesDescription": "LOAD", "PatientName": ""})
+        out.append([(f.name, f.read_bytes()) for f in files])
+    return out
+
+
+def _fresh_uids(files: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes, str]], str]:
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    series, study = generate_uid(), generate_uid()
+    parts = []
+    for name, raw in files:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = series, study
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        parts.append((name, buf.getvalue(), "application/dicom"))
+    return parts, str(series)
+
+
+def run_load(base: str, token: str | None, *, clients: int, duration: float, pids_fn: Any,
+             sample_s: float = 1.0, tmp: Path | None = None) -> dict[str, Any]:
+    """Drive ``base`` with ``clients`` threads for ``duration`` seconds; returns the figures."""
+    import httpx
+    import psutil
+
+    tmp = tmp or Path(tempfile.mkdtemp(prefix="scanqc-load-"))
+    templates = _series_bytes(tmp, 4)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    lat: dict[str, list[float]] = {"upload": [], "read": [], "dashboard": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + duration
+    rss: list[tuple[float, float]] = []
+    t_start = time.monotonic()
+
+    def sampler() -> None:
+        while time.monotonic() < stop_at:
+            total = 0
+            for pid in pids_fn():
+                try:
+                    total += psutil.Process(pid).memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            rss.append((time.monotonic() - t_start, total / 2**20))
+            time.sleep(sample_s)
+
+    def worker(k: int) -> None:
+        i = 0
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
+            while time.monotonic() < stop_at:
+                i += 1
+                parts, uid = _fresh_uids(templates[(k + i) % len(templates)])
+                kind = "upload"
+                try:
+                    t0 = time.perf_counter()
+                    r = c.post("/api/check", files=[("files", p) for p in parts], data={"station": f"LOAD{k}"})
+                    dt_up = time.perf_counter() - t0
+                    ok = r.status_code == 200 and r.json()["verdicts"][0]["series_uid"] == uid
+                    if not ok:
+                        raise RuntimeError(f"upload {r.status_code} {r.text[:200]}")
+                    kind = "read"
+                    t0 = time.perf_counter()
+                    r = c.get(f"/api/series/{uid}")
+                    dt_rd = time.perf_counter() - t0
+                    if r.status_code != 200:
+                        raise RuntimeError(f"read {r.status_code} {r.text[:200]}")
+                    dt_db = None
+                    if i % 10 == 0:
+                        kind = "dashboard"
+                        t0 = time.perf_counter()
+                        r = c.get("/api/dashboard?days=1")
+                        dt_db = time.perf_counter() - t0
+                        if r.status_code != 200:
+                            raise RuntimeError(f"dashboard {r.status_code} {r.text[:200]}")
+                    with lock:
+                        lat["upload"].append(dt_up)
+                        lat["read"].append(dt_rd)
+                        if dt_db is not None:
+                            lat["dashboard"].append(dt_db)
+                except Exception as exc:
+                    with lock:
+                        errors.append(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    samp = threading.Thread(target=sampler, daemon=True)
+    samp.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + 180)
+    samp.join(5)
+    wall = time.monotonic() - t_start
+    third = max(1, len(rss) // 3)
+    first = statistics.mean(r for _, r in rss[:third]) if rss else 0.0
+    last = statistics.mean(r for _, r in rss[-third:]) if rss else 0.0
+    requests = sum(len(v) for v in lat.values()) + len(errors)
+    return {
+        "clients": clients, "duration_s": round(wall, 1), "requests": requests, "errors": len(errors),
+        "error_samples": errors[:10], "series_checked": len(lat["upload"]),
+        "throughput_series_per_s": round(len(lat["upload"]) / wall, 2),
+        "latency_ms": {k: {"n": len(v), "p50": round(1000 * (_pct(v, 0.5) or 0), 1),
+                           "p95": round(1000 * (_pct(v, 0.95) or 0), 1),
+                           "max": round(1000 * max(v), 1) if v else None} for k, v in lat.items()},
+        "rss_mb": {"first_third_mean": round(first, 1), "last_third_mean": round(last, 1),
+                   "growth_pct": round(100 * (last - first) / first, 2) if first else None,
+                   "min": round(min((r for _, r in rss), default=0), 1),
+                   "max": round(max((r for _, r in rss), default=0), 1), "samples": len(rss)},
+        "rss_series": [(round(t, 1), round(r, 1)) for t, r in rss],
+    }
+
+
+def to_markdown(res: dict[str, Any], note: str = "") -> str:
+    lm, rs = res["latency_ms"], res["rss_mb"]
+    rows = "\n".join(f"| {k} | {v['n']} | {v['p50']} | {v['p95']} | {v['max']} |" for k, v in lm.items())
+    head = "| clients | duration | requests | errors | series checked | series/s |\n|---|---|---|---|---|---|\n"
+    return (f"{note}\n\n{head}"
+            f"| {res['clients']} | {res['duration_s']} s | {res['requests']} | {res['errors']} | "
+            f"{res['series_checked']} | {res['throughput_series_per_s']} |\n\n"
+            f"| request | n | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|\n{rows}\n\n"
+            f"Server process tree RSS: first third {rs['first_third_mean']} MiB, last third "
+            f"{rs['last_third_mean']} MiB (growth {rs['growth_pct']} %), min {rs['min']}, max {rs['max']} MiB, "
+            f"{rs['samples']} samples.\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=180.0)
+    ap.add_argument("--out", type=Path, default=Path("loadtest-out"))
+    ap.add_argument("--warmup", type=float, default=10.0, help="seconds of load before measuring")
+    a = ap.parse_args(argv)
+    here = Path(__file__).resolve().parents[1] / "tests" / "reliability"
+    sys.path.insert(0, str(here))
+    from helpers import make_tokens, server  # the same server harness as the tests
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="scanqc-load-"))
+    srv = server(root, extra_env={"SCANQC_KEEP_UPLOADS": "false"})
+    token = make_tokens(srv.data_dir, {"load": ("site", "site01")})["load"]
+    srv.start()
+    try:
+        print(f"server ready in {srv.startup_s:.1f} s; warm-up {a.warmup:.0f} s", flush=True)
+        if a.warmup > 0:
+            run_load(srv.base, token, clients=a.clients, duration=a.warmup, pids_fn=srv.pids, tmp=root / "w")
+        print(f"measuring: {a.clients} clients for {a.duration:.0f} s", flush=True)
+        res = run_load(srv.base, token, clients=a.clients, duration=a.duration, pids_fn=srv.pids, tmp=root / "m")
+    finally:
+        srv.stop()
+    (a.out / "load.json").write_text(json.dumps(res, indent=1))
+    (a.out / "load.md").write_text(to_markdown(res, f"scanqc load test, {time.strftime('%Y-%m-%d')}"))
+    print(to_markdown(res))
+    return 0 if res["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
