@@ -20,7 +20,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "motion": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10},
     "contrast_phase": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
                        "dropout": 0.2, "weight_decay": 1e-3},
-    "coverage": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10},
+    # Coverage: 64 inner slices along superior-inferior so a 10 mm cut is >= 1-2 slices on a 400 mm CT.
+    "coverage": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
+                 "preprocessing": {"shape": (72, 48, 48), "pad_slices": 4}},
 }
 
 

@@ -123,6 +123,31 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
                                  for s, n in zip(shifts, img.shape[1:], strict=True)))
             return {**d, "image": np.ascontiguousarray(padded[sl])}
 
+    class RandGammaBiasd(RandomizableTransform):
+        """Intensity augmentation of channel 0 only (the mask channel stays 0/1): random gamma and a smooth
+        multiplicative bias field (separable quadratic), covering the scanner / coil variation of MR."""
+
+        def __init__(self, prob: float, log_gamma: float = 0.4, bias: float = 0.35) -> None:
+            RandomizableTransform.__init__(self, prob)
+            self.log_gamma, self.bias = log_gamma, bias
+
+        def __call__(self, d: dict[str, Any]) -> dict[str, Any]:
+            self.randomize(None)
+            if not self._do_transform:
+                return d
+            img = np.array(d["image"], dtype=np.float32, copy=True)
+            c0 = np.clip(img[0], 0.0, None)
+            c0 = c0 ** float(np.exp(self.R.uniform(-self.log_gamma, self.log_gamma)))
+            field = np.ones_like(c0)
+            for ax, n in enumerate(c0.shape):
+                t = np.linspace(-1, 1, n, dtype=np.float32)
+                a, b = self.R.uniform(-1, 1, 2) * self.bias / 3
+                shape = [1, 1, 1]
+                shape[ax] = n
+                field = field * (1 + a * t + b * (t ** 2 - 1 / 3)).reshape(shape)
+            img[0] = np.clip(c0 * field, spec.mr_clip[0], spec.mr_clip[1])
+            return {**d, "image": img}
+
     def plain(d: dict[str, Any]) -> dict[str, Any]:
         """MONAI transforms may return MetaTensors, others ndarrays: collate plain tensors only."""
         img = d["image"]
@@ -136,6 +161,8 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             aug.append(RandShiftd(max_shift=2, prob=0.5))
         if cfg.task == "motion":
             aug.append(RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
+        if cfg.task in ("motion", "coverage"):
+            aug.append(RandGammaBiasd(prob=0.7))
     train_ds = CacheDataset(train_rows, Compose([PreprocessD(), *aug, plain]), num_workers=cfg.workers,
                             progress=True, copy_cache=False)
     val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=True,
