@@ -139,6 +139,19 @@ class PinnedModels:
     def get(self, task: str) -> Any:
         return self._models.get(task)
 
+    def as_models_dir(self, root: Path) -> Path:
+        """A ``$SCANQC_MODELS_DIR`` promoting exactly these versions (symlinks), for subprocesses."""
+        for task, m in self._models.items():
+            if m is None:
+                continue
+            (root / task).mkdir(parents=True, exist_ok=True)
+            link = root / task / m.version
+            if not link.exists():
+                link.symlink_to(Path(m.folder).resolve(), target_is_directory=True)
+            (root / task / "promoted.json").write_text(json.dumps({"version": m.version, "source": "user",
+                                                                  "reason": "scanqc bench --models"}))
+        return root
+
 
 def bench_check(folder: Path, kind: str, runs: int, models: Any = None) -> dict[str, Any]:
     """``check_path`` latency, stage breakdown, floor, preprocessing vs inference."""
@@ -248,11 +261,11 @@ def bench_torch(runs: int, models: Any = None) -> dict[str, Any]:
 
 # -- CLI cold start and peak memory ---------------------------------------------------------------
 
-def bench_cli(folder: Path, kind: str) -> dict[str, Any]:
+def bench_cli(folder: Path, kind: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``scanqc check --json`` as a new process: wall time and the child's peak RSS."""
     cmd = [sys.executable, "-m", "scanqc.cli", "check", "--json", "--protocol", GUIDELINES[kind], str(folder)]
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     stdout = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -307,9 +320,10 @@ class _RssSampler(threading.Thread):
         return round(self.peak_mb, 1)
 
 
-def start_server(data_dir: Path, batching: bool) -> tuple[subprocess.Popen, str, Path]:
+def start_server(data_dir: Path, batching: bool, extra_env: dict[str, str] | None = None,
+                 ) -> tuple[subprocess.Popen, str, Path]:
     port = _free_port()
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1",
+    env = {**os.environ, **(extra_env or {}), "BENTOML_DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1",
            "SCANQC_STUDIES": json.dumps({"BENCH-CT": GUIDELINES["ct"], "BENCH-MR": GUIDELINES["mr"]}),
            "SCANQC_SALT": "bench-salt"}
     if not batching:
@@ -408,7 +422,7 @@ def batch_sizes(base: str) -> dict[str, Any]:
 
 
 def bench_service(folders: dict[str, Path], clients: list[int], requests_per_client: int,
-                  work: Path) -> dict[str, Any]:
+                  work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"payload_mb": {}, "modes": {}}
     payloads = {k: zip_bytes(f) for k, f in folders.items()}
     out["payload_mb"] = {k: round(len(v) / 2**20, 1) for k, v in payloads.items()}
@@ -419,7 +433,7 @@ def bench_service(folders: dict[str, Path], clients: list[int], requests_per_cli
         data_dir = work / ("svc-batch" if batching else "svc-nobatch") / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        proc, base, _ = start_server(data_dir, batching)
+        proc, base, _ = start_server(data_dir, batching, env)
         res: dict[str, Any] = {"startup_s": round(time.perf_counter() - t, 1)}
         sampler = _RssSampler(proc.pid)
         res["idle_rss_mb"] = round(sampler.current_mb(), 1)
@@ -552,7 +566,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def run_bench(out: Path, runs: int = 20, kinds: list[str] | None = None, service: bool = True,
-              clients: list[int] | None = None, requests_per_client: int = 2, torch_eager: bool = True,
+              clients: list[int] | None = None, requests_per_client: int = 3, torch_eager: bool = True,
               cache: Path | None = None, ct_slices: int = 200, mr_slices: int = 176, command: str = "",
               cli: bool = True, models_dir: Path | None = None) -> dict[str, Any]:
     from scanqc.inference import _threads
@@ -566,6 +580,9 @@ def run_bench(out: Path, runs: int = 20, kinds: list[str] | None = None, service
                            "cli": {}}
     models = PinnedModels(models_dir) if models_dir else None
     res["models_dir"] = str(models_dir) if models_dir else "promoted (registry)"
+    work_ctx = tempfile.TemporaryDirectory(prefix="scanqc-bench-")
+    work = Path(work_ctx.name)
+    sub_env = {"SCANQC_MODELS_DIR": str(models.as_models_dir(work / "models"))} if models else {}
     folders = {}
     for k in kinds:
         n = ct_slices if k == "ct" else mr_slices
@@ -575,14 +592,16 @@ def run_bench(out: Path, runs: int = 20, kinds: list[str] | None = None, service
         _log(f"[bench] in-process check of the {k} series, {runs} runs")
         res["series"][k] = bench_check(f, k, runs, models)
         if cli:
-            res["cli"][k] = bench_cli(f, k)
+            res["cli"][k] = bench_cli(f, k, sub_env)
     res["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch_eager:
         _log("[bench] torch eager vs onnxruntime")
         res["torch"] = bench_torch(runs, models)
-    if service:
-        with tempfile.TemporaryDirectory(prefix="scanqc-bench-") as work:
-            res["service"] = bench_service(folders, clients or [1, 4, 8], requests_per_client, Path(work))
+    try:
+        if service:
+            res["service"] = bench_service(folders, clients or [1, 4, 8], requests_per_client, work, sub_env)
+    finally:
+        work_ctx.cleanup()
     res["machine"]["loadavg_at_end"] = os.getloadavg()
     res["targets"] = targets(res)
     (out / "bench.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
