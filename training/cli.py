@@ -35,6 +35,7 @@ def train_cmd(
     lr: Annotated[float | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     workers: Annotated[int | None, typer.Option(help="threads for reading/preprocessing cases")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 on a busy shared machine)")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ) -> None:
     """Train a task network on a manifest; keeps the best validation checkpoint and calibrates it."""
@@ -45,7 +46,7 @@ def train_cmd(
         from scanqc.training.train import train
 
         cfg = load_config(task, config, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, device=device,
-                          workers=workers)
+                          workers=workers, threads=threads)
         cmd = "scanqc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         summary = train(cfg, manifest, out, command=cmd, progress=not no_progress)
     except ScanQCError as exc:
