@@ -36,6 +36,8 @@ def train_cmd(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     workers: Annotated[int | None, typer.Option(help="threads for reading/preprocessing cases")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 on a busy shared machine)")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="training time budget; stops after the epoch "
+                                                           "that exceeds it, keeping the best checkpoint")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ) -> None:
     """Train a task network on a manifest; keeps the best validation checkpoint and calibrates it."""
@@ -46,7 +48,7 @@ def train_cmd(
         from scanqc.training.train import train
 
         cfg = load_config(task, config, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, device=device,
-                          workers=workers, threads=threads)
+                          workers=workers, threads=threads, max_minutes=max_minutes)
         cmd = "scanqc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         summary = train(cfg, manifest, out, command=cmd, progress=not no_progress)
     except ScanQCError as exc:

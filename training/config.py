@@ -47,6 +47,7 @@ class TrainConfig:
     warn_specificity: float = 0.90
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 2  # torch.set_num_threads on CPU
+    max_minutes: float | None = None  # wall-clock budget: stop after the epoch that exceeds it (keeps best)
 
     def __post_init__(self) -> None:
         if self.task not in TASK_OUTPUTS:

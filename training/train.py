@@ -303,6 +303,12 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
             stale += 1
         if rank == 0:
             print(json.dumps({**rec, "best": improved}), flush=True)
+        over = cfg.max_minutes is not None and (time.perf_counter() - t0 - load_s) / 60 > cfg.max_minutes
+        if over or (out / "STOP").exists():
+            if rank == 0:
+                print(f"stopping after epoch {epoch}: {'time budget' if over else 'STOP file'} (best {best_epoch})",
+                      flush=True)
+            break
         if stale >= cfg.patience:
             if rank == 0:
                 print(f"early stopping after epoch {epoch} (best {best_epoch})", flush=True)
