@@ -9,9 +9,11 @@ DATA=${1:?data dir}; RUNS=${2:?runs dir}; shift 2
 TASKS=${*:-"motion contrast_phase coverage"}
 gen() { [ -f "$2/manifest.csv" ] || scanqc data generate --task "$1" --n "$3" --out "$2" --seed "$4" --workers 2 "${@:5}"; }
 for T in $TASKS; do
+  EXTRA=()
   case $T in
     motion)         gen motion "$DATA/motion-train" 240 0; gen motion "$DATA/motion-test" 90 1000 --variant test
-                    MANIFESTS=(--manifest "$DATA/motion-train/manifest.csv"); MINUTES=14 ;;
+                    MANIFESTS=(--manifest "$DATA/motion-train/manifest.csv"); MINUTES=12
+                    EXTRA=(--config training/recipes/motion.yaml) ;;
     contrast_phase) gen contrast_phase "$DATA/contrast_phase-train" 200 0
                     gen contrast_phase "$DATA/contrast_phase-train-s1" 400 1
                     gen contrast_phase "$DATA/contrast_phase-test" 100 1000 --variant test
@@ -20,7 +22,7 @@ for T in $TASKS; do
     coverage)       gen coverage "$DATA/coverage-train" 240 0; gen coverage "$DATA/coverage-test" 100 1000 --variant test
                     MANIFESTS=(--manifest "$DATA/coverage-train/manifest.csv"); MINUTES=14 ;;
   esac
-  scanqc train --task "$T" "${MANIFESTS[@]}" --out "$RUNS/$T" --epochs 30 --seed 0 --threads 1 \
+  scanqc train --task "$T" "${MANIFESTS[@]}" "${EXTRA[@]}" --out "$RUNS/$T" --epochs 30 --seed 0 --threads 1 \
     --max-minutes "$MINUTES" --no-progress
   scanqc export --run "$RUNS/$T" --version 1.0.0 --out models --test-manifest "$DATA/$T-test/manifest.csv" \
     --changelog "first release: scanqc.datasets synthetic data; held-out test: variant=test, seed 1000" --force
