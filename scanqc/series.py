@@ -8,6 +8,7 @@ duplicate positions, mixed orientations or sizes, irregular spacing, gantry tilt
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.io.dicom import (
@@ -30,6 +32,10 @@ from scanqc.io.nifti import read_nifti
 from scanqc.io.sources import InputFile, expand_input, is_nifti_name
 from scanqc.limits import DEFAULT_LIMITS, Limits
 from scanqc.volume import Volume
+
+# What pydicom raises when a lazily parsed element is malformed (wrong or unknown VR, bad length...).
+_MALFORMED_HEADER = (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+                     NotImplementedError, BytesLengthException, EOFError, struct.error)
 
 # Attributes that split a multi-volume series (multi-echo, dynamic, diffusion) into 3D volumes.
 _VOLUME_SPLITTERS = ("EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber", "DiffusionBValue",
@@ -312,7 +318,7 @@ def _assemble_dicom(group: list[tuple[InputFile, Dataset]], input_name: str, lim
         series.error = exc
         series.header = _strip_pixels(group[0][1])
         return series
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+    except _MALFORMED_HEADER as exc:
         # Header values of the wrong type or shape (fuzzing finds these): name them, don't crash.
         series.error = ScanQCError(ErrorCode.INCONSISTENT_SERIES,
                                    f"{name}: cannot build a volume from the headers ({type(exc).__name__}: {exc})")
@@ -389,11 +395,16 @@ def load_series(path: str | Path, limits: Limits = DEFAULT_LIMITS,
             except ScanQCError as exc:
                 errors.append(exc)
                 continue
-            reason = non_image_reason(ds)
+            try:
+                reason = non_image_reason(ds)
+                key = str(ds.get("SeriesInstanceUID", "")) or f"__file__{f.name}"
+            except _MALFORMED_HEADER as exc:
+                errors.append(ScanQCError(ErrorCode.UNREADABLE, f"{f.name}: malformed header "
+                                                                f"({type(exc).__name__}: {exc})"))
+                continue
             if reason:
                 skipped[reason] += 1
                 continue
-            key = str(ds.get("SeriesInstanceUID", "")) or f"__file__{f.name}"
             images[key].append((f, ds))
         read_ms = (time.perf_counter() - t0) * 1000
         series: list[Series] = list(nifti)
