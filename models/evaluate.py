@@ -10,7 +10,6 @@ phase, enhancement, missing, body_region, split, provenance``; paths relative to
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,32 +22,22 @@ from scanqc.inference import COVERAGE_ENDS, MOTION_LABELS, PHASES
 
 #: The metric each task is ranked by when comparing versions (higher is better).
 PRIMARY_METRIC = {"motion": "auc_any", "contrast_phase": "accuracy", "coverage": "accuracy"}
-REQUIRED_COLUMNS = ("path", "modality", "task", "label", "split")
 
 
 def read_manifest(path: str | Path, task: str | None = None, split: str | None = None) -> list[dict[str, str]]:
-    """Rows of a manifest as dicts with ``path`` made absolute; filtered by task and split ("all" = no filter)."""
+    """Validated manifest rows (:func:`scanqc.datasets.manifest.read_manifest`) as dicts with ``path`` made
+    absolute; filtered by task and split ("all" = no filter)."""
+    from scanqc.datasets.manifest import read_manifest as read_rows
+
     p = Path(path)
-    if p.is_dir():
-        p = p / "manifest.csv"
-    try:
-        with p.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in cols]
-            if missing:
-                raise ScanQCError(ErrorCode.USAGE, f"{p}: manifest lacks column(s) {missing} (has {cols})")
-            rows = [dict(r) for r in reader]
-    except FileNotFoundError:
-        raise ScanQCError(ErrorCode.NOT_FOUND, f"manifest not found: {p}") from None
+    p = p / "manifest.csv" if p.is_dir() else p
     out = []
-    for r in rows:
-        if task and r.get("task") and r["task"] != task:
+    for row in read_rows(p):
+        if (task and row.task != task) or (split and split != "all" and row.split != split):
             continue
-        if split and split != "all" and r.get("split") != split:
-            continue
-        r["path"] = str((p.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute() else r["path"]
-        out.append(r)
+        rec = row.to_csv()
+        rec["path"] = str(row.resolve(p.parent).resolve())
+        out.append(rec)
     return out
 
 

@@ -57,7 +57,8 @@ def write_manifest(root: Path, task: str, labels: list[str], per_label: int, see
                          "severity": "", "phase": lab if task == "contrast_phase" else "",
                          "enhancement": ("suboptimal" if i % 2 else "optimal") if task == "contrast_phase" else "",
                          "missing": lab if lab in ("superior", "inferior") else "",
-                         "body_region": "brain", "split": split, "provenance": "tests/training/conftest.py"})
+                         "body_region": "brain", "split": split,
+                         "provenance": '{"generator": "tests/training/tinydata.py"}'})
     path = root / "manifest.csv"
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, COLUMNS)
