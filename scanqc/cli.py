@@ -147,6 +147,11 @@ _register_subcommands()
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # pydicom logs decoder tracebacks at ERROR; our coded error already says what was wrong. Import it
+    # first: pydicom.config resets its logger's level on import.
+    import pydicom  # noqa: F401
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     app()  # typer/click exit with 2 on usage errors
 
 

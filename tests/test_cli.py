@@ -126,3 +126,14 @@ def test_check_runs_with_torch_unimportable(write_series, tmp_path, modality):
     assert "is blocked" not in r.stderr and "torch was imported" not in r.stderr, r.stderr[-2000:]
     (o,) = _lines(r.stdout)
     assert o["status"] in ("pass", "warn", "fail") and r.returncode in (0, 1)
+
+
+def test_corrupt_compressed_pixel_data_is_coded_without_decoder_tracebacks(tmp_path, pydicom_files):
+    raw = bytearray((pydicom_files / "MR_small_RLE.dcm").read_bytes())
+    item = raw.rindex(b"\xfe\xff\x00\xe0")  # the RLE fragment; corrupt its first segment offset
+    raw[item + 12:item + 16] = (0xFFF0).to_bytes(4, "little")
+    p = tmp_path / "bad_rle.dcm"
+    p.write_bytes(bytes(raw))
+    r = run_cli("check", str(p), "--json")
+    assert r.returncode == 2 and _lines(r.stdout)[0]["error"]["code"] == "DECODE_FAILED"
+    assert "Traceback" not in r.stderr

@@ -203,6 +203,13 @@ def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
     except Exception as exc:
         msg = f"{name}: pixel decoding failed ({type(exc).__name__}: {exc})"
         raise ScanQCError(ErrorCode.DECODE_FAILED, msg) from None
+    except BaseException as exc:
+        # Rust decoders (pylibjpeg-rle via pyo3) raise PanicException, a BaseException, on corrupt
+        # streams; found by fuzzing. Interrupts still propagate.
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        msg = f"{name}: pixel decoder crashed on corrupt data ({type(exc).__name__}: {exc})"
+        raise ScanQCError(ErrorCode.DECODE_FAILED, msg) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if arr.ndim == 2:
         arr = arr[None]
