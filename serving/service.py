@@ -205,6 +205,13 @@ class QCService:
         if self.settings.default_salt:
             log.warning("SCANQC_SALT is the built-in default: set a per-deployment secret before real data")
         self.store = Store(self.settings.db_url)  # runs the Alembic migrations
+        # BentoML builds the instance on the server's event loop. Checks run in worker threads (our pool,
+        # the DICOM receiver's); they reach the batching InferenceService by scheduling its async client
+        # on this loop. The sync client needs an AnyIO worker thread and fails in plain threads.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # constructed outside a server (in-process use)
+            self._loop = None
         self.processor = Processor(self.settings, self.store, infer=self._infer)
         self.processor.listeners.append(self._observe)
         self._concurrency = max(1, self.settings.concurrency)
@@ -272,7 +279,12 @@ class QCService:
     # -- model inference seam ---------------------------------------------------------------------
     def _infer(self, task: str, batch: np.ndarray) -> np.ndarray:
         """``CheckContext.infer``: send one series' batch to the batching inference service."""
-        return np.asarray(getattr(self.inference, task)(np.ascontiguousarray(batch, dtype=np.float32)))
+        arr = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._loop is None:
+            return np.asarray(getattr(self.inference, task)(arr))
+        call = getattr(self.inference.to_async, task)(arr)
+        timeout = self.settings.check_timeout_s
+        return np.asarray(asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=timeout))
 
     # -- metrics ----------------------------------------------------------------------------------
     def _observe(self, ev: Processed) -> None:

@@ -162,3 +162,32 @@ def test_metrics_and_privacy(qc_server: Server, tmp_path: Path) -> None:
     raw = b"".join(p.read_bytes() for p in qc_server.data_dir.glob("scanqc.db*"))
     for secret in (b"ALICE-123", b"Smith^Alice", b"ACC998877"):
         assert secret not in raw
+
+
+def test_model_checks_run_through_the_batching_inference_service(qc_server: Server, tmp_path: Path) -> None:
+    """The bundled ONNX models answer in the service exactly as in the CLI (same path, batched inference)."""
+    from scanqc.datasets.samples import write_sample
+    from scanqc.models import default_registry
+
+    from scanqc.pipeline import check_path
+
+    registry = default_registry()
+    if registry.get("contrast_phase") is None:
+        pytest.skip("no contrast_phase model installed")
+    folder = write_sample("abdomen_ct", tmp_path / "ct", seed=3, matrix=192, pixel_mm=2.0, slice_mm=5.0)
+    with cf.ThreadPoolExecutor(3) as ex:  # concurrent series share the adaptive batcher
+        results = list(ex.map(lambda i: post_files(qc_server.base, sorted(folder.iterdir()), station=f"ML{i}"),
+                              range(3)))
+    cli = check_path(folder)[0].to_dict()["checks"]
+    for status, body, _ in results:
+        assert status == 200, body
+        checks = body["verdicts"][0]["checks"]
+        for task in ("contrast_phase", "coverage"):
+            if registry.get(task) is None:
+                continue
+            assert checks[task]["status"] != "skipped", checks[task]
+            assert checks[task]["status"] == cli[task]["status"]
+            assert checks[task]["score"] == pytest.approx(cli[task]["score"], abs=1e-3)
+        assert checks["contrast_phase"]["predicted"] == cli["contrast_phase"]["predicted"]
+    _, text = qc_server.get("/metrics")
+    assert 'scanqc_inference_batch_size_count{task="contrast_phase"}' in text.decode()
