@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make run   - install the service extras and start scanqc serve on embedded defaults (127.0.0.1)
-#   make test  - install everything (dev extras, headless Chromium) and run the test suite
+#   make test  - install everything (dev extras, headless Chromium, a throwaway PostgreSQL) and run the tests
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,8 +28,9 @@ chromium:
 run: install-serve
 	$(BIN)/scanqc serve
 
+# The store tests also run on PostgreSQL when scripts/test-postgres.sh can start a throwaway server.
 test: install-dev chromium
-	$(BIN)/python -m pytest -q
+	SCANQC_TEST_PG_URL="$${SCANQC_TEST_PG_URL:-$$(scripts/test-postgres.sh)}" $(BIN)/python -m pytest -q
 
 lint: install-dev
 	$(BIN)/ruff check .
