@@ -80,3 +80,37 @@ def test_spec_roundtrip_and_bad_values_quote_the_value():
 def test_unknown_modality_is_a_coded_error():
     with pytest.raises(ScanQCError, match="PT"):
         preprocess(Volume(np.zeros((8, 8, 8), np.float32), (1, 1, 1), modality="PT"), DEFAULT_SPECS["motion"])
+
+
+def _head_with_noise(ghost: float, rng: np.random.Generator) -> np.ndarray:
+    """Bright ellipsoid 'head' in Rician-like noise; ``ghost`` adds a shifted faint copy (phase-encode ghost)."""
+    z, y, x = np.mgrid[:48, :80, :80]
+    head = (((z - 24) / 14) ** 2 + ((y - 40) / 18) ** 2 + ((x - 40) / 18) ** 2 < 1).astype(np.float32)
+    img = head + ghost * np.roll(head, 26, axis=1)
+    noise = rng.normal(0, 0.03, (2, *img.shape)).astype(np.float32)
+    return np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)
+
+
+def test_background_channel_is_zero_mean_for_clean_and_positive_for_ghosts():
+    rng = np.random.default_rng(0)
+    spec = DEFAULT_SPECS["motion"]
+    assert spec.background_channel and spec.in_channels == 2
+    clean = preprocess(Volume(_head_with_noise(0.0, rng), (2, 2, 2), modality="MR"), spec)
+    ghost = preprocess(Volume(_head_with_noise(0.1, rng), (2, 2, 2), modality="MR"), spec)
+    assert clean.shape == ghost.shape == (2, 64, 64, 64)
+    assert abs(float(clean[1].mean())) < 0.02
+    assert float(ghost[1].mean()) > 0.005 + float(clean[1].mean())
+    assert float(np.percentile(ghost[1], 99)) > 2 * float(np.percentile(clean[1], 99))  # ghost >> noise floor
+    assert np.all(clean[1] >= -1.0) and np.all(ghost[1] <= spec.background_clip)
+
+
+def test_background_channel_off_keeps_other_specs_unchanged():
+    for task in ("contrast_phase", "coverage"):
+        spec = DEFAULT_SPECS[task]
+        assert not spec.background_channel
+        d = spec.to_dict()
+        for k in ("background_channel", "background_margin", "background_far", "background_clip"):
+            d.pop(k)
+        assert PreprocessSpec.from_dict(d) == spec  # old metadata.json (without the fields) loads the same spec
+    with pytest.raises(ScanQCError):
+        PreprocessSpec(background_margin=-1)
