@@ -169,14 +169,24 @@ def _axis_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool = True) -> np.ndarray:
-    """Map the whole array extent onto ``shape`` (trilinear, pixel-edge aligned, anti-aliased when shrinking)."""
+def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool = True,
+                 cache: dict[Any, Any] | None = None) -> np.ndarray:
+    """Map the whole array extent onto ``shape`` (trilinear, pixel-edge aligned, anti-aliased when shrinking).
+
+    ``cache`` (one series' scratch dict) keeps the in-plane pass, the expensive one on a 512x512 CT, so
+    models with the same in-plane grid (contrast phase and coverage) share it.
+    """
     arr = np.asarray(arr, dtype=np.float32)
     if tuple(arr.shape) == tuple(shape):
         return np.ascontiguousarray(arr)
     mz, my, mx = (_axis_matrix(int(a), int(b), antialias) for a, b in zip(arr.shape, shape))
-    out = np.tensordot(arr, mx, axes=([2], [1]))  # (z, y, X): contract the largest axis first
-    out = np.einsum("zyx,Yy->zYx", out, my, optimize=True)
+    key = ("resample_fit.inplane", arr.shape, arr.strides, arr.__array_interface__["data"][0], shape[1:], antialias)
+    out = cache.get(key) if cache is not None else None
+    if out is None:
+        out = np.tensordot(arr, mx, axes=([2], [1]))  # (z, y, X): contract the largest axis first
+        out = np.einsum("zyx,Yy->zYx", out, my, optimize=True)
+        if cache is not None:
+            cache[key] = out
     out = np.einsum("zyx,Zz->Zyx", out, mz, optimize=True)
     return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -249,7 +259,8 @@ def background_map(arr: np.ndarray, shape: tuple[int, int, int], margin: int = 2
     return out.astype(np.float32)
 
 
-def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None) -> np.ndarray:
+def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None,
+               cache: dict[Any, Any] | None = None) -> np.ndarray:
     """Volume -> float32 ``[C, D, H, W]`` model input following ``spec``.
 
     ``modality`` overrides ``volume.modality`` (NIfTI inputs carry none). MR gets one intensity channel,
@@ -260,7 +271,7 @@ def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None
         raise ScanQCError(ErrorCode.USAGE, f"cannot preprocess modality {mod or 'unknown'!r}: CT or MR only")
     arr, _ = canonicalize(volume)
     inner = (spec.shape[0] - 2 * spec.pad_slices, spec.shape[1], spec.shape[2])
-    res = resample_fit(arr, inner, spec.antialias)
+    res = resample_fit(arr, inner, spec.antialias, cache)
     if mod == "CT":
         chans = window_ct(res, spec.ct_windows)
     else:

@@ -123,7 +123,7 @@ class ModelCheck:
         x = ctx.cache.get(key)
         if x is None:
             assert series.volume is not None
-            x = preprocess(series.volume, spec, modality)
+            x = preprocess(series.volume, spec, modality, cache=ctx.cache)
             ctx.cache[key] = x
         batch = x[None]
         logits = ctx.infer(self.task, batch) if ctx.infer is not None else model.run(batch)

@@ -182,8 +182,47 @@ def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
     return out
 
 
+_NATIVE_LITTLE_ENDIAN = {pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian}
+
+
+def _native_pixels(ds: Dataset, name: str) -> np.ndarray | None:
+    """Uncompressed little-endian greyscale pixels straight from the buffer, or None to use pydicom.
+
+    Same values as ``ds.pixel_array`` (bits above BitsStored masked, or sign-extended when signed;
+    tested against it on every native file pydicom ships) without its per-call attribute resolution
+    and copy: about a fifth of a 200-slice CT's read time.
+    """
+    if getattr(ds.file_meta, "TransferSyntaxUID", None) not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    try:
+        ba = int(ds.BitsAllocated)
+        bs = int(ds.get("BitsStored", ba))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        frames, rows, cols = int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if ba not in (8, 16, 32) or not 0 < bs <= ba or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{ba // 8}")
+    n = frames * rows * cols
+    buf = ds.PixelData
+    if not isinstance(buf, (bytes, bytearray)):
+        return None
+    if len(buf) < n * dtype.itemsize:
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data has {len(buf)} bytes, "
+                                               f"{n * dtype.itemsize} expected for {frames}x{rows}x{cols}")
+    arr = np.frombuffer(buf, dtype=dtype, count=n).reshape(frames, rows, cols)
+    if bs < ba:
+        shift = ba - bs
+        arr = (arr << shift) >> shift if signed else arr & dtype.type((1 << bs) - 1)
+    return arr
+
+
 def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
     """Decoded stored values as (frames, rows, cols), without rescale."""
+    native = _native_pixels(ds, name)
+    if native is not None:
+        return native
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
     try:
         with warnings.catch_warnings():
