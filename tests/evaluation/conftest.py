@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scanqc.inference import TASK_OUTPUTS
-from scanqc.preprocessing import DEFAULT_SPECS
+from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from tinydata import tiny_manifests
@@ -42,8 +42,7 @@ def install_stubs(root: Path) -> Path:
             spec["pad_slices"] = 2
         d = root / task / "0.1.0"
         d.mkdir(parents=True)
-        in_ch = len(spec["ct_windows"]) if "CT" in spec["modalities"] else 1
-        in_ch += 1 if spec.get("pad_slices") else 0
+        in_ch = PreprocessSpec.from_dict(spec).in_channels  # follows spec changes (e.g. motion's background map)
         stub_onnx(d / "model.onnx", in_ch, len(TASK_OUTPUTS[task]), seed=i)
         meta = {"task": task, "version": "0.1.0", "labels": list(TASK_OUTPUTS[task]), "preprocessing": spec,
                 "network_data_format": {}, "thresholds": {"motion_warn": 0.5}, "metrics": {}}

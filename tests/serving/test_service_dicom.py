@@ -19,6 +19,9 @@ def send_series(port: int, files: list[Path], calling_ae: str) -> list[int]:
     from pynetdicom.sop_class import CTImageStorage
 
     ae = AE(ae_title=calling_ae)
+    # Acknowledgement waits for fsync; on a loaded 2-core CI box with several series being checked in the
+    # same process that can exceed pynetdicom's 30 s default, which then misreads the late response.
+    ae.dimse_timeout = 120
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", port, ae_title="SCANQC")
     assert assoc.is_established, f"association from {calling_ae} rejected"
