@@ -662,9 +662,13 @@ def run_receiver(settings: Any, processor: Any, **overrides: Any) -> None:
 
     For a thread inside ``scanqc serve`` use :func:`make_receiver` and keep the handle to stop it.
     """
+    _serve_until_signalled(make_receiver(settings, processor, **overrides).start())
+
+
+def _serve_until_signalled(rx: Receiver) -> None:
+    """Block in ``rx.serve()``; SIGINT/SIGTERM (when on the main thread) stop it cleanly."""
     import signal
 
-    rx = make_receiver(settings, processor, **overrides).start()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: rx.request_stop())
@@ -688,7 +692,6 @@ def _check_path_callback(folder: Path, meta: SeriesArrival) -> list[Any]:
 def main(argv: list[str] | None = None) -> None:
     """``python -m scanqc.serving.receiver --data-dir D``: receiver without the HTTP service (debugging)."""
     import argparse
-    import signal
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--data-dir", type=Path, required=True)
@@ -703,13 +706,7 @@ def main(argv: list[str] | None = None) -> None:
     def on_complete(folder: Path, meta: SeriesArrival) -> None:
         publish_sr(_check_path_callback(folder, meta), folder, meta, cfg)
 
-    rx = Receiver(cfg, on_complete).start()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: rx.request_stop())
-    try:
-        rx.serve()
-    finally:
-        rx.stop()
+    _serve_until_signalled(Receiver(cfg, on_complete).start())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scanqc.evaluation.benchmark import stop_server
 
 from scanqc.io.dicom_write import write_dicom_series
 from scanqc.volume import Volume
@@ -112,13 +112,7 @@ def qc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server = Server(base, dicom_port, root / "data", time.monotonic() - t0, proc, log)
         yield server
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # our own process group (start_new_session)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_server(proc)  # SIGINT to its process group, SIGKILL after 30 s
 
 
 def post_files(base: str, files: list[Path], **fields: str) -> tuple[int, dict[str, Any], float]:
