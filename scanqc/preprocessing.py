@@ -28,6 +28,11 @@ Steps, in order:
    (median of the far background), minus 1, clipped to ``[-1, background_clip]``, and set to 0 inside
    the head (Otsu mask, dilated by ``background_margin`` grid voxels). A clean scan reads ~0 everywhere;
    ghosting reads > 0 next to the head. Computed on the output grid: ~ms, numpy/scipy only.
+5. **Peak channels** (``ct_max_windows``, contrast phase): averaging onto a coarse grid dilutes small
+   bright structures (a 200-400 HU renal collecting system a few mm across, the excretion cue of the
+   delayed phase, becomes ~100 HU, like portal-venous parenchyma). These channels down-sample by block
+   maximum instead (:func:`resample_max`, as max pooling does inside a CNN), then window like step 3, so a
+   small enhancing structure keeps its HU on the grid.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class PreprocessSpec:
     mr_percentiles: tuple[float, float] = (1.0, 99.0)
     mr_clip: tuple[float, float] = (-0.5, 2.0)
     ct_windows: list[tuple[float, float]] = field(default_factory=lambda: [(-160.0, 240.0)])  # HU [lo, hi]
+    ct_max_windows: list[tuple[float, float]] = field(default_factory=list)  # block-max channels (step 5)
     modalities: tuple[str, ...] = ("MR", "CT")
     version: int = 1
     background_channel: bool = False  # add the noise-floor-normalised background channel (step 4)
@@ -71,6 +77,7 @@ class PreprocessSpec:
         self.mr_percentiles = tuple(float(p) for p in self.mr_percentiles)  # type: ignore[assignment]
         self.mr_clip = tuple(float(p) for p in self.mr_clip)  # type: ignore[assignment]
         self.ct_windows = [(float(lo), float(hi)) for lo, hi in self.ct_windows]
+        self.ct_max_windows = [(float(lo), float(hi)) for lo, hi in self.ct_max_windows]
         self.modalities = tuple(m.upper() for m in self.modalities)
         self.background_channel = bool(self.background_channel)
         self.background_margin, self.background_far = int(self.background_margin), int(self.background_far)
@@ -87,10 +94,13 @@ class PreprocessSpec:
             raise ScanQCError(ErrorCode.BAD_MODEL, f"pad_slices {self.pad_slices} does not fit shape {self.shape}")
         if any(hi <= lo for lo, hi in self.ct_windows) or not self.ct_windows:
             raise ScanQCError(ErrorCode.BAD_MODEL, f"CT windows must be [lo, hi] with lo < hi, got {self.ct_windows}")
+        if any(hi <= lo for lo, hi in self.ct_max_windows):
+            raise ScanQCError(ErrorCode.BAD_MODEL,
+                              f"CT max windows must be [lo, hi] with lo < hi, got {self.ct_max_windows}")
 
     def channels(self, modality: str) -> int:
         """Number of input channels for a modality (intensity channels + optional mask)."""
-        n = len(self.ct_windows) if modality.upper() == "CT" else 1
+        n = len(self.ct_windows) + len(self.ct_max_windows) if modality.upper() == "CT" else 1
         return n + (1 if self.pad_slices else 0) + (1 if self.background_channel else 0)
 
     @property
@@ -102,6 +112,7 @@ class PreprocessSpec:
         d = asdict(self)
         d["shape"] = list(self.shape)
         d["ct_windows"] = [list(w) for w in self.ct_windows]
+        d["ct_max_windows"] = [list(w) for w in self.ct_max_windows]
         d["orientation"] = CANONICAL_ORIENTATION
         d["in_channels"] = self.in_channels
         return d
@@ -122,8 +133,9 @@ DEFAULT_SPECS: dict[str, PreprocessSpec] = {
     "motion": PreprocessSpec(shape=(64, 64, 64), modalities=("MR",), background_channel=True),
     # Contrast phase: vessel / parenchyma / collecting-system HU; two windows separate 100-200 HU (portal
     # venous, delayed) from >250 HU (arterial aorta, excretory collecting system).
+    # A block-max channel keeps the small 200-400 HU collecting system of delayed scans (step 5).
     "contrast_phase": PreprocessSpec(shape=(48, 48, 48), ct_windows=[(-100.0, 300.0), (0.0, 600.0)],
-                                     modalities=("CT",)),
+                                     ct_max_windows=[(0.0, 600.0)], modalities=("CT",)),
     # Coverage: whole extent fitted into 40 of 48 slices + 4 padding slices per end and a mask channel.
     "coverage": PreprocessSpec(shape=(48, 48, 48), pad_slices=4, ct_windows=[(-200.0, 300.0)],
                                modalities=("MR", "CT")),
@@ -189,6 +201,49 @@ def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool =
             cache[key] = out
     out = np.einsum("zyx,Zz->Zyx", out, mz, optimize=True)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _block_reduce(arr: np.ndarray, ax: int, k: int, op: str) -> np.ndarray:
+    """Mean or max over consecutive blocks of ``k`` along ``ax``; the last block edge-padded.
+
+    Combines ``k`` strided views element-wise: much faster than a reduction over a short reshaped axis
+    when ``ax`` is the contiguous one.
+    """
+    m = -(-arr.shape[ax] // k)
+    if m * k != arr.shape[ax]:
+        pad = [(0, 0)] * arr.ndim
+        pad[ax] = (0, m * k - arr.shape[ax])
+        arr = np.pad(arr, pad, mode="edge")
+    view = [slice(None)] * arr.ndim
+    view[ax] = slice(0, None, k)
+    out = np.array(arr[tuple(view)], dtype=np.float32)
+    for i in range(1, k):
+        view[ax] = slice(i, None, k)
+        (np.add if op == "mean" else np.maximum)(out, arr[tuple(view)], out=out)
+    return out / k if op == "mean" else out
+
+
+def resample_max(arr: np.ndarray, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                 detail_mm: float = 3.0) -> np.ndarray:
+    """Map the whole extent onto ``shape`` keeping local maxima (module step 5).
+
+    Per axis: block *means* first, down to about ``detail_mm`` voxels (so the result does not depend on
+    the acquisition's pixel size or its noise: the maximum of a block of 0.7 mm voxels would mostly
+    measure noise), then block *maxima* of ``k = round(n / n_out)`` voxels, then the remaining small zoom
+    linearly without anti-aliasing (which would average the peaks away again). Edge padding of the last
+    block stretches an axis by less than one output voxel. Reshape-based: ~tens of ms on a 512^2 CT.
+    """
+    out = np.asarray(arr, dtype=np.float32)
+    k_mean = [min(int(detail_mm // max(float(sp), 1e-3)), out.shape[ax] // int(n))
+              for ax, (n, sp) in enumerate(zip(shape, spacing, strict=True))]
+    for ax in sorted(range(3), key=lambda a: -k_mean[a]):  # biggest reduction first: less data after
+        if k_mean[ax] >= 2:
+            out = _block_reduce(out, ax, k_mean[ax], "mean")
+    for ax, n in enumerate(shape):
+        k_max = round(out.shape[ax] / int(n))
+        if k_max >= 2:
+            out = _block_reduce(out, ax, k_max, "max")
+    return resample_fit(np.ascontiguousarray(out), shape, antialias=False)
 
 
 def normalize_mr(arr: np.ndarray, percentiles: tuple[float, float], clip: tuple[float, float]) -> np.ndarray:
@@ -269,14 +324,17 @@ def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None
     mod = (modality or volume.modality or "").upper()
     if mod not in ("CT", "MR"):
         raise ScanQCError(ErrorCode.USAGE, f"cannot preprocess modality {mod or 'unknown'!r}: CT or MR only")
-    arr, _ = canonicalize(volume)
+    arr, spacing = canonicalize(volume)
     inner = (spec.shape[0] - 2 * spec.pad_slices, spec.shape[1], spec.shape[2])
     res = resample_fit(arr, inner, spec.antialias, cache)
     if mod == "CT":
         chans = window_ct(res, spec.ct_windows)
+        if spec.ct_max_windows:
+            chans = np.concatenate([chans, window_ct(resample_max(arr, inner, spacing), spec.ct_max_windows)])
     else:
         chans = normalize_mr(res, spec.mr_percentiles, spec.mr_clip)[None]
-    n_int = max(len(spec.ct_windows) if "CT" in spec.modalities else 1, 1 if "MR" in spec.modalities else 0)
+    n_ct = len(spec.ct_windows) + len(spec.ct_max_windows)
+    n_int = max(n_ct if "CT" in spec.modalities else 1, 1 if "MR" in spec.modalities else 0)
     if chans.shape[0] < n_int:
         chans = np.concatenate([chans, np.zeros((n_int - chans.shape[0], *inner), np.float32)])
     if spec.background_channel:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from scanqc.errors import ErrorCode, ScanQCError
-from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec, canonicalize, preprocess, resample_fit
+from scanqc.preprocessing import (
+    DEFAULT_SPECS,
+    PreprocessSpec,
+    canonicalize,
+    preprocess,
+    resample_fit,
+    resample_max,
+)
 from scanqc.volume import Volume
 
 
@@ -43,8 +50,9 @@ def test_resample_fit_shape_and_constant_preserved():
 
 def test_ct_windows_become_channels_in_unit_range():
     vol = Volume(np.linspace(-1000, 1000, 20 ** 3, dtype=np.float32).reshape(20, 20, 20), (2, 2, 2), modality="CT")
-    x = preprocess(vol, DEFAULT_SPECS["contrast_phase"])
-    assert x.shape == (2, 48, 48, 48) and x.dtype == np.float32
+    spec = DEFAULT_SPECS["contrast_phase"]
+    x = preprocess(vol, spec)
+    assert x.shape == (spec.in_channels, 48, 48, 48) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
 
 
@@ -114,3 +122,39 @@ def test_background_channel_off_keeps_other_specs_unchanged():
         assert PreprocessSpec.from_dict(d) == spec  # old metadata.json (without the fields) loads the same spec
     with pytest.raises(ScanQCError):
         PreprocessSpec(background_margin=-1)
+
+
+def test_resample_max_keeps_a_small_bright_structure_that_averaging_dilutes():
+    # A 300 HU blob of 3x3x3 mm in 40 HU tissue on a 0.75 mm grid (a renal collecting system in delayed phase).
+    arr = np.full((120, 160, 160), 40.0, np.float32)
+    arr[60:64, 80:84, 80:84] = 300.0
+    mean = resample_fit(arr, (24, 24, 24))
+    peak = resample_max(arr, (24, 24, 24), (0.75, 0.75, 0.75))
+    assert peak.shape == (24, 24, 24) and peak.dtype == np.float32
+    assert mean.max() < 100.0  # averaged away onto 5-7 mm voxels
+    assert peak.max() > 150.0  # block max of ~3 mm means keeps it
+    assert np.median(peak) == pytest.approx(40.0) and np.sum(peak > 41.0) < 30  # flat tissue unchanged
+
+
+def test_resample_max_depends_on_3mm_content_not_pixel_size():
+    # Same noise per 3 mm voxel, acquired on 1 x 0.75 mm pixels or on 3 mm voxels: block means to ~3 mm come
+    # before the maximum, so the peak channel agrees (a max over raw fine pixels would read ~+60 HU higher).
+    rng = np.random.default_rng(0)
+    fine = rng.normal(40.0, 10.0 * np.sqrt(48), (72, 384, 384)).astype(np.float32)  # 3 x 4 x 4 pixels per 3 mm
+    coarse = rng.normal(40.0, 10.0, (24, 96, 96)).astype(np.float32)
+    f = resample_max(fine, (24, 24, 24), (1.0, 0.75, 0.75))
+    c = resample_max(coarse, (24, 24, 24), (3.0, 3.0, 3.0))
+    assert abs(float(np.median(f)) - float(np.median(c))) < 2.0
+
+
+def test_peak_channels_follow_the_spec():
+    vol = Volume(np.full((30, 40, 40), 40.0, np.float32), (3, 3, 3), modality="CT")
+    spec = DEFAULT_SPECS["contrast_phase"]
+    assert spec.ct_max_windows and spec.in_channels == len(spec.ct_windows) + len(spec.ct_max_windows)
+    x = preprocess(vol, spec)
+    assert x.shape == (spec.in_channels, *spec.shape)
+    lo, hi = spec.ct_max_windows[0]
+    np.testing.assert_allclose(x[-1], (40.0 - lo) / (hi - lo), atol=1e-5)
+    with pytest.raises(ScanQCError) as e:
+        PreprocessSpec(ct_max_windows=[(300.0, 100.0)])
+    assert e.value.code == ErrorCode.BAD_MODEL and "300" in str(e.value)

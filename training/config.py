@@ -17,12 +17,15 @@ from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec
 #: stride-2 stages leave a 2^3 map, so the dense head stays small (less over-fitting on a few hundred cases)
 #: while keeping coarse position (superior vs inferior) for coverage.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "motion": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10},
+    # Motion: gamma / bias-field augmentation of the raw volume *before* preprocessing, so the background
+    # channel (computed from the raw intensities) sees scanner-like variation, not only the normalised one.
+    "motion": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
+               "volume_augment": True},
     "contrast_phase": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
                        "dropout": 0.2, "weight_decay": 1e-3},
     # Coverage: 64 inner slices along superior-inferior so a 10 mm cut is >= 1-2 slices on a 400 mm CT.
     "coverage": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
-                 "preprocessing": {"shape": (72, 48, 48), "pad_slices": 4}},
+                 "preprocessing": {"shape": (72, 48, 48), "pad_slices": 4}, "yaw_degrees": 15.0},
 }
 
 
@@ -43,6 +46,11 @@ class TrainConfig:
     workers: int = 2  # caching / loading workers
     val_fraction: float = 0.2  # used only when the manifest has no 'val' split
     augment: bool = True
+    # MR only: random gamma and bias field on the raw volume before preprocessing (TorchIO RandomGamma /
+    # RandomBiasField default ranges), drawn ``volume_augment_copies`` times per case when caching.
+    volume_augment: bool = False
+    volume_augment_copies: int = 3
+    yaw_degrees: float = 0.0  # coverage: random rotation about the superior-inferior axis (label-preserving)
     fail_specificity: float = 0.95  # thresholds chosen on validation data
     warn_specificity: float = 0.90
     device: str = "auto"  # auto | cpu | cuda

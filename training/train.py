@@ -36,6 +36,7 @@ from torch import nn
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASK_OUTPUTS, postprocess
 from scanqc.preprocessing import PreprocessSpec, preprocess
+from scanqc.volume import Volume
 
 
 def build_net(cfg: TrainConfig) -> nn.Module:
@@ -64,14 +65,42 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def load_case(row: dict[str, str], spec: PreprocessSpec) -> np.ndarray:
-    """One manifest case -> model input, through the serving reader and preprocessing."""
+def load_volume(row: dict[str, str]) -> tuple[Volume, str]:
+    """One manifest case -> (volume, modality), through the serving reader."""
     from scanqc.series import load_series
 
     series, _ = load_series(row["path"], modality_hint=(row.get("modality") or None))
     if not series or series[0].volume is None:
         raise ScanQCError(ErrorCode.UNREADABLE, f"{row['path']}: no volume (case {row.get('case_id')})")
-    return preprocess(series[0].volume, spec, row.get("modality") or series[0].modality)
+    return series[0].volume, (row.get("modality") or series[0].modality or "")
+
+
+def load_case(row: dict[str, str], spec: PreprocessSpec) -> np.ndarray:
+    """One manifest case -> model input, through the serving reader and preprocessing."""
+    vol, modality = load_volume(row)
+    return preprocess(vol, spec, modality)
+
+
+def random_gamma_bias(arr: np.ndarray, rng: np.random.RandomState, log_gamma: float = 0.3,
+                      coefficients: float = 0.5, order: int = 3) -> np.ndarray:
+    """MR intensity augmentation of a raw (non-negative) volume: gamma then a smooth bias field.
+
+    Gamma as TorchIO ``RandomGamma`` (``x ** exp(U(-log_gamma, log_gamma))`` on intensities scaled to
+    [0, 1], default 0.3); the bias field as TorchIO ``RandomBiasField`` (Sudre et al. 2017): ``exp`` of a
+    polynomial of degree ``order`` in the normalised coordinates, coefficients ``U(-c, c)`` (default 0.5).
+    """
+    a = np.clip(np.asarray(arr, dtype=np.float32), 0.0, None)
+    top = float(a.max()) or 1.0
+    a = (a / top) ** float(np.exp(rng.uniform(-log_gamma, log_gamma))) * top
+    grids = [np.linspace(-1, 1, n, dtype=np.float32) for n in a.shape]
+    log_field = np.zeros(a.shape, np.float32)
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            for k in range(order + 1 - i - j):
+                c = float(rng.uniform(-coefficients, coefficients))
+                log_field += c * (grids[0][:, None, None] ** i) * (grids[1][None, :, None] ** j) \
+                    * (grids[2][None, None, :] ** k)
+    return (a * np.exp(log_field)).astype(np.float32)
 
 
 def split_rows(rows: list[dict[str, str]], cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
@@ -148,6 +177,60 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             img[0] = np.clip(c0 * field, spec.mr_clip[0], spec.mr_clip[1])
             return {**d, "image": img}
 
+    class PreprocessCopiesD(MapTransform):
+        """Manifest row -> {"copies": float16 [1 + K, C, D, H, W], "target"}: the clean input plus K copies
+        whose raw MR volume went through :func:`random_gamma_bias` first (seeded per case, so the cache is
+        reproducible). Preprocessing (~0.1-0.3 s per MR) runs once per copy at caching, not every epoch."""
+
+        def __init__(self, copies: int) -> None:
+            super().__init__(keys=["path"])
+            self.copies = copies
+
+        def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+            import zlib
+
+            vol, modality = load_volume(row)
+            rng = np.random.RandomState(zlib.crc32(f"{cfg.seed}:{row.get('case_id', row['path'])}".encode()))
+            vols = [vol] + ([vol.with_array(random_gamma_bias(vol.array, rng)) for _ in range(self.copies)]
+                            if modality.upper() == "MR" else [])
+            return {"copies": np.stack([preprocess(v, spec, modality) for v in vols]).astype(np.float16),
+                    "target": encode_row(cfg.task, row), "case_id": row.get("case_id", "")}
+
+    class RandPickCopyD(RandomizableTransform):
+        """One of the cached copies (the clean one with probability ``1 - prob``) -> {"image", ...}."""
+
+        def __init__(self, prob: float) -> None:
+            RandomizableTransform.__init__(self, prob)
+
+        def __call__(self, d: dict[str, Any]) -> dict[str, Any]:
+            self.randomize(None)
+            n = len(d["copies"])
+            i = int(self.R.randint(1, n)) if self._do_transform and n > 1 else 0
+            return {"image": d["copies"][i].astype(np.float32), "target": d["target"], "case_id": d["case_id"]}
+
+    class RandYawd(RandomizableTransform):
+        """Rotation about the superior-inferior axis (in-plane, up to ``max_deg``) of the intensity channels.
+
+        Every voxel keeps its slice, so what touches the first or last slice (the coverage label) is
+        unchanged; the mask channel (constant in-plane) is left as it is. Outside the field of view is 0.
+        """
+
+        def __init__(self, max_deg: float, prob: float, n_fixed: int = 0) -> None:
+            RandomizableTransform.__init__(self, prob)
+            self.max_deg, self.n_fixed = max_deg, n_fixed
+
+        def __call__(self, d: dict[str, Any]) -> dict[str, Any]:
+            from scipy import ndimage
+
+            self.randomize(None)
+            if not self._do_transform:
+                return d
+            img = np.array(d["image"], dtype=np.float32, copy=True)
+            n = img.shape[0] - self.n_fixed
+            angle = float(self.R.uniform(-self.max_deg, self.max_deg))
+            img[:n] = ndimage.rotate(img[:n], angle, axes=(2, 3), reshape=False, order=1, mode="constant", cval=0.0)
+            return {**d, "image": img}
+
     def plain(d: dict[str, Any]) -> dict[str, Any]:
         """MONAI transforms may return MetaTensors, others ndarrays: collate plain tensors only."""
         img = d["image"]
@@ -155,15 +238,20 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
         return {**d, "image": img.float().contiguous()}
 
     aug: list[Any] = []
+    first: list[Any] = [PreprocessD()]
+    if cfg.augment and cfg.volume_augment:
+        first = [PreprocessCopiesD(cfg.volume_augment_copies), RandPickCopyD(prob=0.75)]
     if cfg.augment:
         aug.append(RandFlipd(keys="image", prob=0.5, spatial_axis=2))  # left-right only: S-I matters
         if cfg.task != "coverage":  # coverage: a shift would move anatomy into the padding -> wrong label
             aug.append(RandShiftd(max_shift=2, prob=0.5))
         if cfg.task == "motion":
             aug.append(RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
-        if cfg.task in ("motion", "coverage"):
+        if cfg.task == "coverage" or (cfg.task == "motion" and not cfg.volume_augment):
             aug.append(RandGammaBiasd(prob=0.7))
-    train_ds = CacheDataset(train_rows, Compose([PreprocessD(), *aug, plain]), num_workers=cfg.workers,
+        if cfg.task == "coverage" and cfg.yaw_degrees > 0:
+            aug.append(RandYawd(cfg.yaw_degrees, prob=0.7, n_fixed=1 if spec.pad_slices else 0))
+    train_ds = CacheDataset(train_rows, Compose([*first, *aug, plain]), num_workers=cfg.workers,
                             progress=True, copy_cache=False)
     val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=True,
                           copy_cache=False)
