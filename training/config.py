@@ -17,10 +17,7 @@ from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec
 #: stride-2 stages leave a 2^3 map, so the dense head stays small (less over-fitting on a few hundred cases)
 #: while keeping coarse position (superior vs inferior) for coverage.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Motion: gamma / bias-field augmentation of the raw volume *before* preprocessing, so the background
-    # channel (computed from the raw intensities) sees scanner-like variation, not only the normalised one.
-    "motion": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
-               "volume_augment": True},
+    "motion": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10},
     "contrast_phase": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
                        "dropout": 0.2, "weight_decay": 1e-3},
     # Coverage: 64 inner slices along superior-inferior so a 10 mm cut is >= 1-2 slices on a 400 mm CT.
