@@ -133,9 +133,10 @@ DEFAULT_SPECS: dict[str, PreprocessSpec] = {
     "motion": PreprocessSpec(shape=(64, 64, 64), modalities=("MR",), background_channel=True),
     # Contrast phase: vessel / parenchyma / collecting-system HU; two windows separate 100-200 HU (portal
     # venous, delayed) from >250 HU (arterial aorta, excretory collecting system).
-    # A block-max channel keeps the small 200-400 HU collecting system of delayed scans (step 5).
+    # (A block-max channel, step 5, reached the same validation accuracy but generalised worse to noisier
+    # held-out scans: docs/models.md. Available through ``ct_max_windows`` in a training config.)
     "contrast_phase": PreprocessSpec(shape=(48, 48, 48), ct_windows=[(-100.0, 300.0), (0.0, 600.0)],
-                                     ct_max_windows=[(0.0, 600.0)], modalities=("CT",)),
+                                     modalities=("CT",)),
     # Coverage: whole extent fitted into 40 of 48 slices + 4 padding slices per end and a mask channel.
     "coverage": PreprocessSpec(shape=(48, 48, 48), pad_slices=4, ct_windows=[(-200.0, 300.0)],
                                modalities=("MR", "CT")),

@@ -149,8 +149,8 @@ def test_resample_max_depends_on_3mm_content_not_pixel_size():
 
 def test_peak_channels_follow_the_spec():
     vol = Volume(np.full((30, 40, 40), 40.0, np.float32), (3, 3, 3), modality="CT")
-    spec = DEFAULT_SPECS["contrast_phase"]
-    assert spec.ct_max_windows and spec.in_channels == len(spec.ct_windows) + len(spec.ct_max_windows)
+    spec = PreprocessSpec(shape=(16, 16, 16), ct_windows=[(-100, 300)], ct_max_windows=[(0, 600)], modalities=("CT",))
+    assert spec.in_channels == len(spec.ct_windows) + len(spec.ct_max_windows)
     x = preprocess(vol, spec)
     assert x.shape == (spec.in_channels, *spec.shape)
     lo, hi = spec.ct_max_windows[0]
