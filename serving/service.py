@@ -37,7 +37,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import bentoml
 import numpy as np
 import pydicom.config
-from scanqc.serving import auth, web
+from scanqc.serving import auth, patches, web
 from scanqc.serving.config import Settings, load_settings
 from scanqc.serving.processing import Processed, Processor
 from scanqc.serving.store import Store
@@ -45,6 +45,11 @@ from scanqc.serving.store import Store
 from scanqc.errors import ScanQCError
 
 log = logging.getLogger("scanqc.serving")
+
+# Two BentoML server bugs made the API worker's memory grow with every request (docs/reliability.md "Load"):
+# TimeoutMiddleware kept each request's context and OpenTelemetry span alive for traffic.timeout seconds, and
+# the request metrics added a Prometheus label set per URL. Patched here, before any worker builds its app.
+PATCHES = patches.apply(web.app.routes)
 
 TASKS = ("motion", "contrast_phase", "coverage")
 _MAX_BATCH = int(os.environ.get("SCANQC_MAX_BATCH_SIZE", "16"))
@@ -176,9 +181,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(data).encode())
 
 
-# BentoML labels its request metrics with the raw path: per-series/verdict/station URLs would add a label
-# set per UID, growing memory and /metrics without bound (measured: +0.05 MiB per series under load).
-# Those routes are left out of BentoML's request metrics (prefix match); the list routes stay in.
+# Per-entity routes (a UID, station or id in the path) are left out of BentoML's access log. (BentoML also
+# passes this list to its request metrics, but there it only spares last_request_timestamp: the endpoint
+# labels are bounded by serving/patches.py, which labels requests by route template.)
 _UNBOUNDED_PATHS = ["/metrics", "/healthz", "/livez", "/readyz", "/api/series/", "/api/verdicts/",
                     "/api/stations/", "/api/uploads/", "/api/queries/", "/api/admin/studies/",
                     "/api/admin/tokens/", "/console/"]
