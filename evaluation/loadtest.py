@@ -4,16 +4,22 @@
 
 Starts its own server (random loopback ports, a temporary data dir, one site token so the auth path is
 exercised), then each client loops: upload a small CT series (12 x 32x32, a fresh SeriesInstanceUID per
-request) and read it back (GET /api/series/{uid}); one request in ten is a dashboard read. Records
-requests, errors (any non-2xx or transport error), latency percentiles, and the RSS of the whole server
-process tree every second; memory growth compares the mean of the first third of the run with the last
-third. Writes ``load.json`` and ``load.md`` to ``--out``. Stops by itself after ``--duration``.
+request) and read it back (GET /api/series/{uid}); every tenth loop also reads the dashboard
+(``--dashboard-every``; the dashboard aggregates every verdict of the window, so its cost grows with the
+data the run itself stores; ``--dashboard-every 0`` gives a load whose per-request work stays constant). Records
+requests, errors (any non-2xx or transport error), latency percentiles, and the RSS of every process of
+the server tree every second (``scanqc serve``, the BentoML arbiter, the API worker, the inference worker).
+Memory growth is reported two ways, for the tree and per process: the mean of the first third of the run
+against the last third, and the least-squares slope in MiB/min over the second half of the run (after the
+start-up and warm-up allocations; "no growth" means a slope near 0). Writes ``load.json`` and ``load.md``
+to ``--out``. Stops by itself after ``--duration``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -28,6 +34,45 @@ def _pct(xs: list[float], q: float) -> float | None:
         return None
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _role(cmdline: list[str]) -> str:
+    """Which part of ``scanqc serve`` a process is, from its command line."""
+    line = " ".join(cmdline)
+    if "_bentoml_impl.worker" in line:
+        return "inference worker" if "scanqc-inference" in line else "API worker"
+    if "bentoml" in line and " serve" in line:
+        return "arbiter"
+    if "scanqc" in line and "serve" in line:
+        return "scanqc serve"
+    return "other"
+
+
+def slope_mib_per_min(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MiB) points, in MiB per minute."""
+    if len(points) < 3:
+        return None
+    mt = statistics.mean(t for t, _ in points)
+    mr = statistics.mean(r for _, r in points)
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    return 60 * sum((t - mt) * (r - mr) for t, r in points) / var
+
+
+def memory_summary(rss: list[tuple[float, float]]) -> dict[str, Any]:
+    """First third vs last third means, min/max, and the slope over the second half of the samples."""
+    if not rss:
+        return {"first_third_mean": 0.0, "last_third_mean": 0.0, "growth_pct": None, "min": 0.0, "max": 0.0,
+                "samples": 0, "slope_mib_per_min_2nd_half": None}
+    third = max(1, len(rss) // 3)
+    first = statistics.mean(r for _, r in rss[:third])
+    last = statistics.mean(r for _, r in rss[-third:])
+    slope = slope_mib_per_min(rss[len(rss) // 2:])
+    return {"first_third_mean": round(first, 1), "last_third_mean": round(last, 1),
+            "growth_pct": round(100 * (last - first) / first, 2) if first else None,
+            "min": round(min(r for _, r in rss), 1), "max": round(max(r for _, r in rss), 1), "samples": len(rss),
+            "slope_mib_per_min_2nd_half": None if slope is None else round(slope, 3)}
 
 
 def _series_bytes(tmp: Path, n: int) -> list[list[tuple[str, bytes]]]:
@@ -65,7 +110,7 @@ def _fresh_uids(files: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes, 
 
 
 def run_load(base: str, token: str | None, *, clients: int, duration: float, pids_fn: Any,
-             sample_s: float = 1.0, tmp: Path | None = None) -> dict[str, Any]:
+             sample_s: float = 1.0, tmp: Path | None = None, dashboard_every: int = 10) -> dict[str, Any]:
     """Drive ``base`` with ``clients`` threads for ``duration`` seconds; returns the figures."""
     import httpx
     import psutil
@@ -78,17 +123,24 @@ def run_load(base: str, token: str | None, *, clients: int, duration: float, pid
     lock = threading.Lock()
     stop_at = time.monotonic() + duration
     rss: list[tuple[float, float]] = []
+    per_proc: dict[int, dict[str, Any]] = {}  # pid -> {"role", "rss": [(t, MiB)]}
     t_start = time.monotonic()
 
     def sampler() -> None:
         while time.monotonic() < stop_at:
             total = 0
+            now = time.monotonic() - t_start
             for pid in pids_fn():
                 try:
-                    total += psutil.Process(pid).memory_info().rss
+                    p = psutil.Process(pid)
+                    b = p.memory_info().rss
+                    if pid not in per_proc:
+                        per_proc[pid] = {"role": _role(p.cmdline()), "rss": []}
                 except psutil.NoSuchProcess:
-                    pass
-            rss.append((time.monotonic() - t_start, total / 2**20))
+                    continue
+                total += b
+                per_proc[pid]["rss"].append((now, b / 2**20))
+            rss.append((now, total / 2**20))
             time.sleep(sample_s)
 
     def worker(k: int) -> None:
@@ -112,7 +164,7 @@ def run_load(base: str, token: str | None, *, clients: int, duration: float, pid
                     if r.status_code != 200:
                         raise RuntimeError(f"read {r.status_code} {r.text[:200]}")
                     dt_db = None
-                    if i % 10 == 0:
+                    if dashboard_every and i % dashboard_every == 0:
                         kind = "dashboard"
                         t0 = time.perf_counter()
                         r = c.get("/api/dashboard?days=1")
@@ -137,9 +189,6 @@ def run_load(base: str, token: str | None, *, clients: int, duration: float, pid
         t.join(duration + 180)
     samp.join(5)
     wall = time.monotonic() - t_start
-    third = max(1, len(rss) // 3)
-    first = statistics.mean(r for _, r in rss[:third]) if rss else 0.0
-    last = statistics.mean(r for _, r in rss[-third:]) if rss else 0.0
     requests = sum(len(v) for v in lat.values()) + len(errors)
     return {
         "clients": clients, "duration_s": round(wall, 1), "requests": requests, "errors": len(errors),
@@ -148,17 +197,22 @@ def run_load(base: str, token: str | None, *, clients: int, duration: float, pid
         "latency_ms": {k: {"n": len(v), "p50": round(1000 * (_pct(v, 0.5) or 0), 1),
                            "p95": round(1000 * (_pct(v, 0.95) or 0), 1),
                            "max": round(1000 * max(v), 1) if v else None} for k, v in lat.items()},
-        "rss_mb": {"first_third_mean": round(first, 1), "last_third_mean": round(last, 1),
-                   "growth_pct": round(100 * (last - first) / first, 2) if first else None,
-                   "min": round(min((r for _, r in rss), default=0), 1),
-                   "max": round(max((r for _, r in rss), default=0), 1), "samples": len(rss)},
+        "rss_mb": memory_summary(rss),
+        "rss_mb_per_process": [{"pid": pid, "role": v["role"], **memory_summary(v["rss"])}
+                               for pid, v in sorted(per_proc.items())],
         "rss_series": [(round(t, 1), round(r, 1)) for t, r in rss],
+        "rss_series_per_process": {str(pid): [(round(t, 1), round(r, 1)) for t, r in v["rss"]]
+                                   for pid, v in sorted(per_proc.items())},
     }
 
 
 def to_markdown(res: dict[str, Any], note: str = "") -> str:
     lm, rs = res["latency_ms"], res["rss_mb"]
     rows = "\n".join(f"| {k} | {v['n']} | {v['p50']} | {v['p95']} | {v['max']} |" for k, v in lm.items())
+    procs = "\n".join(
+        f"| {p['role']} | {p['pid']} | {p['first_third_mean']} | {p['last_third_mean']} | {p['growth_pct']} | "
+        f"{p['slope_mib_per_min_2nd_half']} |" for p in [*res.get("rss_mb_per_process", []),
+                                                          {"role": "**whole tree**", "pid": "", **rs}])
     head = "| clients | duration | requests | errors | series checked | series/s |\n|---|---|---|---|---|---|\n"
     return (f"{note}\n\n{head}"
             f"| {res['clients']} | {res['duration_s']} s | {res['requests']} | {res['errors']} | "
@@ -166,7 +220,9 @@ def to_markdown(res: dict[str, Any], note: str = "") -> str:
             f"| request | n | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|\n{rows}\n\n"
             f"Server process tree RSS: first third {rs['first_third_mean']} MiB, last third "
             f"{rs['last_third_mean']} MiB (growth {rs['growth_pct']} %), min {rs['min']}, max {rs['max']} MiB, "
-            f"{rs['samples']} samples.\n")
+            f"slope over the second half {rs['slope_mib_per_min_2nd_half']} MiB/min, {rs['samples']} samples.\n\n"
+            f"| process | pid | RSS first third MiB | last third MiB | growth % | slope 2nd half MiB/min |\n"
+            f"|---|---|---|---|---|---|\n{procs}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=180.0)
     ap.add_argument("--out", type=Path, default=Path("loadtest-out"))
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds of load before measuring")
+    ap.add_argument("--dashboard-every", type=int, default=10,
+                    help="each client reads the dashboard every N loops (0: never)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the server (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    ap.add_argument("--keep", action="store_true", help="keep the server's temporary data dir")
     a = ap.parse_args(argv)
     here = Path(__file__).resolve().parents[1] / "tests" / "reliability"
     sys.path.insert(0, str(here))
@@ -182,17 +243,24 @@ def main(argv: list[str] | None = None) -> int:
 
     a.out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="scanqc-load-"))
-    srv = server(root, extra_env={"SCANQC_KEEP_UPLOADS": "false"})
+    extra = dict(kv.split("=", 1) for kv in a.server_env)
+    srv = server(root, extra_env={"SCANQC_KEEP_UPLOADS": "false", **extra})
     token = make_tokens(srv.data_dir, {"load": ("site", "site01")})["load"]
     srv.start()
     try:
         print(f"server ready in {srv.startup_s:.1f} s; warm-up {a.warmup:.0f} s", flush=True)
         if a.warmup > 0:
-            run_load(srv.base, token, clients=a.clients, duration=a.warmup, pids_fn=srv.pids, tmp=root / "w")
+            run_load(srv.base, token, clients=a.clients, duration=a.warmup, pids_fn=srv.pids, tmp=root / "w",
+                     dashboard_every=a.dashboard_every)
         print(f"measuring: {a.clients} clients for {a.duration:.0f} s", flush=True)
-        res = run_load(srv.base, token, clients=a.clients, duration=a.duration, pids_fn=srv.pids, tmp=root / "m")
+        res = run_load(srv.base, token, clients=a.clients, duration=a.duration, pids_fn=srv.pids, tmp=root / "m",
+                       dashboard_every=a.dashboard_every)
     finally:
         srv.stop()
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    res["dashboard_every"] = a.dashboard_every
+    res["server_env"] = extra
     (a.out / "load.json").write_text(json.dumps(res, indent=1))
     (a.out / "load.md").write_text(to_markdown(res, f"scanqc load test, {time.strftime('%Y-%m-%d')}"))
     print(to_markdown(res))
