@@ -6,7 +6,9 @@ Starts its own server (random loopback ports, a temporary data dir, one site tok
 exercised), then each client loops: upload a small CT series (12 x 32x32, a fresh SeriesInstanceUID per
 request) and read it back (GET /api/series/{uid}); every tenth loop also reads the dashboard
 (``--dashboard-every``; the dashboard aggregates every verdict of the window, so its cost grows with the
-data the run itself stores; ``--dashboard-every 0`` gives a load whose per-request work stays constant). Records
+data the run itself stores; ``--dashboard-every 0`` gives a load whose per-request work stays constant, and
+``--fixed-data SECONDS`` stores series first and then measures reads and dashboard reads over data that no
+longer changes). Records
 requests, errors (any non-2xx or transport error), latency percentiles, and the RSS of every process of
 the server tree every second (``scanqc serve``, the BentoML arbiter, the API worker, the inference worker).
 Memory growth is reported two ways, for the tree and per process: the mean of the first third of the run
@@ -110,13 +112,17 @@ def _fresh_uids(files: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes, 
 
 
 def run_load(base: str, token: str | None, *, clients: int, duration: float, pids_fn: Any,
-             sample_s: float = 1.0, tmp: Path | None = None, dashboard_every: int = 10) -> dict[str, Any]:
-    """Drive ``base`` with ``clients`` threads for ``duration`` seconds; returns the figures."""
+             sample_s: float = 1.0, tmp: Path | None = None, dashboard_every: int = 10,
+             read_only_uids: list[str] | None = None) -> dict[str, Any]:
+    """Drive ``base`` with ``clients`` threads for ``duration`` seconds; returns the figures.
+
+    With ``read_only_uids`` nothing is uploaded: each loop reads one of those series (and the dashboard
+    every ``dashboard_every`` loops), so the stored data stays the same during the run."""
     import httpx
     import psutil
 
     tmp = tmp or Path(tempfile.mkdtemp(prefix="scanqc-load-"))
-    templates = _series_bytes(tmp, 4)
+    templates = [] if read_only_uids else _series_bytes(tmp, 4)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     lat: dict[str, list[float]] = {"upload": [], "read": [], "dashboard": []}
     errors: list[str] = []
@@ -148,15 +154,19 @@ def run_load(base: str, token: str | None, *, clients: int, duration: float, pid
         with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
             while time.monotonic() < stop_at:
                 i += 1
-                parts, uid = _fresh_uids(templates[(k + i) % len(templates)])
                 kind = "upload"
                 try:
-                    t0 = time.perf_counter()
-                    r = c.post("/api/check", files=[("files", p) for p in parts], data={"station": f"LOAD{k}"})
-                    dt_up = time.perf_counter() - t0
-                    ok = r.status_code == 200 and r.json()["verdicts"][0]["series_uid"] == uid
-                    if not ok:
-                        raise RuntimeError(f"upload {r.status_code} {r.text[:200]}")
+                    dt_up = None
+                    if read_only_uids:
+                        uid = read_only_uids[(k * 7919 + i) % len(read_only_uids)]
+                    else:
+                        parts, uid = _fresh_uids(templates[(k + i) % len(templates)])
+                        t0 = time.perf_counter()
+                        r = c.post("/api/check", files=[("files", p) for p in parts], data={"station": f"LOAD{k}"})
+                        dt_up = time.perf_counter() - t0
+                        ok = r.status_code == 200 and r.json()["verdicts"][0]["series_uid"] == uid
+                        if not ok:
+                            raise RuntimeError(f"upload {r.status_code} {r.text[:200]}")
                     kind = "read"
                     t0 = time.perf_counter()
                     r = c.get(f"/api/series/{uid}")
@@ -172,7 +182,8 @@ def run_load(base: str, token: str | None, *, clients: int, duration: float, pid
                         if r.status_code != 200:
                             raise RuntimeError(f"dashboard {r.status_code} {r.text[:200]}")
                     with lock:
-                        lat["upload"].append(dt_up)
+                        if dt_up is not None:
+                            lat["upload"].append(dt_up)
                         lat["read"].append(dt_rd)
                         if dt_db is not None:
                             lat["dashboard"].append(dt_db)
@@ -236,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the server (repeatable), e.g. MALLOC_ARENA_MAX=2")
     ap.add_argument("--keep", action="store_true", help="keep the server's temporary data dir")
+    ap.add_argument("--fixed-data", type=float, default=0.0, metavar="SECONDS",
+                    help="upload for SECONDS first (not measured), then warm up and measure with reads and "
+                         "dashboard reads only: the stored data does not change during the measurement")
     a = ap.parse_args(argv)
     here = Path(__file__).resolve().parents[1] / "tests" / "reliability"
     sys.path.insert(0, str(here))
@@ -249,12 +263,23 @@ def main(argv: list[str] | None = None) -> int:
     srv.start()
     try:
         print(f"server ready in {srv.startup_s:.1f} s; warm-up {a.warmup:.0f} s", flush=True)
+        uids = None
+        if a.fixed_data > 0:
+            fill = run_load(srv.base, token, clients=a.clients, duration=a.fixed_data, pids_fn=srv.pids,
+                            tmp=root / "f", dashboard_every=0)
+            import httpx
+
+            with httpx.Client(base_url=srv.base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+                uids = [v["verdict"]["series_uid"] for v in c.get("/api/verdicts?limit=1000").json()["verdicts"]]
+            print(f"fixed data: {fill['series_checked']} series stored; reads only from now on", flush=True)
         if a.warmup > 0:
             run_load(srv.base, token, clients=a.clients, duration=a.warmup, pids_fn=srv.pids, tmp=root / "w",
-                     dashboard_every=a.dashboard_every)
+                     dashboard_every=a.dashboard_every, read_only_uids=uids)
         print(f"measuring: {a.clients} clients for {a.duration:.0f} s", flush=True)
         res = run_load(srv.base, token, clients=a.clients, duration=a.duration, pids_fn=srv.pids, tmp=root / "m",
-                       dashboard_every=a.dashboard_every)
+                       dashboard_every=a.dashboard_every, read_only_uids=uids)
+        if a.fixed_data > 0:
+            res["fixed_data"] = {"fill_s": a.fixed_data, "series_stored": fill["series_checked"]}
     finally:
         srv.stop()
         if not a.keep:
@@ -262,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     res["dashboard_every"] = a.dashboard_every
     res["server_env"] = extra
     (a.out / "load.json").write_text(json.dumps(res, indent=1))
-    (a.out / "load.md").write_text(to_markdown(res, f"scanqc load test, {time.strftime('%Y-%m-%d')}"))
+    note = (f"scanqc load test, {time.strftime('%Y-%m-%d')}; dashboard read every {a.dashboard_every or 'no'} loop(s)"
+            + (f"; fixed data ({res['fixed_data']['series_stored']} series stored first, no uploads measured)"
+               if a.fixed_data > 0 else "")
+            + (f"; server env {extra}" if extra else ""))
+    (a.out / "load.md").write_text(to_markdown(res, note))
     print(to_markdown(res))
     return 0 if res["errors"] == 0 else 1
 
