@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(kv.split("=", 1) for kv in a.server_env)
     srv = server(root, extra_env={"SCANQC_KEEP_UPLOADS": "false", **extra})
     token = make_tokens(srv.data_dir, {"load": ("site", "site01")})["load"]
-    srv.start()
     try:
+        srv.start()
         print(f"server ready in {srv.startup_s:.1f} s; warm-up {a.warmup:.0f} s", flush=True)
         uids = None
         if a.fixed_data > 0:
