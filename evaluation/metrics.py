@@ -34,6 +34,30 @@ class Quantity:
     roc: bool = True  # include in the ROC table and plots (a detection question)
 
 
+def bootstrap_ci(stat: Any, y: np.ndarray, *arrays: np.ndarray, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval of ``stat(y, *arrays)`` over cases (Efron & Tibshirani 1993, ch. 13).
+
+    Resampling is stratified by ``y`` (positives and negatives, or classes, drawn separately), so every
+    replicate keeps the test set's class mix and an AUC is always defined. On the 90-100-case held-out
+    sets an AUC of 0.95 has an interval ~0.05 wide: read model comparisons with it. None when ``stat`` is
+    undefined on the data.
+    """
+    y = np.asarray(y)
+    if stat(y, *arrays) is None:
+        return None
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == v) for v in np.unique(y)]
+    vals = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
+        v = stat(y[idx], *(a[idx] for a in arrays))
+        if v is not None:
+            vals.append(v)
+    lo, hi = np.percentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return [float(lo), float(hi)]
+
+
 def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) with one point per distinct score, from (0, 0) to (1, 1); flagged = p >= t."""
     y = np.asarray(y, bool)
@@ -163,7 +187,8 @@ def quantities(task: str, targets: np.ndarray, outputs: list[dict[str, Any]]) ->
 
 def quantity_metrics(q: Quantity, specificities: tuple[float, ...] = (0.95, 0.90), n_bins: int = 10,
                      threshold: float | None = None) -> dict[str, Any]:
-    res: dict[str, Any] = {"n": len(q.y), "n_positive": int(q.y.sum()), "auc": roc_auc(q.y, q.p)}
+    res: dict[str, Any] = {"n": len(q.y), "n_positive": int(q.y.sum()), "auc": roc_auc(q.y, q.p),
+                           "auc_ci95": bootstrap_ci(roc_auc, q.y, q.p)}
     for s in specificities:
         res[f"sens_at_spec{round(s * 100)}"] = sensitivity_at_specificity(q.y, q.p, s)
     if threshold is not None:

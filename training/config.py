@@ -22,7 +22,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                        "dropout": 0.2, "weight_decay": 1e-3},
     # Coverage: 64 inner slices along superior-inferior so a 10 mm cut is >= 1-2 slices on a 400 mm CT.
     "coverage": {"channels": (8, 16, 32, 64, 64), "strides": (2, 2, 2, 2, 2), "epochs": 40, "patience": 10,
-                 "preprocessing": {"shape": (72, 48, 48), "pad_slices": 4}, "yaw_degrees": 15.0},
+                 "preprocessing": {"shape": (72, 48, 48), "pad_slices": 4}, "yaw_degrees": 15.0,
+                 "inplane_scale": (0.85, 1.2)},
 }
 
 
@@ -48,6 +49,10 @@ class TrainConfig:
     volume_augment: bool = False
     volume_augment_copies: int = 3
     yaw_degrees: float = 0.0  # coverage: random rotation about the superior-inferior axis (label-preserving)
+    # Random isotropic zoom of the model input (MONAI RandZoomd, keep_size): organ and body size vary more
+    # between patients than a few hundred training cases show. (1, 1) = off; never for coverage (moves the ends).
+    zoom_range: tuple[float, float] = (1.0, 1.0)
+    inplane_scale: tuple[float, float] = (1.0, 1.0)  # coverage: random scale of each in-plane axis (label-preserving)
     fail_specificity: float = 0.95  # thresholds chosen on validation data
     warn_specificity: float = 0.90
     device: str = "auto"  # auto | cpu | cuda
@@ -62,6 +67,15 @@ class TrainConfig:
         self.preprocessing = PreprocessSpec.from_dict(base).to_dict()
         self.channels = tuple(int(c) for c in self.channels)
         self.strides = tuple(int(s) for s in self.strides)
+        for name in ("zoom_range", "inplane_scale"):
+            value = tuple(float(z) for z in getattr(self, name))
+            if len(value) != 2 or not 0 < value[0] <= value[1]:
+                raise ScanQCError(ErrorCode.USAGE, f"{name} must be (low, high) with 0 < low <= high, got {value}")
+            setattr(self, name, value)
+        lo, hi = self.zoom_range
+        if self.task == "coverage" and (lo, hi) != (1.0, 1.0):
+            raise ScanQCError(ErrorCode.USAGE, f"zoom_range {self.zoom_range} would move anatomy across the scan's "
+                              "ends and change the coverage label; use (1.0, 1.0) for coverage")
         if len(self.channels) != len(self.strides):
             raise ScanQCError(ErrorCode.USAGE, f"channels {self.channels} and strides {self.strides} differ in length")
 

@@ -119,7 +119,7 @@ def split_rows(rows: list[dict[str, str]], cfg: TrainConfig) -> tuple[list[dict]
 
 def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) -> tuple[Any, Any]:
     from monai.data import CacheDataset
-    from monai.transforms import Compose, MapTransform, RandFlipd, RandomizableTransform, RandScaleIntensityd
+    from monai.transforms import Compose, MapTransform, RandFlipd, RandomizableTransform, RandScaleIntensityd, RandZoomd
 
     spec = cfg.spec
 
@@ -208,16 +208,17 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             i = int(self.R.randint(1, n)) if self._do_transform and n > 1 else 0
             return {"image": d["copies"][i].astype(np.float32), "target": d["target"], "case_id": d["case_id"]}
 
-    class RandYawd(RandomizableTransform):
-        """Rotation about the superior-inferior axis (in-plane, up to ``max_deg``) of the intensity channels.
+    class RandInPlaneAffined(RandomizableTransform):
+        """Rotation about the superior-inferior axis (yaw, up to ``max_deg``) and independent scaling of the
+        two in-plane axes (``scale`` range) of the intensity channels.
 
         Every voxel keeps its slice, so what touches the first or last slice (the coverage label) is
         unchanged; the mask channel (constant in-plane) is left as it is. Outside the field of view is 0.
         """
 
-        def __init__(self, max_deg: float, prob: float, n_fixed: int = 0) -> None:
+        def __init__(self, max_deg: float, scale: tuple[float, float], prob: float, n_fixed: int = 0) -> None:
             RandomizableTransform.__init__(self, prob)
-            self.max_deg, self.n_fixed = max_deg, n_fixed
+            self.max_deg, self.scale, self.n_fixed = max_deg, scale, n_fixed
 
         def __call__(self, d: dict[str, Any]) -> dict[str, Any]:
             from scipy import ndimage
@@ -227,8 +228,16 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
                 return d
             img = np.array(d["image"], dtype=np.float32, copy=True)
             n = img.shape[0] - self.n_fixed
-            angle = float(self.R.uniform(-self.max_deg, self.max_deg))
-            img[:n] = ndimage.rotate(img[:n], angle, axes=(2, 3), reshape=False, order=1, mode="constant", cval=0.0)
+            a = np.deg2rad(self.R.uniform(-self.max_deg, self.max_deg))
+            zoom = self.R.uniform(*self.scale, size=2)
+            # output (y, x) -> input: inverse of "scale by zoom, then rotate by a" about the slice centre
+            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            inv = np.eye(3)
+            inv[1:, 1:] = np.diag(1 / zoom) @ rot.T
+            centre = (np.array(img.shape[1:], float) - 1) / 2
+            offset = centre - inv @ centre
+            for c in range(n):
+                img[c] = ndimage.affine_transform(img[c], inv, offset=offset, order=1, mode="constant", cval=0.0)
             return {**d, "image": img}
 
     def plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -243,14 +252,18 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
         first = [PreprocessCopiesD(cfg.volume_augment_copies), RandPickCopyD(prob=0.75)]
     if cfg.augment:
         aug.append(RandFlipd(keys="image", prob=0.5, spatial_axis=2))  # left-right only: S-I matters
+        if cfg.zoom_range != (1.0, 1.0):  # zero padding: air in CT windows, background in MR channels
+            aug.append(RandZoomd(keys="image", prob=0.7, min_zoom=cfg.zoom_range[0], max_zoom=cfg.zoom_range[1],
+                                 mode="trilinear", padding_mode="constant", keep_size=True))
         if cfg.task != "coverage":  # coverage: a shift would move anatomy into the padding -> wrong label
             aug.append(RandShiftd(max_shift=2, prob=0.5))
         if cfg.task == "motion":
             aug.append(RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
         if cfg.task == "coverage" or (cfg.task == "motion" and not cfg.volume_augment):
             aug.append(RandGammaBiasd(prob=0.7))
-        if cfg.task == "coverage" and cfg.yaw_degrees > 0:
-            aug.append(RandYawd(cfg.yaw_degrees, prob=0.7, n_fixed=1 if spec.pad_slices else 0))
+        if cfg.task == "coverage" and (cfg.yaw_degrees > 0 or cfg.inplane_scale != (1.0, 1.0)):
+            aug.append(RandInPlaneAffined(cfg.yaw_degrees, cfg.inplane_scale, prob=0.7,
+                                          n_fixed=1 if spec.pad_slices else 0))
     train_ds = CacheDataset(train_rows, Compose([*first, *aug, plain]), num_workers=cfg.workers,
                             progress=True, copy_cache=False)
     val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=True,

@@ -27,8 +27,11 @@ def test_evaluate_writes_report_with_plots_for_every_task(tiny_data, stub_models
         for who in ("CNN", "baseline"):
             block = t[who]
             assert 0.0 <= block["accuracy"] <= 1.0
+            lo, hi = block["accuracy_ci95"]
+            assert lo <= block["accuracy"] <= hi
             for q in block["quantities"].values():
                 assert q["auc"] is None or 0.0 <= q["auc"] <= 1.0
+                assert q["auc"] is None or q["auc_ci95"][0] <= q["auc"] <= q["auc_ci95"][1]
                 assert q["ece"] is not None and len(q["reliability_bins"]) == 10
             assert sum(map(sum, block["confusion"]["matrix"])) == t["n"]
         assert t["breakdowns"], t["task"]

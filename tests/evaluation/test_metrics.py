@@ -18,6 +18,25 @@ def test_roc_curve_matches_auc_and_ends_at_corners():
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, p), abs=1e-9)
 
 
+def test_bootstrap_interval_covers_the_estimate_and_narrows_with_more_cases():
+    rng = np.random.default_rng(1)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 3 == 0
+        return y, y * 0.8 + rng.normal(0, 0.5, n)
+
+    y, p = sample(90)
+    ci = M.bootstrap_ci(roc_auc, y, p)
+    assert ci is not None and ci[0] < roc_auc(y, p) < ci[1]
+    assert M.bootstrap_ci(roc_auc, y, p) == ci  # seeded
+    y2, p2 = sample(3000)
+    ci2 = M.bootstrap_ci(roc_auc, y2, p2, n_boot=200)
+    assert ci2 is not None and ci2[1] - ci2[0] < (ci[1] - ci[0]) / 3  # ~1/sqrt(n)
+    assert M.bootstrap_ci(roc_auc, np.ones(5, bool), np.ones(5)) is None  # AUC undefined with one class
+    perfect = M.bootstrap_ci(roc_auc, np.array([0, 0, 1, 1], bool), np.array([0.1, 0.2, 0.8, 0.9]))
+    assert perfect == [1.0, 1.0]
+
+
 def test_sensitivity_at_specificity_respects_the_specificity():
     y = np.array([0] * 20 + [1] * 10, bool)
     p = np.r_[np.linspace(0, 0.5, 20), np.linspace(0.45, 1.0, 10)]
