@@ -5,8 +5,9 @@ Tasks:
 - ``motion``: brain MR from the MNI152 template with benign variation; rigid k-space motion
   (:mod:`~scanqc.datasets.motion`) or periodic ghosting (:mod:`~scanqc.datasets.ghosting`); labels
   none / mild / severe with the severity parameter.
-- ``contrast_phase``: abdominal CT phantom (:mod:`~scanqc.datasets.ct_phantom`); label = phase,
-  plus enhancement optimal / suboptimal.
+- ``contrast_phase``: abdominal CT phantom (:mod:`~scanqc.datasets.ct_phantom`); label = the phase the
+  image shows, plus enhancement optimal / suboptimal (a portal-venous scan timed early is labelled
+  arterial, see :func:`_contrast_case`).
 - ``coverage``: brain MR and abdominal CT, cut at the superior or inferior end or complete.
 
 Every case has its own generator seeded from ``(seed, case index, variant)``, so the data do not
@@ -158,8 +159,16 @@ def _contrast_case(rng: np.random.Generator, label: str, variant: str,
 
     enh = "suboptimal" if label != "non_contrast" and rng.uniform() < suboptimal_rate else "optimal"
     vol, _, info = make_abdomen_phantom(rng, label, enh, variant=variant)
-    fields = {"modality": "CT", "label": label, "phase": label, "enhancement": "" if label == "non_contrast" else enh,
-              "body_region": "abdomen"}
+    shown, shown_enh = label, ("" if label == "non_contrast" else enh)
+    if label == "portal_venous" and (info.get("suboptimal") or {}).get("kind") == "mistimed_early":
+        # Scanned 10-33 % of the way from the arterial to the portal-venous phase: the image *is* a late
+        # arterial phase (aorta > 230 HU, liver < 100 HU), and nothing in it can tell the intended phase.
+        # The label is the phase the image shows, so the check answers "expected portal venous, got
+        # arterial" (the timing error a technologist can act on); how well a late-arterial scan enhanced
+        # for the phase it was meant to be is undefined, so enhancement is left unlabelled.
+        shown, shown_enh = "arterial", ""
+        info["intended_phase"] = label
+    fields = {"modality": "CT", "label": shown, "phase": shown, "enhancement": shown_enh, "body_region": "abdomen"}
     return vol, fields, info
 
 
@@ -180,7 +189,8 @@ def _ct_coverage_case(rng: np.random.Generator, label: str, variant: str) -> tup
 def dicom_header(fields: dict, provenance: dict, case_id: str) -> dict[str, Any]:
     """Realistic acquisition attributes for a generated case."""
     if fields["modality"] == "CT":
-        phase = fields.get("phase") or "non_contrast"
+        # The protocol's phase (what the site meant to acquire), not the one the image shows.
+        phase = provenance.get("intended_phase") or fields.get("phase") or "non_contrast"
         desc = {"non_contrast": "ABD NON-CON", "arterial": "ABD ARTERIAL 35s", "portal_venous": "ABD PORTAL VENOUS 70s",
                 "delayed": "ABD DELAYED 3min"}[phase]
         thick = provenance.get("spacing_mm", [3.0])[0]
@@ -240,7 +250,7 @@ def _one_case(job: tuple) -> ManifestRow:
     path = write_case(vol, Path(out), case_id, fmt, dicom_header(fields, prov, case_id))
     prov = {"generator": f"scanqc.datasets.generate:{task}", "seed": seed, "index": index, "variant": variant,
             "shape": list(vol.shape), "spacing_mm": [round(s, 3) for s in vol.spacing], **prov}
-    return ManifestRow(case_id=case_id, path=path, modality=fields["modality"], task=task, label=label,
+    return ManifestRow(case_id=case_id, path=path, modality=fields["modality"], task=task, label=fields["label"],
                        severity=fields.get("severity"), phase=fields.get("phase", ""),
                        enhancement=fields.get("enhancement", ""), missing=fields.get("missing", []),
                        body_region=fields["body_region"], split=split, provenance=_jsonable(prov))

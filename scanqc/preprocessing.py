@@ -28,11 +28,11 @@ Steps, in order:
    (median of the far background), minus 1, clipped to ``[-1, background_clip]``, and set to 0 inside
    the head (Otsu mask, dilated by ``background_margin`` grid voxels). A clean scan reads ~0 everywhere;
    ghosting reads > 0 next to the head. Computed on the output grid: ~ms, numpy/scipy only.
-5. **Peak channels** (``ct_max_windows``, contrast phase): averaging onto a coarse grid dilutes small
-   bright structures (a 200-400 HU renal collecting system a few mm across, the excretion cue of the
-   delayed phase, becomes ~100 HU, like portal-venous parenchyma). These channels down-sample by block
-   maximum instead (:func:`resample_max`, as max pooling does inside a CNN), then window like step 3, so a
-   small enhancing structure keeps its HU on the grid.
+5. **Peak channels** (``ct_max_windows``, optional): averaging onto a coarse grid dilutes bright
+   structures smaller than a grid voxel (a 300 HU blob a few mm across reads ~100 HU, like portal-venous
+   parenchyma; the phantoms' collecting systems, 1-2 cm, survive the 48^3 grid within ~25 HU, see
+   docs/models.md). These channels down-sample by block maximum instead (:func:`resample_max`, as max
+   pooling does inside a CNN), then window like step 3, so a small enhancing structure keeps its HU.
 """
 
 from __future__ import annotations

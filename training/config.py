@@ -52,6 +52,11 @@ class TrainConfig:
     # Random isotropic zoom of the model input (MONAI RandZoomd, keep_size): organ and body size vary more
     # between patients than a few hundred training cases show. (1, 1) = off; never for coverage (moves the ends).
     zoom_range: tuple[float, float] = (1.0, 1.0)
+    # Auxiliary regression targets read from the manifest's provenance["hu"] (contrast phase: mean HU of named
+    # structures, e.g. aorta, collecting_system), trained as extra outputs that the exported model drops. They
+    # push the network to measure the structures that define a phase. Rows without them add no auxiliary loss.
+    aux_hu: tuple[str, ...] = ()
+    aux_weight: float = 0.5
     inplane_scale: tuple[float, float] = (1.0, 1.0)  # coverage: random scale of each in-plane axis (label-preserving)
     fail_specificity: float = 0.95  # thresholds chosen on validation data
     warn_specificity: float = 0.90
@@ -72,6 +77,7 @@ class TrainConfig:
             if len(value) != 2 or not 0 < value[0] <= value[1]:
                 raise ScanQCError(ErrorCode.USAGE, f"{name} must be (low, high) with 0 < low <= high, got {value}")
             setattr(self, name, value)
+        self.aux_hu = tuple(str(a) for a in self.aux_hu)
         lo, hi = self.zoom_range
         if self.task == "coverage" and (lo, hi) != (1.0, 1.0):
             raise ScanQCError(ErrorCode.USAGE, f"zoom_range {self.zoom_range} would move anatomy across the scan's "

@@ -39,13 +39,42 @@ from scanqc.preprocessing import PreprocessSpec, preprocess
 from scanqc.volume import Volume
 
 
+class WithAuxOutputs(nn.Module):
+    """A network with ``n_main`` task logits followed by training-only auxiliary outputs.
+
+    In train mode ``forward`` returns every output; in eval mode (validation, calibration, ONNX export) only
+    the task logits, so an exported model has the same outputs with or without auxiliary targets.
+    """
+
+    def __init__(self, net: nn.Module, n_main: int) -> None:
+        super().__init__()
+        self.net, self.n_main = net, n_main
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out if self.training else out[:, :self.n_main]
+
+
 def build_net(cfg: TrainConfig) -> nn.Module:
     from monai.networks.nets import Classifier
 
     spec = cfg.spec
-    return Classifier(in_shape=(spec.in_channels, *spec.shape), classes=len(TASK_OUTPUTS[cfg.task]),
-                      channels=cfg.channels, strides=cfg.strides, num_res_units=cfg.num_res_units,
-                      act="PRELU", norm="BATCH", dropout=cfg.dropout)
+    n_main = len(TASK_OUTPUTS[cfg.task])
+    net = Classifier(in_shape=(spec.in_channels, *spec.shape), classes=n_main + len(cfg.aux_hu),
+                     channels=cfg.channels, strides=cfg.strides, num_res_units=cfg.num_res_units,
+                     act="PRELU", norm="BATCH", dropout=cfg.dropout)
+    return WithAuxOutputs(net, n_main) if cfg.aux_hu else net
+
+
+def aux_targets(row: dict[str, str], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(values / 100 HU, known 0/1) of the auxiliary targets ``names`` from ``row["provenance"]["hu"]``."""
+    try:
+        hu = json.loads(row.get("provenance") or "{}").get("hu") or {}
+    except (ValueError, AttributeError):
+        hu = {}
+    vals = [hu.get(n) for n in names]
+    known = np.array([isinstance(v, (int, float)) for v in vals], np.float32)
+    return np.array([float(v) / 100.0 if k else 0.0 for v, k in zip(vals, known, strict=True)], np.float32), known
 
 
 def library_versions() -> dict[str, str]:
@@ -130,8 +159,9 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             super().__init__(keys=["image"])
 
         def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+            aux, known = aux_targets(row, cfg.aux_hu)
             return {"image": load_case(row, spec), "target": encode_row(cfg.task, row),
-                    "case_id": row.get("case_id", "")}
+                    "case_id": row.get("case_id", ""), "aux": aux, "aux_known": known}
 
     class RandShiftd(RandomizableTransform):
         """Cheap random translation by up to ``max_shift`` voxels per axis (edge-padded roll)."""
@@ -361,6 +391,7 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
     val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=0)
 
     net = build_net(cfg).to(device)
+    n_main = len(TASK_OUTPUTS[cfg.task])
     model: nn.Module = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -381,7 +412,11 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
         for batch in bar:
             x, y = batch["image"].to(device), torch.as_tensor(batch["target"]).float().to(device)
             opt.zero_grad(set_to_none=True)
-            loss = task_loss(cfg.task, model(x), y)
+            outputs = model(x)
+            loss = task_loss(cfg.task, outputs[:, :n_main], y)
+            if cfg.aux_hu and "aux" in batch:  # masked MSE on the structures' HU / 100
+                a, k = (torch.as_tensor(batch[key]).float().to(device) for key in ("aux", "aux_known"))
+                loss = loss + cfg.aux_weight * (((outputs[:, n_main:] - a) ** 2) * k).sum() / k.sum().clamp_min(1.0)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))

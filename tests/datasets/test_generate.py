@@ -53,3 +53,22 @@ def test_workers_variant_and_dicom(tmp_path):
         assert s.get("ContrastBolusAgent")
     with pytest.raises(ScanQCError, match="'ultrasound'"):
         generate("ultrasound", 1, tmp_path / "x")
+
+
+def test_early_portal_venous_scan_is_labelled_by_the_phase_it_shows():
+    from scanqc.datasets.generate import _contrast_case, dicom_header
+
+    seen = set()
+    for seed in range(60):
+        _, fields, info = _contrast_case(np.random.default_rng(seed), "portal_venous", "train", suboptimal_rate=1.0)
+        kind = info["suboptimal"]["kind"]
+        seen.add(kind)
+        if kind == "mistimed_early":  # a late arterial image: aorta > 230 HU, liver < 100 HU
+            assert info["hu"]["aorta"] > 200 and info["hu"]["liver"] < 100
+            assert fields["label"] == fields["phase"] == "arterial" and fields["enhancement"] == ""
+            assert info["intended_phase"] == "portal_venous"
+            header = dicom_header(fields, info, "c0")  # the site meant portal venous
+            assert "PORTAL VENOUS" in header["SeriesDescription"]
+        else:
+            assert fields["label"] == "portal_venous" and fields["enhancement"] == "suboptimal"
+    assert seen == {"mistimed_early", "weak_bolus"}

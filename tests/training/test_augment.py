@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from scanqc.training.config import TrainConfig, load_config
 from scanqc.training.train import random_gamma_bias, train
 
@@ -90,3 +91,36 @@ def test_zoom_is_opt_in_and_refused_for_coverage():
         load_config("coverage", zoom_range=(0.9, 1.1))
     with pytest.raises(ScanQCError, match=r"zoom_range must be .* got \(1.2, 0.8\)"):
         load_config("motion", zoom_range=(1.2, 0.8))
+
+
+def test_auxiliary_hu_targets_train_and_are_dropped_on_export(tmp_path):
+    # Training-only outputs: the loss sees HU targets from provenance, the exported ONNX model only the
+    # task's 5 logits (torch/ORT parity is checked by export_run itself).
+    import csv
+    import json
+
+    import onnxruntime as ort
+    from scanqc.training.export import export_run
+    from scanqc.training.train import aux_targets, build_net
+
+    src = make_tiny_manifests(tmp_path / "data")["contrast_phase"]
+    rows = list(csv.DictReader(src.open()))
+    hu = {"non_contrast": 40.0, "arterial": 300.0, "portal_venous": 160.0, "delayed": 110.0}
+    for i, r in enumerate(rows):  # the last row has no HU: it must add no auxiliary loss
+        r["provenance"] = json.dumps({"hu": {"aorta": hu[r["label"]]}} if i < len(rows) - 1 else {})
+    with src.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert aux_targets(rows[0], ("aorta", "liver"))[1].tolist() == [1.0, 0.0]
+    assert aux_targets(rows[-1], ("aorta",))[1].tolist() == [0.0]
+
+    cfg = TrainConfig(task="contrast_phase", epochs=2, aux_hu=("aorta",), **TINY_CONFIG)
+    net = build_net(cfg)
+    x = torch.zeros(2, cfg.spec.in_channels, *cfg.spec.shape)
+    assert net.train()(x).shape == (2, 6) and net.eval()(x).shape == (2, 5)
+    summary = train(cfg, src, tmp_path / "run", command="pytest aux", progress=False)
+    assert list(summary["config"]["aux_hu"]) == ["aorta"]
+    folder = export_run(tmp_path / "run", "0.1.0", tmp_path / "models", changelog="aux")
+    sess = ort.InferenceSession(str(folder / "model.onnx"))
+    assert sess.get_outputs()[0].shape[-1] == 5

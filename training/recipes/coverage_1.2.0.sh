@@ -6,7 +6,7 @@
 # Usage: coverage_1.2.0.sh DATA_DIR RUNS_DIR
 set -euo pipefail
 DATA=${1:?data dir}; RUNS=${2:?runs dir}
-gen() { [ -f "$2/manifest.csv" ] || scanqc data generate --task "$1" --n "$3" --out "$2" --seed "$4" --workers 2 "${@:5}"; }
+source "$(dirname "$0")/_gen.sh"
 
 gen coverage "$DATA/coverage-train" 240 0
 gen coverage "$DATA/coverage-train-s2" 360 2

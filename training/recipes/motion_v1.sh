@@ -6,7 +6,7 @@
 # the export goes to RUNS_DIR, not models/. Usage: training/recipes/motion_v1.sh DATA_DIR RUNS_DIR
 set -euo pipefail
 DATA=${1:?data dir}; RUNS=${2:?runs dir}
-gen() { [ -f "$2/manifest.csv" ] || scanqc data generate --task "$1" --n "$3" --out "$2" --seed "$4" --workers 2 "${@:5}"; }
+source "$(dirname "$0")/_gen.sh"
 gen motion "$DATA/motion-train" 240 0
 gen motion "$DATA/motion-test" 90 1000 --variant test
 scanqc train --task motion --manifest "$DATA/motion-train/manifest.csv" --out "$RUNS/motion-v1" --seed 0 \

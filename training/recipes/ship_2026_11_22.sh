@@ -5,7 +5,7 @@
 # epoch 11 (best epoch 5 kept), which `--epochs 11` reproduces. Usage: ship_2026_11_22.sh DATA_DIR RUNS_DIR
 set -euo pipefail
 DATA=${1:?data dir}; RUNS=${2:?runs dir}
-gen() { [ -f "$2/manifest.csv" ] || scanqc data generate --task "$1" --n "$3" --out "$2" --seed "$4" --workers 2 "${@:5}"; }
+source "$(dirname "$0")/_gen.sh"
 
 # motion 1.0.0: 600 brain MR (240 seed 0 + 360 seed 2), task defaults (background channel, 5 stride-2 stages)
 gen motion "$DATA/motion-train" 240 0

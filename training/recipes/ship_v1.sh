@@ -7,7 +7,7 @@
 set -euo pipefail
 DATA=${1:?data dir}; RUNS=${2:?runs dir}; shift 2
 TASKS=${*:-"motion contrast_phase coverage"}
-gen() { [ -f "$2/manifest.csv" ] || scanqc data generate --task "$1" --n "$3" --out "$2" --seed "$4" --workers 2 "${@:5}"; }
+source "$(dirname "$0")/_gen.sh"
 for T in $TASKS; do
   EXTRA=()
   case $T in
