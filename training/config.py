@@ -78,8 +78,7 @@ class TrainConfig:
                 raise ScanQCError(ErrorCode.USAGE, f"{name} must be (low, high) with 0 < low <= high, got {value}")
             setattr(self, name, value)
         self.aux_hu = tuple(str(a) for a in self.aux_hu)
-        lo, hi = self.zoom_range
-        if self.task == "coverage" and (lo, hi) != (1.0, 1.0):
+        if self.task == "coverage" and self.zoom_range != (1.0, 1.0):
             raise ScanQCError(ErrorCode.USAGE, f"zoom_range {self.zoom_range} would move anatomy across the scan's "
                               "ends and change the coverage label; use (1.0, 1.0) for coverage")
         if len(self.channels) != len(self.strides):

@@ -68,6 +68,8 @@ def build_net(cfg: TrainConfig) -> nn.Module:
 
 def aux_targets(row: dict[str, str], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(values / 100 HU, known 0/1) of the auxiliary targets ``names`` from ``row["provenance"]["hu"]``."""
+    if not names:  # the usual case: no provenance to parse
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
     try:
         hu = json.loads(row.get("provenance") or "{}").get("hu") or {}
     except (ValueError, AttributeError):
