@@ -48,7 +48,7 @@ class TrainConfig:
     # RandomBiasField default ranges), drawn ``volume_augment_copies`` times per case when caching.
     volume_augment: bool = False
     volume_augment_copies: int = 3
-    yaw_degrees: float = 0.0  # coverage: random rotation about the superior-inferior axis (label-preserving)
+    yaw_degrees: float = 0.0  # random rotation about the superior-inferior axis (label-preserving)
     # Random isotropic zoom of the model input (MONAI RandZoomd, keep_size): organ and body size vary more
     # between patients than a few hundred training cases show. (1, 1) = off; never for coverage (moves the ends).
     zoom_range: tuple[float, float] = (1.0, 1.0)
@@ -57,7 +57,14 @@ class TrainConfig:
     # push the network to measure the structures that define a phase. Rows without them add no auxiliary loss.
     aux_hu: tuple[str, ...] = ()
     aux_weight: float = 0.5
-    inplane_scale: tuple[float, float] = (1.0, 1.0)  # coverage: random scale of each in-plane axis (label-preserving)
+    inplane_scale: tuple[float, float] = (1.0, 1.0)  # random scale of each in-plane axis (label-preserving)
+    # Random smooth (elastic) deformation of the model input, applied to each training batch (torch, so it also
+    # runs on the GPU): displacements up to ``elastic_voxels`` output-grid voxels on a ``elastic_grid``^3 control
+    # grid (TorchIO RandomElasticDeformation: 7 control points, 7.5 mm, i.e. ~2 voxels of a 64^3 head grid).
+    # Anatomy varies between patients in ways a few hundred cases drawn from one template do not show.
+    # 0 = off; never for coverage (moves anatomy across the scan's ends).
+    elastic_voxels: float = 0.0
+    elastic_grid: int = 7
     fail_specificity: float = 0.95  # thresholds chosen on validation data
     warn_specificity: float = 0.90
     device: str = "auto"  # auto | cpu | cuda
@@ -81,6 +88,12 @@ class TrainConfig:
         if self.task == "coverage" and self.zoom_range != (1.0, 1.0):
             raise ScanQCError(ErrorCode.USAGE, f"zoom_range {self.zoom_range} would move anatomy across the scan's "
                               "ends and change the coverage label; use (1.0, 1.0) for coverage")
+        if self.elastic_voxels < 0 or self.elastic_grid < 2:
+            raise ScanQCError(ErrorCode.USAGE, f"elastic_voxels must be >= 0 and elastic_grid >= 2, got "
+                              f"{self.elastic_voxels}, {self.elastic_grid}")
+        if self.task == "coverage" and self.elastic_voxels > 0:
+            raise ScanQCError(ErrorCode.USAGE, f"elastic_voxels {self.elastic_voxels} would move anatomy across the "
+                              "scan's ends and change the coverage label; use 0 for coverage")
         if len(self.channels) != len(self.strides):
             raise ScanQCError(ErrorCode.USAGE, f"channels {self.channels} and strides {self.strides} differ in length")
 

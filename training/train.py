@@ -55,6 +55,35 @@ class WithAuxOutputs(nn.Module):
         return out if self.training else out[:, :self.n_main]
 
 
+def random_elastic(x: torch.Tensor, max_voxels: float, grid: int = 7, generator: torch.Generator | None = None,
+                   prob: float = 0.7) -> torch.Tensor:
+    """Random smooth deformation of a batch ``[B, C, D, H, W]``, one field per sample shared by its channels.
+
+    Control-point displacements uniform in ``[-max_voxels, max_voxels]`` per axis on a ``grid``^3 lattice,
+    trilinearly upsampled (TorchIO ``RandomElasticDeformation`` uses cubic B-splines; trilinear keeps it one
+    ``interpolate``), then ``grid_sample`` with border padding. Each sample is deformed with probability ``prob``.
+    Training-only augmentation: the model input and ONNX export are unchanged.
+    """
+    import torch.nn.functional as F
+
+    if max_voxels <= 0 or prob <= 0:
+        return x
+    pick = (torch.rand(x.shape[0], generator=generator) < prob).nonzero().flatten()
+    disp = (torch.rand(x.shape[0], 3, grid, grid, grid, generator=generator) * 2 - 1) * max_voxels
+    if not len(pick):
+        return x
+    sub, spatial, dev = x[pick.to(x.device)], x.shape[2:], x.device
+    disp = F.interpolate(disp[pick].to(dev), size=tuple(spatial), mode="trilinear", align_corners=True)
+    # voxels -> grid_sample's normalised [-1, 1] units (align_corners=True), last dim ordered (x, y, z)
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in spatial], device=dev).view(1, 3, 1, 1, 1)
+    base = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n, device=dev) for n in spatial], indexing="ij"))
+    coords = (base.unsqueeze(0) + disp * scale).permute(0, 2, 3, 4, 1).flip(-1)
+    out = x.clone()
+    out[pick.to(dev)] = F.grid_sample(sub, coords.to(x.dtype), mode="bilinear", padding_mode="border",
+                                      align_corners=True)
+    return out
+
+
 def build_net(cfg: TrainConfig) -> nn.Module:
     from monai.networks.nets import Classifier
 
@@ -293,7 +322,7 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             aug.append(RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
         if cfg.task == "coverage" or (cfg.task == "motion" and not cfg.volume_augment):
             aug.append(RandGammaBiasd(prob=0.7))
-        if cfg.task == "coverage" and (cfg.yaw_degrees > 0 or cfg.inplane_scale != (1.0, 1.0)):
+        if cfg.yaw_degrees > 0 or cfg.inplane_scale != (1.0, 1.0):
             aug.append(RandInPlaneAffined(cfg.yaw_degrees, cfg.inplane_scale, prob=0.7,
                                           n_fixed=1 if spec.pad_slices else 0))
     train_ds = CacheDataset(train_rows, Compose([*first, *aug, plain]), num_workers=cfg.workers,
@@ -388,6 +417,7 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
 
         sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch augmentation; shuffling keeps its own stream
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                           num_workers=0, generator=gen, drop_last=len(train_ds) > cfg.batch_size)
     val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=0)
@@ -413,6 +443,8 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
                    disable=not progress or rank != 0)
         for batch in bar:
             x, y = batch["image"].to(device), torch.as_tensor(batch["target"]).float().to(device)
+            if cfg.augment and cfg.elastic_voxels > 0:
+                x = random_elastic(x, cfg.elastic_voxels, cfg.elastic_grid, generator=aug_gen)
             opt.zero_grad(set_to_none=True)
             outputs = model(x)
             loss = task_loss(cfg.task, outputs[:, :n_main], y)

@@ -124,3 +124,41 @@ def test_auxiliary_hu_targets_train_and_are_dropped_on_export(tmp_path):
     folder = export_run(tmp_path / "run", "0.1.0", tmp_path / "models", changelog="aux")
     sess = ort.InferenceSession(str(folder / "model.onnx"))
     assert sess.get_outputs()[0].shape[-1] == 5
+
+
+def test_random_elastic_moves_anatomy_smoothly_and_boundedly():
+    from scanqc.training.train import random_elastic
+
+    x = torch.zeros(4, 2, 24, 24, 24)
+    x[:, :, 9:15, 9:15, 9:15] = 1.0  # an 'organ' in the middle, both channels
+    a = random_elastic(x, 2.0, 5, generator=torch.Generator().manual_seed(1), prob=1.0)
+    b = random_elastic(x, 2.0, 5, generator=torch.Generator().manual_seed(1), prob=1.0)
+    torch.testing.assert_close(a, b)  # seeded
+    assert a.shape == x.shape and not torch.equal(a, x)
+    torch.testing.assert_close(a[:, 0], a[:, 1])  # one field per sample, shared by its channels
+    grid = torch.stack(torch.meshgrid(*[torch.arange(24.0)] * 3, indexing="ij"))
+    for i in range(4):
+        com = lambda v: (grid * v).flatten(1).sum(1) / v.sum()  # noqa: E731
+        assert float((com(a[i, 0]) - com(x[i, 0])).abs().max()) <= 2.0  # moved at most max_voxels
+        assert 0.4 < float(a[i, 0].sum() / x[i, 0].sum()) < 2.5  # resized, not erased
+    # A constant image stays constant (border padding invents nothing); off and prob 0 are the identity.
+    ones = torch.ones(2, 1, 12, 12, 12)
+    torch.testing.assert_close(random_elastic(ones, 3.0, 4, prob=1.0), ones)
+    assert random_elastic(x, 0.0) is x
+    torch.testing.assert_close(random_elastic(x, 2.0, 5, prob=0.0), x)
+
+
+def test_elastic_is_opt_in_refused_for_coverage_and_trains(tmp_path):
+    import pytest
+
+    from scanqc.errors import ScanQCError
+
+    assert load_config("motion").elastic_voxels == 0.0
+    with pytest.raises(ScanQCError, match="coverage"):
+        load_config("coverage", elastic_voxels=1.5)
+    with pytest.raises(ScanQCError, match=r"elastic_voxels must be >= 0 .* got -1.0"):
+        load_config("motion", elastic_voxels=-1.0)
+    manifests = make_tiny_manifests(tmp_path / "data")
+    cfg = TrainConfig(task="motion", epochs=1, elastic_voxels=1.5, elastic_grid=4, **TINY_CONFIG)
+    summary = train(cfg, manifests["motion"], tmp_path / "run", command="pytest elastic", progress=False)
+    assert summary["config"]["elastic_voxels"] == 1.5 and (tmp_path / "run" / "best.pt").is_file()
