@@ -1,6 +1,6 @@
 """`scanqc` sub-commands owned by scanqc.training (heavy imports stay inside the commands).
 
-Merged at top level: ``scanqc train``, ``scanqc export``, ``scanqc baseline``.
+Merged at top level: ``scanqc train``, ``scanqc ensemble``, ``scanqc export``, ``scanqc baseline``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,27 @@ def train_cmd(
         _fail(exc)
     typer.echo(json.dumps({"out": str(out), "best_epoch": summary.get("best_epoch"),
                            "validation": summary.get("validation_metrics")}, default=str))
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    run: Annotated[list[Path], typer.Option(help="run folder from `scanqc train`; repeat for each member (>= 2)")],
+    manifest: Annotated[list[Path], typer.Option(help="manifest(s) whose 'val' rows (seen by no member) "
+                                                     "calibrate the ensemble")],
+    out: Annotated[Path, typer.Option(help="run folder for the ensemble (then `scanqc export --run OUT`)")],
+) -> None:
+    """Combine trained runs of one task: probabilities averaged, calibrated and thresholded again on validation."""
+    from scanqc.errors import ScanQCError
+
+    try:
+        from scanqc.training.ensemble import build_ensemble
+
+        cmd = "scanqc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        summary = build_ensemble(list(run), list(manifest), out, command=cmd)
+    except ScanQCError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"out": str(out), "members": len(summary["ensemble"]),
+                           "validation": summary["validation_metrics"]}, default=str))
 
 
 @app.command("export")

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from scanqc.models.registry import semver_key
 from scanqc.training.config import TrainConfig
-from scanqc.training.train import build_net, library_versions, load_case, read_rows
+from scanqc.training.ensemble import load_run_net
+from scanqc.training.train import library_versions, load_case, read_rows
 
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASK_OUTPUTS, OnnxModel
@@ -69,10 +70,7 @@ def export_run(run_dir: str | Path, version: str, out_root: str | Path, *, chang
     dest = Path(out_root) / task / version
     if dest.exists() and not force:
         raise ScanQCError(ErrorCode.USAGE, f"{dest} exists; choose a new version or pass --force")
-    net = build_net(cfg)
-    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(ckpt["state_dict"])
-    net.eval()
+    net, _ = load_run_net(run_dir)  # one network, or a ProbabilityEnsemble of several (training/ensemble.py)
 
     # Real inputs for the parity check: validation cases of the training manifest.
     rows = read_rows(summary["manifest"], task)
@@ -141,7 +139,10 @@ def build_metadata(summary: dict[str, Any], cfg: TrainConfig, version: str, chan
         "labels": labels,
         "network": {"class": "monai.networks.nets.Classifier", "channels": list(cfg.channels),
                     "strides": list(cfg.strides), "num_res_units": cfg.num_res_units, "norm": "BATCH",
-                    "act": "PRELU", "parameters": n_params},
+                    "act": "PRELU", "parameters": n_params,
+                    # several members: probabilities averaged in the graph (training/ensemble.py)
+                    **({"ensemble": "scanqc.training.ensemble.ProbabilityEnsemble",
+                        "members": len(summary["ensemble"])} if summary.get("ensemble") else {})},
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "/".join(spec.modalities),
                                  "num_channels": spec.in_channels, "spatial_shape": list(spec.shape),
@@ -161,6 +162,7 @@ def build_metadata(summary: dict[str, Any], cfg: TrainConfig, version: str, chan
             "n_train": summary["n_train"], "n_val": summary["n_val"], "best_epoch": summary["best_epoch"],
             "epochs_run": summary["epochs_run"], "device": summary["device"], "date": summary["date"],
             "train_seconds": summary.get("train_seconds"),
+            **({"ensemble": summary["ensemble"]} if summary.get("ensemble") else {}),
         },
         "onnx": {"file": "model.onnx", "exporter": exporter, "opset": 18, "input": "image", "output": "logits",
                  "parity_max_abs_diff": parity, "parity_cases": n_parity, "parity_tolerance": PARITY_TOL,
