@@ -34,6 +34,10 @@ class TrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)  # monai Classifier feature maps per stage
     strides: tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 1
+    # "dense": MONAI Classifier's flatten + linear head (reads features by position on the last map);
+    # "pool": global max + mean pooling of the last map, then linear (position-free readout: "is there, anywhere,
+    # a feature that says X"), for cues whose place and size vary with anatomy (e.g. excreted contrast).
+    head: str = "dense"
     dropout: float = 0.1
     epochs: int = 30
     batch_size: int = 8
@@ -88,6 +92,8 @@ class TrainConfig:
         if self.task == "coverage" and self.zoom_range != (1.0, 1.0):
             raise ScanQCError(ErrorCode.USAGE, f"zoom_range {self.zoom_range} would move anatomy across the scan's "
                               "ends and change the coverage label; use (1.0, 1.0) for coverage")
+        if self.head not in ("dense", "pool"):
+            raise ScanQCError(ErrorCode.USAGE, f"head must be 'dense' or 'pool', got {self.head!r}")
         if self.elastic_voxels < 0 or self.elastic_grid < 2:
             raise ScanQCError(ErrorCode.USAGE, f"elastic_voxels must be >= 0 and elastic_grid >= 2, got "
                               f"{self.elastic_voxels}, {self.elastic_grid}")

@@ -139,7 +139,7 @@ def build_metadata(summary: dict[str, Any], cfg: TrainConfig, version: str, chan
         "labels": labels,
         "network": {"class": "monai.networks.nets.Classifier", "channels": list(cfg.channels),
                     "strides": list(cfg.strides), "num_res_units": cfg.num_res_units, "norm": "BATCH",
-                    "act": "PRELU", "parameters": n_params,
+                    "act": "PRELU", "head": cfg.head, "parameters": n_params,
                     # several members: probabilities averaged in the graph (training/ensemble.py)
                     **({"ensemble": "scanqc.training.ensemble.ProbabilityEnsemble",
                         "members": len(summary["ensemble"])} if summary.get("ensemble") else {})},

@@ -84,6 +84,17 @@ def random_elastic(x: torch.Tensor, max_voxels: float, grid: int = 7, generator:
     return out
 
 
+class GlobalPoolHead(nn.Module):
+    """Global max and mean over the last feature map, concatenated, then a linear layer (``head: pool``)."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([x.amax(dim=(2, 3, 4)), x.mean(dim=(2, 3, 4))], dim=1))
+
+
 def build_net(cfg: TrainConfig) -> nn.Module:
     from monai.networks.nets import Classifier
 
@@ -92,6 +103,8 @@ def build_net(cfg: TrainConfig) -> nn.Module:
     net = Classifier(in_shape=(spec.in_channels, *spec.shape), classes=n_main + len(cfg.aux_hu),
                      channels=cfg.channels, strides=cfg.strides, num_res_units=cfg.num_res_units,
                      act="PRELU", norm="BATCH", dropout=cfg.dropout)
+    if cfg.head == "pool":
+        net.final = GlobalPoolHead(cfg.channels[-1], n_main + len(cfg.aux_hu))
     return WithAuxOutputs(net, n_main) if cfg.aux_hu else net
 
 
