@@ -89,17 +89,16 @@ class TrainConfig:
                 raise ScanQCError(ErrorCode.USAGE, f"{name} must be (low, high) with 0 < low <= high, got {value}")
             setattr(self, name, value)
         self.aux_hu = tuple(str(a) for a in self.aux_hu)
-        if self.task == "coverage" and self.zoom_range != (1.0, 1.0):
-            raise ScanQCError(ErrorCode.USAGE, f"zoom_range {self.zoom_range} would move anatomy across the scan's "
-                              "ends and change the coverage label; use (1.0, 1.0) for coverage")
         if self.head not in ("dense", "pool"):
             raise ScanQCError(ErrorCode.USAGE, f"head must be 'dense' or 'pool', got {self.head!r}")
         if self.elastic_voxels < 0 or self.elastic_grid < 2:
             raise ScanQCError(ErrorCode.USAGE, f"elastic_voxels must be >= 0 and elastic_grid >= 2, got "
                               f"{self.elastic_voxels}, {self.elastic_grid}")
-        if self.task == "coverage" and self.elastic_voxels > 0:
-            raise ScanQCError(ErrorCode.USAGE, f"elastic_voxels {self.elastic_voxels} would move anatomy across the "
-                              "scan's ends and change the coverage label; use 0 for coverage")
+        # Augmentations that move anatomy between slices would carry it across the scan's ends (the coverage label).
+        for name, off in (("zoom_range", (1.0, 1.0)), ("elastic_voxels", 0.0)):
+            if self.task == "coverage" and getattr(self, name) != off:
+                raise ScanQCError(ErrorCode.USAGE, f"{name} {getattr(self, name)} would move anatomy across the "
+                                  f"scan's ends and change the coverage label; use {off} for coverage")
         if len(self.channels) != len(self.strides):
             raise ScanQCError(ErrorCode.USAGE, f"channels {self.channels} and strides {self.strides} differ in length")
 

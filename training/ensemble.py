@@ -122,12 +122,13 @@ def build_ensemble(runs: list[str | Path], manifest: str | Path | list, out: str
             raise ScanQCError(ErrorCode.USAGE, f"{run} trained on {len(overlap)} of the {len(val)} validation cases "
                                                f"(e.g. {sorted(overlap)[0]!r}); calibrate on cases no member saw")
 
-    net = ProbabilityEnsemble([_member_net(c, m) for c, m in zip(cfgs, members, strict=True)], task).eval()
     from scanqc.models.evaluate import encode_row
+    from tqdm.auto import tqdm
 
+    net = ProbabilityEnsemble([_member_net(c, m) for c, m in zip(cfgs, members, strict=True)], task).eval()
     logits, targets = [], []
-    with torch.no_grad():
-        for i in range(0, len(val), 16):
+    with torch.no_grad():  # chunks of 16: the whole validation set at once would hold every input in memory
+        for i in tqdm(range(0, len(val), 16), desc=f"{task} ensemble validation", unit="x16"):
             chunk = val[i:i + 16]
             logits.append(net(torch.from_numpy(np.stack([load_case(r, spec) for r in chunk]))).numpy())
             targets.extend(encode_row(task, r) for r in chunk)
