@@ -109,7 +109,7 @@ def _brain_finish(vol: Volume, rng: np.random.Generator, variant: str, params: d
 def _motion_case(rng: np.random.Generator, label: str, variant: str) -> tuple[Volume, dict, dict]:
     from scanqc.datasets.ghosting import simulate_ghosting
 
-    vol, _, params = _brain_base(rng, variant)
+    vol, brain, params = _brain_base(rng, variant)
     lo, hi = motion_mod.LABEL_RANGES[label]
     severity = float(rng.uniform(lo, hi)) if hi > 0 else 0.0
     kind = "none" if severity == 0 else ("rigid" if rng.uniform() < 0.7 else "periodic")
@@ -124,9 +124,16 @@ def _motion_case(rng: np.random.Generator, label: str, variant: str) -> tuple[Vo
             info.update(g.to_dict())
         else:
             return v
+        # How much the artefact changed the brain, in template intensity units (no noise yet).
+        info["artefact_rms"] = float(np.sqrt(np.mean((arr - v.array)[brain] ** 2))) if brain.any() else 0.0
         return v.with_array(arr)
 
     vol = _brain_finish(vol, rng, variant, params, artefact)
+    if "artefact_rms" in info:
+        # Artefact-to-noise ratio: RMS change inside the brain over the Rician noise sigma added afterwards.
+        # Below ~0.3 the artefact is buried in the noise (docs/models.md: detection by this ratio).
+        info["artefact_to_noise"] = round(info["artefact_rms"] / params["rician_sigma"], 4)
+        info["artefact_rms"] = round(info["artefact_rms"], 5)
     params["artefact"] = {"kind": kind, "severity": round(severity, 4), **info}
     acq = info.get("acquisition", "3d")
     fields = {"modality": "MR", "label": label, "severity": round(severity, 4), "body_region": "brain"}

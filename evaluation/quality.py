@@ -30,7 +30,15 @@ from typing import Any
 
 import numpy as np
 from scanqc.evaluation import metrics as M
-from scanqc.models.evaluate import PRIMARY_METRIC, encode_row, load_inputs, manifest_sha256, read_manifest, task_metrics
+from scanqc.models.evaluate import (
+    PRIMARY_METRIC,
+    encode_row,
+    load_inputs,
+    manifest_sha256,
+    read_manifest,
+    roc_auc,
+    task_metrics,
+)
 
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASKS
@@ -98,6 +106,22 @@ def _severity_group(r: dict[str, str]) -> str | None:
     return None
 
 
+#: Artefact-to-noise ratio bands (RMS change inside the brain / Rician noise sigma, recorded by the generator).
+ANR_BINS = [(0.0, 0.3, "ANR < 0.3"), (0.3, 0.6, "ANR 0.3-0.6"), (0.6, 1.2, "ANR 0.6-1.2"),
+            (1.2, float("inf"), "ANR >= 1.2")]
+
+
+def _anr_group(r: dict[str, str]) -> str | None:
+    """Motion cases by how far the artefact stands out of the noise; clean cases form their own group."""
+    if r.get("label") == "none":
+        return "none"
+    try:
+        anr = json.loads(r.get("provenance") or "")["artefact"]["artefact_to_noise"]
+    except (ValueError, KeyError, TypeError):
+        return None  # not a generated case, or generated before the ratio was recorded
+    return next((name for lo, hi, name in ANR_BINS if lo <= float(anr) < hi), None)
+
+
 def _coverage_group(r: dict[str, str]) -> str:
     miss = {m.strip() for m in (r.get("missing") or "").split(";") if m.strip()}
     end = "both" if len(miss) == 2 else (next(iter(miss)) if miss else "full")
@@ -120,7 +144,9 @@ BREAKDOWNS: dict[str, list[tuple[str, str, Callable[[dict[str, str]], str | None
     "motion": [("severity", "by motion severity (share flagged correctly at the warn threshold)", _severity_group),
                ("orientation", "by slice orientation (share flagged correctly)",
                 lambda r: _provenance(r, "orientation")),
-               ("label", "by label (share flagged correctly)", lambda r: r.get("label") or None)],
+               ("label", "by label (share flagged correctly)", lambda r: r.get("label") or None),
+               ("artefact_to_noise", "by artefact-to-noise ratio of the moved cases (share flagged correctly; "
+                                     "AUC against all clean cases in brackets)", _anr_group)],
     "contrast_phase": [("phase", "by true phase (share with the right phase)", lambda r: r.get("label") or None),
                        ("enhancement", "by enhancement (share with the right phase)",
                         lambda r: r.get("enhancement") or "none (non-contrast)")],
@@ -138,7 +164,9 @@ def breakdown(task: str, rows: list[dict[str, str]], outcomes: dict[str, dict[st
         g = fn(r)
         if g is not None:
             groups.setdefault(g, []).append(i)
-    order = [name for _, _, name in SEVERITY_BINS] + ["none", "mild", "severe"] if task == "motion" else sorted(groups)
+    order = ([name for _, _, name in SEVERITY_BINS] + ["none", "mild", "severe"] + [n for _, _, n in ANR_BINS]
+             if task == "motion" else sorted(groups))
+    clean = np.array([i for i, r in enumerate(rows) if r.get("label") == "none"], int) if task == "motion" else None
     table = []
     for g in [g for g in order if g in groups] + [g for g in sorted(groups) if g not in order]:
         idx = np.array(groups[g])
@@ -146,6 +174,10 @@ def breakdown(task: str, rows: list[dict[str, str]], outcomes: dict[str, dict[st
         for who, o in outcomes.items():
             row[who] = float(np.mean(o[key][idx]))
             row[f"{who}_mean_score"] = float(np.mean(o["score"][idx]))
+            if clean is not None and len(clean) and not set(idx.tolist()) & set(clean.tolist()):
+                # How well this group of moved cases is told apart from the clean ones (threshold-free).
+                y = np.r_[np.zeros(len(clean)), np.ones(len(idx))]
+                row[f"{who}_auc_vs_clean"] = roc_auc(y, np.r_[o["score"][clean], o["score"][idx]])
         table.append(row)
     return table
 
@@ -337,7 +369,9 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, extra: 
             md += [f"### {task} {bd['title']}", "", "| group | n | " + " | ".join(who) + " |",
                    "|---|---|" + "---|" * len(who)]
             for row in bd["table"]:
-                md.append(f"| {row['group']} | {row['n']} | " + " | ".join(_f(row.get(w)) for w in who) + " |")
+                md.append(f"| {row['group']} | {row['n']} | " + " | ".join(
+                    _f(row.get(w)) + (f" ({_f(row[w + '_auc_vs_clean'])})" if row.get(f"{w}_auc_vs_clean") is not None
+                                      else "") for w in who) + " |")
             p = plots.breakdown_figure(task, bd["title"], bd["table"], out / f"breakdown_{task}_{key}.png")
             md += ["", f"![{p.stem}]({p.name})", ""]
     text = "\n".join(md) + "\n"

@@ -26,6 +26,13 @@ def test_generate_writes_labeled_cases(tmp_path, task):
         if task == "motion":
             assert r.modality == "MR" and r.body_region == "brain" and r.severity is not None
             assert (r.severity == 0) == (r.label == "none")
+            art = r.provenance["artefact"]
+            # The artefact-to-noise ratio is recorded for every moved case and is what its name says.
+            assert ("artefact_to_noise" in art) == (r.label != "none")
+            if r.label != "none":
+                assert art["artefact_rms"] > 0
+                assert art["artefact_to_noise"] == pytest.approx(art["artefact_rms"] / r.provenance["rician_sigma"],
+                                                                 rel=1e-3)
         if task == "contrast_phase":
             assert r.modality == "CT" and r.phase == r.label
         if task == "coverage":
