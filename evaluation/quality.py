@@ -166,15 +166,16 @@ def breakdown(task: str, rows: list[dict[str, str]], outcomes: dict[str, dict[st
             groups.setdefault(g, []).append(i)
     order = ([name for _, _, name in SEVERITY_BINS] + ["none", "mild", "severe"] + [n for _, _, n in ANR_BINS]
              if task == "motion" else sorted(groups))
-    clean = np.array([i for i, r in enumerate(rows) if r.get("label") == "none"], int) if task == "motion" else None
+    clean = [i for i, r in enumerate(rows) if r.get("label") == "none"] if task == "motion" else []
     table = []
     for g in [g for g in order if g in groups] + [g for g in sorted(groups) if g not in order]:
         idx = np.array(groups[g])
         row: dict[str, Any] = {"group": g, "n": len(idx)}
+        moved_only = bool(clean) and not set(groups[g]) & set(clean)
         for who, o in outcomes.items():
             row[who] = float(np.mean(o[key][idx]))
             row[f"{who}_mean_score"] = float(np.mean(o["score"][idx]))
-            if clean is not None and len(clean) and not set(idx.tolist()) & set(clean.tolist()):
+            if moved_only:
                 # How well this group of moved cases is told apart from the clean ones (threshold-free).
                 y = np.r_[np.zeros(len(clean)), np.ones(len(idx))]
                 row[f"{who}_auc_vs_clean"] = roc_auc(y, np.r_[o["score"][clean], o["score"][idx]])
