@@ -16,7 +16,7 @@ from typing import Any
 def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1, **options: Any) -> Path:
     """Write ``n`` cases for ``task`` ('motion', 'contrast_phase', 'coverage') plus
     ``out/manifest.csv``; returns the manifest path. Options: ``fmt`` ('nifti' | 'dicom'),
-    ``variant`` ('train' | 'test'), ``val_fraction``, ``progress``. See
+    ``variant`` ('train' | 'test'), ``val_fraction``, ``progress``, ``min_artefact_to_noise`` (motion). See
     :func:`scanqc.datasets.generate.generate`."""
     from scanqc.datasets.generate import generate as _generate
 

@@ -22,6 +22,9 @@ def generate(
     fmt: Annotated[str, typer.Option("--format", "--fmt", help="nifti | dicom")] = "nifti",
     variant: Annotated[str, typer.Option(help="train | test (held-out ranges, split=test)")] = "train",
     val_fraction: Annotated[float, typer.Option(help="share of rows with split=val")] = 0.2,
+    min_artefact_to_noise: Annotated[float | None, typer.Option(
+        help="motion: redraw a moved case until its artefact reaches this share of the noise sigma "
+             "[default: 0.3]; 0 keeps every draw, as the data of motion 1.0.0 / 1.1.0 did")] = None,
 ) -> None:
     """Write N simulated cases for TASK plus a manifest."""
     from scanqc.datasets.generate import generate as _generate
@@ -29,9 +32,10 @@ def generate(
     from scanqc.errors import ScanQCError
 
     t0 = time.perf_counter()
+    extra = {} if min_artefact_to_noise is None else {"min_artefact_to_noise": min_artefact_to_noise}
     try:
         path = _generate(task, n, out, seed=seed, workers=workers, fmt=fmt, variant=variant,
-                         val_fraction=val_fraction, progress=True)
+                         val_fraction=val_fraction, progress=True, **extra)
     except ScanQCError as exc:
         typer.echo(f"{exc.code.value}: {exc.message}", err=True)
         raise typer.Exit(2) from None

@@ -4,7 +4,8 @@ Tasks:
 
 - ``motion``: brain MR from the MNI152 template with benign variation; rigid k-space motion
   (:mod:`~scanqc.datasets.motion`) or periodic ghosting (:mod:`~scanqc.datasets.ghosting`); labels
-  none / mild / severe with the severity parameter.
+  none / mild / severe with the severity parameter; a moved case whose artefact is buried in the noise
+  (artefact-to-noise ratio below ``min_artefact_to_noise``) is drawn again (:func:`_one_case`).
 - ``contrast_phase``: abdominal CT phantom (:mod:`~scanqc.datasets.ct_phantom`); label = the phase the
   image shows, plus enhancement optimal / suboptimal (a portal-venous scan timed early is labelled
   arterial, see :func:`_contrast_case`).
@@ -43,8 +44,15 @@ ORIENTATIONS = {
 }
 
 
-def case_rng(seed: int, index: int, variant: str) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(index), _VARIANT_CODE[variant]])
+# Redraws of a motion case whose artefact is buried in the noise; ~1/4 of mild draws are, so 50 never runs out
+# unless the threshold is far above the data (then a coded error says so).
+MAX_MOTION_DRAWS = 50
+
+
+def case_rng(seed: int, index: int, variant: str, draw: int = 0) -> np.random.Generator:
+    """The case's generator; ``draw > 0`` is an independent stream for a redrawn case (draw 0 is unchanged)."""
+    key = [int(seed), int(index), _VARIANT_CODE[variant]]
+    return np.random.default_rng(key + [int(draw)] if draw else key)
 
 
 # ----------------------------------------------------------------------------- brain MR
@@ -242,11 +250,31 @@ def write_case(vol: Volume, out: Path, case_id: str, fmt: str, header: dict[str,
     return f"cases/{case_id}.nii.gz"
 
 
+def _motion_visible(index: int, label: str, seed: int, variant: str,
+                    min_anr: float) -> tuple[Volume, dict, dict]:
+    """A motion case whose artefact, if any, reaches ``min_anr`` times the noise sigma (visible-artefact rule).
+
+    Draw 0 is the case as it always was; only a buried artefact is redrawn from an independent stream, so
+    every case that already met the rule keeps its image.
+    """
+    for draw in range(MAX_MOTION_DRAWS):
+        vol, fields, prov = _motion_case(case_rng(seed, index, variant, draw), label, variant)
+        art = prov["artefact"]
+        if art.get("artefact_to_noise", np.inf) >= min_anr:
+            art["min_artefact_to_noise"] = min_anr
+            if draw:
+                art["redraws"] = draw
+            return vol, fields, prov
+    raise ScanQCError(ErrorCode.USAGE, f"motion case {index} ({label}): no draw in {MAX_MOTION_DRAWS} reached "
+                                       f"artefact-to-noise {min_anr!r}; lower min_artefact_to_noise (default "
+                                       f"{motion_mod.MIN_ARTEFACT_TO_NOISE})")
+
+
 def _one_case(job: tuple) -> ManifestRow:
-    task, index, label, seed, variant, split, out, fmt, kind = job
+    task, index, label, seed, variant, split, out, fmt, kind, min_anr = job
     rng = case_rng(seed, index, variant)
     if task == "motion":
-        vol, fields, prov = _motion_case(rng, label, variant)
+        vol, fields, prov = _motion_visible(index, label, seed, variant, min_anr)
     elif task == "contrast_phase":
         vol, fields, prov = _contrast_case(rng, label, variant)
     elif kind == "brain":
@@ -294,12 +322,14 @@ def plan(task: str, n: int, seed: int, variant: str, val_fraction: float) -> lis
 
 def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1, fmt: str = "nifti",
              variant: str = "train", val_fraction: float = 0.2, progress: bool | Callable[[int, int], None] = False,
-             ) -> Path:
+             min_artefact_to_noise: float = motion_mod.MIN_ARTEFACT_TO_NOISE) -> Path:
     """Generate ``n`` cases for ``task`` into ``out`` and return the path of ``out/manifest.csv``.
 
     ``variant='test'`` draws from ranges disjoint from training (:mod:`scanqc.datasets.variants`)
     and marks every row ``split=test``; otherwise ~``val_fraction`` of rows are ``val``.
-    ``progress`` is True (rich progress bar) or a callback ``(done, total)``.
+    ``progress`` is True (rich progress bar) or a callback ``(done, total)``. ``min_artefact_to_noise``
+    (motion): a moved case is redrawn until its artefact reaches this share of the noise sigma; 0 keeps every
+    draw (the data of motion 1.0.0 and 1.1.0).
     """
     if task not in TASKS:
         raise ScanQCError(ErrorCode.USAGE, f"task must be one of {list(TASKS)}, got {task!r}")
@@ -310,10 +340,12 @@ def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1
         raise ScanQCError(ErrorCode.USAGE, f"n must be >= 1, got {n!r}")
     if not 0 <= val_fraction < 1:
         raise ScanQCError(ErrorCode.USAGE, f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not 0 <= min_artefact_to_noise < 10:
+        raise ScanQCError(ErrorCode.USAGE, f"min_artefact_to_noise must be in [0, 10), got {min_artefact_to_noise!r}")
     workers = max(1, min(int(workers), os.cpu_count() or 1, int(n)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(task, i, label, int(seed), variant, split, str(out), fmt, kind)
+    jobs = [(task, i, label, int(seed), variant, split, str(out), fmt, kind, float(min_artefact_to_noise))
             for i, (label, split, kind) in enumerate(plan(task, int(n), int(seed), variant, val_fraction))]
     rows: list[ManifestRow] = []
     if progress is True:

@@ -30,7 +30,7 @@ def test_generate_writes_labeled_cases(tmp_path, task):
             # The artefact-to-noise ratio is recorded for every moved case and is what its name says.
             assert ("artefact_to_noise" in art) == (r.label != "none")
             if r.label != "none":
-                assert art["artefact_rms"] > 0
+                assert art["artefact_rms"] > 0 and art["artefact_to_noise"] >= art["min_artefact_to_noise"] == 0.3
                 assert art["artefact_to_noise"] == pytest.approx(art["artefact_rms"] / r.provenance["rician_sigma"],
                                                                  rel=1e-3)
         if task == "contrast_phase":
@@ -41,9 +41,35 @@ def test_generate_writes_labeled_cases(tmp_path, task):
     from scanqc.datasets.generate import _one_case, plan
 
     label, split, kind = plan(task, 3, 3, "train", 0.2)[0]
-    again = _one_case((task, 0, label, 3, "train", split, str(tmp_path / "b"), "nifti", kind))
+    again = _one_case((task, 0, label, 3, "train", split, str(tmp_path / "b"), "nifti", kind, 0.3))
     assert again.provenance == rows[0].provenance and again.label == rows[0].label
     assert np.array_equal(load_series(again.resolve(tmp_path / "b"))[0][0].volume.array, arrays[0])
+
+
+def test_buried_motion_is_redrawn_and_visible_motion_kept(monkeypatch):
+    import importlib
+
+    gen = importlib.import_module("scanqc.datasets.generate")  # the module; the package's `generate` is a function
+    _motion_visible = gen._motion_visible
+
+    # Seed 3000 (test variant), case 1 as "mild": the first draw is periodic ghosting at 0.12 noise sigma,
+    # buried; the rule redraws it once, from an independent stream, to a rigid move at 0.52 sigma.
+    _, _, kept = _motion_visible(1, "mild", 3000, "test", 0.0)
+    first = kept["artefact"]
+    assert first["artefact_to_noise"] < 0.3 and "redraws" not in first and first["min_artefact_to_noise"] == 0.0
+    _, fields, prov = _motion_visible(1, "mild", 3000, "test", 0.3)
+    art = prov["artefact"]
+    assert art["redraws"] == 1 and art["artefact_to_noise"] >= 0.3 and fields["label"] == "mild"
+    assert art["kind"] != first["kind"] or art["severity"] != first["severity"]
+    # A threshold no draw can reach is a coded error naming the value, not an endless loop.
+    monkeypatch.setattr(gen, "MAX_MOTION_DRAWS", 2)
+    with pytest.raises(ScanQCError, match=r"artefact-to-noise 9\.5"):
+        _motion_visible(1, "mild", 3000, "test", 9.5)
+
+
+def test_min_artefact_to_noise_is_validated(tmp_path):
+    with pytest.raises(ScanQCError, match=r"got -0\.1"):
+        generate("motion", 1, tmp_path, min_artefact_to_noise=-0.1)
 
 
 def test_workers_variant_and_dicom(tmp_path):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce motion 1.1.0 (2026-11-22, session 4) from the repository root: an ensemble of three networks.
 # Data: seeds 0 (240 cases), 2 (360) and 3 (360) for training, 1000 --variant test (90) held out.
+# `--min-artefact-to-noise 0`: these data predate the visible-artefact rule (docs/data.md), so every draw is kept.
 # Members (task defaults, seed 0, 2 threads):
 #   a. motion 1.0.0's run: seeds 0 + 2, 40 epochs max, early stop (patience 10; it stopped after 11, best 5);
 #   b. seeds 0 + 2 + 3, 30-epoch cosine schedule, no early stop;
@@ -13,10 +14,10 @@ set -euo pipefail
 DATA=${1:?data dir}; RUNS=${2:?runs dir}
 source "$(dirname "$0")/_gen.sh"
 
-gen motion "$DATA/motion-train" 240 0
-gen motion "$DATA/motion-train-s2" 360 2
-gen motion "$DATA/motion-train-s3" 360 3
-gen motion "$DATA/motion-test" 90 1000 --variant test
+gen motion "$DATA/motion-train" 240 0 --min-artefact-to-noise 0
+gen motion "$DATA/motion-train-s2" 360 2 --min-artefact-to-noise 0
+gen motion "$DATA/motion-train-s3" 360 3 --min-artefact-to-noise 0
+gen motion "$DATA/motion-test" 90 1000 --variant test --min-artefact-to-noise 0
 M2=(--manifest "$DATA/motion-train/manifest.csv" --manifest "$DATA/motion-train-s2/manifest.csv")
 M3=("${M2[@]}" --manifest "$DATA/motion-train-s3/manifest.csv")
 T=(--seed 0 --threads 2 --workers 2 --no-progress)

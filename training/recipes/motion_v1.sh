@@ -7,8 +7,8 @@
 set -euo pipefail
 DATA=${1:?data dir}; RUNS=${2:?runs dir}
 source "$(dirname "$0")/_gen.sh"
-gen motion "$DATA/motion-train" 240 0
-gen motion "$DATA/motion-test" 90 1000 --variant test
+gen motion "$DATA/motion-train" 240 0 --min-artefact-to-noise 0
+gen motion "$DATA/motion-test" 90 1000 --variant test --min-artefact-to-noise 0
 scanqc train --task motion --manifest "$DATA/motion-train/manifest.csv" --out "$RUNS/motion-v1" --seed 0 \
   --threads 2 --workers 2 --epochs 40 --max-minutes 11 --no-progress
 scanqc export --run "$RUNS/motion-v1" --version 1.0.0 --out "$RUNS/motion-export" \

@@ -8,9 +8,9 @@ DATA=${1:?data dir}; RUNS=${2:?runs dir}
 source "$(dirname "$0")/_gen.sh"
 
 # motion 1.0.0: 600 brain MR (240 seed 0 + 360 seed 2), task defaults (background channel, 5 stride-2 stages)
-gen motion "$DATA/motion-train" 240 0
-gen motion "$DATA/motion-train-s2" 360 2
-gen motion "$DATA/motion-test" 90 1000 --variant test
+gen motion "$DATA/motion-train" 240 0 --min-artefact-to-noise 0
+gen motion "$DATA/motion-train-s2" 360 2 --min-artefact-to-noise 0
+gen motion "$DATA/motion-test" 90 1000 --variant test --min-artefact-to-noise 0
 scanqc train --task motion --manifest "$DATA/motion-train/manifest.csv" --manifest "$DATA/motion-train-s2/manifest.csv" \
   --out "$RUNS/motion_600" --epochs 11 --seed 0 --threads 2 --workers 2 --no-progress
 scanqc export --run "$RUNS/motion_600" --version 1.0.0 --out models --test-manifest "$DATA/motion-test/manifest.csv" \

@@ -11,7 +11,7 @@ source "$(dirname "$0")/_gen.sh"
 for T in $TASKS; do
   EXTRA=()
   case $T in
-    motion)         gen motion "$DATA/motion-train" 240 0; gen motion "$DATA/motion-test" 90 1000 --variant test
+    motion)         gen motion "$DATA/motion-train" 240 0 --min-artefact-to-noise 0; gen motion "$DATA/motion-test" 90 1000 --variant test --min-artefact-to-noise 0
                     MANIFESTS=(--manifest "$DATA/motion-train/manifest.csv"); MINUTES=12
                     EXTRA=(--config training/recipes/motion.yaml) ;;
     contrast_phase) gen contrast_phase "$DATA/contrast_phase-train" 200 0
