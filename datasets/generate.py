@@ -5,7 +5,7 @@ Tasks:
 - ``motion``: brain MR from the MNI152 template with benign variation; rigid k-space motion
   (:mod:`~scanqc.datasets.motion`) or periodic ghosting (:mod:`~scanqc.datasets.ghosting`); labels
   none / mild / severe with the severity parameter; a moved case whose artefact is buried in the noise
-  (artefact-to-noise ratio below ``min_artefact_to_noise``) is drawn again (:func:`_one_case`).
+  (artefact-to-noise ratio below ``min_artefact_to_noise``) is drawn again (:func:`_motion_visible`).
 - ``contrast_phase``: abdominal CT phantom (:mod:`~scanqc.datasets.ct_phantom`); label = the phase the
   image shows, plus enhancement optimal / suboptimal (a portal-venous scan timed early is labelled
   arterial, see :func:`_contrast_case`).
@@ -44,7 +44,7 @@ ORIENTATIONS = {
 }
 
 
-# Redraws of a motion case whose artefact is buried in the noise; ~1/4 of mild draws are, so 50 never runs out
+# Redraws of a motion case whose artefact is buried in the noise; 1/4-1/3 of mild draws are, so 50 never run out
 # unless the threshold is far above the data (then a coded error says so).
 MAX_MOTION_DRAWS = 50
 
