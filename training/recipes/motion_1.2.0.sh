@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce motion 1.2.0 (2026-11-22, session 6) from the repository root.
+# Reproduce the motion 1.2.0 candidate (2026-11-22, session 6) from the repository root. Outcome: `promote` refused it
+# against 1.1.0 (held-out seed 4000: 0.957 vs 0.975; docs/models.md), so it is not in the tree.
 # Data: the visible-artefact rule (docs/data.md; `scanqc data generate` default --min-artefact-to-noise 0.3): a moved
 # case whose artefact changes the brain by less than 0.3 noise sigma is drawn again. Seeds 0 (240 cases), 2 (360),
 # 3 (360), 4 (600) and 5 (600) for training (1728 train / 432 validation by the manifests' split column); held out:
