@@ -22,3 +22,16 @@ def test_cli_generate_and_preview(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     r = CliRunner().invoke(app, ["generate", "--task", "nope", "--n", "1", "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "'nope'" in r.output
+
+
+def test_cli_min_artefact_to_noise_reaches_the_generator(tmp_path):
+    from scanqc.datasets.manifest import read_manifest
+
+    # Every motion case, moved or not, records the rule it was generated under.
+    args = ["generate", "--task", "motion", "--n", "2", "--seed", "0"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m"), "--min-artefact-to-noise", "0"])
+    assert r.exit_code == 0, r.output
+    arts = [row.provenance["artefact"] for row in read_manifest(tmp_path / "m" / "manifest.csv")]
+    assert {a["min_artefact_to_noise"] for a in arts} == {0.0}
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--min-artefact-to-noise", "-1"])
+    assert r.exit_code == 2 and "got -1.0" in r.output
