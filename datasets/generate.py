@@ -272,15 +272,13 @@ def _motion_visible(index: int, label: str, seed: int, variant: str,
 
 def _one_case(job: tuple) -> ManifestRow:
     task, index, label, seed, variant, split, out, fmt, kind, min_anr = job
-    rng = case_rng(seed, index, variant)
-    if task == "motion":
+    if task == "motion":  # draws its own generators (one per redraw)
         vol, fields, prov = _motion_visible(index, label, seed, variant, min_anr)
-    elif task == "contrast_phase":
-        vol, fields, prov = _contrast_case(rng, label, variant)
-    elif kind == "brain":
-        vol, fields, prov = _brain_coverage_case(rng, label, variant)
     else:
-        vol, fields, prov = _ct_coverage_case(rng, label, variant)
+        rng = case_rng(seed, index, variant)
+        make = _contrast_case if task == "contrast_phase" else (
+            _brain_coverage_case if kind == "brain" else _ct_coverage_case)
+        vol, fields, prov = make(rng, label, variant)
     case_id = f"{task}-{index:05d}"
     path = write_case(vol, Path(out), case_id, fmt, dicom_header(fields, prov, case_id))
     prov = {"generator": f"scanqc.datasets.generate:{task}", "seed": seed, "index": index, "variant": variant,

@@ -45,8 +45,9 @@ R_ON_FLOOR = 0.04
 LABEL_RANGES = {"none": (0.0, 0.0), "mild": (0.15, 0.4), "severe": (0.6, 1.0)}
 # Labels follow what the image shows, as a reader's label would: a moved case is kept only if its artefact changed
 # the brain by at least this share of the Rician noise sigma (RMS, before noise); otherwise the generator draws the
-# case again. About a quarter of mild draws fall below it (< ~1 % of white-matter signal, invisible under the noise;
-# docs/data.md "Visible-artefact rule"). 0 keeps every draw, as data made before 2026-11-22 session 6 did.
+# case again. A quarter to a third of mild draws fall below it (at most ~1.5 % of white-matter signal, invisible
+# under the noise; docs/data.md "Visible-artefact rule"). 0 keeps every draw, as data made before 2026-11-22
+# (session 6) did.
 MIN_ARTEFACT_TO_NOISE = 0.3
 
 
