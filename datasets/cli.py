@@ -25,6 +25,9 @@ def generate(
     min_artefact_to_noise: Annotated[float | None, typer.Option(
         help="motion: redraw a moved case until its artefact reaches this share of the noise sigma "
              "[default: 0.3]; 0 keeps every draw, as the data of motion 1.0.0 / 1.1.0 did")] = None,
+    anatomy: Annotated[str, typer.Option(
+        help="brain MR: template (MNI152 brain, models up to motion 1.1.0) | head (domain-randomised whole "
+             "heads with scalp, skull, face and neck)")] = "template",
 ) -> None:
     """Write N simulated cases for TASK plus a manifest."""
     from scanqc.datasets.generate import generate as _generate
@@ -35,7 +38,7 @@ def generate(
     extra = {} if min_artefact_to_noise is None else {"min_artefact_to_noise": min_artefact_to_noise}
     try:
         path = _generate(task, n, out, seed=seed, workers=workers, fmt=fmt, variant=variant,
-                         val_fraction=val_fraction, progress=True, **extra)
+                         val_fraction=val_fraction, progress=True, anatomy=anatomy, **extra)
     except ScanQCError as exc:
         typer.echo(f"{exc.code.value}: {exc.message}", err=True)
         raise typer.Exit(2) from None

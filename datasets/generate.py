@@ -34,6 +34,7 @@ from scanqc.volume import Volume
 
 TASKS = tuple(TASK_LABELS)
 FORMATS = ("nifti", "dicom")
+ANATOMIES = ("template", "head")
 BRAIN_RESOLUTION_MM = 2.0
 _VARIANT_CODE = {"train": 0, "test": 1}
 # Orientations of brain acquisitions: (name, array order from canonical, flips) - see geometry.reorient.
@@ -217,6 +218,10 @@ def dicom_header(fields: dict, provenance: dict, case_id: str) -> dict[str, Any]
             h.update({"ContrastBolusAgent": "IOHEXOL 350", "ContrastBolusRoute": "IV",
                       "ContrastBolusVolume": 100})
         return h
+    if "contrast" in provenance:  # a randomised head (scanqc.datasets.head)
+        from scanqc.datasets.head import head_header
+
+        return head_header(provenance)
     acq = provenance.get("mr_acquisition", "3d")
     orient = {"axial": "AX", "sagittal": "SAG", "coronal": "COR"}[provenance.get("orientation", "axial")]
     return {"Modality": "MR", "BodyPartExamined": "BRAIN", "Manufacturer": "SCANQC-SIM",
@@ -251,14 +256,17 @@ def write_case(vol: Volume, out: Path, case_id: str, fmt: str, header: dict[str,
 
 
 def _motion_visible(index: int, label: str, seed: int, variant: str,
-                    min_anr: float) -> tuple[Volume, dict, dict]:
+                    min_anr: float, anatomy: str = "template") -> tuple[Volume, dict, dict]:
     """A motion case whose artefact, if any, reaches ``min_anr`` times the noise sigma (visible-artefact rule).
 
     Draw 0 is the case as it always was; only a buried artefact is redrawn from an independent stream, so
     every case that already met the rule keeps its image.
     """
     for draw in range(MAX_MOTION_DRAWS):
-        vol, fields, prov = _motion_case(case_rng(seed, index, variant, draw), label, variant)
+        make = _motion_case
+        if anatomy == "head":
+            from scanqc.datasets.head import head_motion_case as make
+        vol, fields, prov = make(case_rng(seed, index, variant, draw), label, variant)
         art = prov["artefact"]
         if art.get("artefact_to_noise", np.inf) >= min_anr:
             art["min_artefact_to_noise"] = min_anr
@@ -271,17 +279,20 @@ def _motion_visible(index: int, label: str, seed: int, variant: str,
 
 
 def _one_case(job: tuple) -> ManifestRow:
-    task, index, label, seed, variant, split, out, fmt, kind, min_anr = job
+    task, index, label, seed, variant, split, out, fmt, kind, min_anr, anatomy = job
     if task == "motion":  # draws its own generators (one per redraw)
-        vol, fields, prov = _motion_visible(index, label, seed, variant, min_anr)
+        vol, fields, prov = _motion_visible(index, label, seed, variant, min_anr, anatomy)
     else:
         rng = case_rng(seed, index, variant)
         make = _contrast_case if task == "contrast_phase" else (
             _brain_coverage_case if kind == "brain" else _ct_coverage_case)
+        if anatomy == "head" and make is _brain_coverage_case:
+            from scanqc.datasets.head import head_coverage_case as make
         vol, fields, prov = make(rng, label, variant)
     case_id = f"{task}-{index:05d}"
     path = write_case(vol, Path(out), case_id, fmt, dicom_header(fields, prov, case_id))
-    prov = {"generator": f"scanqc.datasets.generate:{task}", "seed": seed, "index": index, "variant": variant,
+    gen = f"scanqc.datasets.generate:{task}" + (":head" if anatomy == "head" and fields["modality"] == "MR" else "")
+    prov = {"generator": gen, "seed": seed, "index": index, "variant": variant,
             "shape": list(vol.shape), "spacing_mm": [round(s, 3) for s in vol.spacing], **prov}
     return ManifestRow(case_id=case_id, path=path, modality=fields["modality"], task=task, label=fields["label"],
                        severity=fields.get("severity"), phase=fields.get("phase", ""),
@@ -320,14 +331,16 @@ def plan(task: str, n: int, seed: int, variant: str, val_fraction: float) -> lis
 
 def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1, fmt: str = "nifti",
              variant: str = "train", val_fraction: float = 0.2, progress: bool | Callable[[int, int], None] = False,
-             min_artefact_to_noise: float = motion_mod.MIN_ARTEFACT_TO_NOISE) -> Path:
+             min_artefact_to_noise: float = motion_mod.MIN_ARTEFACT_TO_NOISE, anatomy: str = "template") -> Path:
     """Generate ``n`` cases for ``task`` into ``out`` and return the path of ``out/manifest.csv``.
 
     ``variant='test'`` draws from ranges disjoint from training (:mod:`scanqc.datasets.variants`)
     and marks every row ``split=test``; otherwise ~``val_fraction`` of rows are ``val``.
     ``progress`` is True (rich progress bar) or a callback ``(done, total)``. ``min_artefact_to_noise``
     (motion): a moved case is redrawn until its artefact reaches this share of the noise sigma; 0 keeps every
-    draw (the data of motion 1.0.0 and 1.1.0).
+    draw (the data of motion 1.0.0 and 1.1.0). ``anatomy`` (brain MR cases): ``template`` (the MNI152 brain, the
+    data of every model up to motion 1.1.0 / coverage 1.2.0) or ``head`` (domain-randomised whole heads,
+    :mod:`scanqc.datasets.head`).
     """
     if task not in TASKS:
         raise ScanQCError(ErrorCode.USAGE, f"task must be one of {list(TASKS)}, got {task!r}")
@@ -340,10 +353,12 @@ def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1
         raise ScanQCError(ErrorCode.USAGE, f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not 0 <= min_artefact_to_noise < 10:
         raise ScanQCError(ErrorCode.USAGE, f"min_artefact_to_noise must be in [0, 10), got {min_artefact_to_noise!r}")
+    if anatomy not in ANATOMIES:
+        raise ScanQCError(ErrorCode.USAGE, f"anatomy must be one of {list(ANATOMIES)}, got {anatomy!r}")
     workers = max(1, min(int(workers), os.cpu_count() or 1, int(n)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(task, i, label, int(seed), variant, split, str(out), fmt, kind, float(min_artefact_to_noise))
+    jobs = [(task, i, label, int(seed), variant, split, str(out), fmt, kind, float(min_artefact_to_noise), anatomy)
             for i, (label, split, kind) in enumerate(plan(task, int(n), int(seed), variant, val_fraction))]
     rows: list[ManifestRow] = []
     if progress is True:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from scanqc.checks.base import CheckContext
-from scanqc.checks.ml import ModelCheck, infer_region
+from scanqc.checks.ml import OUTSIDE, ModelCheck, infer_region
 from scanqc.inference import COVERAGE_ENDS
 from scanqc.series import Series
 from scanqc.verdict import CheckResult
@@ -39,7 +39,7 @@ class CoverageCheck(ModelCheck):
         region = ctx.rule.coverage if ctx.rule is not None and ctx.rule.coverage else REGION_FOR.get(region_kind or "")
         modality = (series.modality or "").upper()
         if region is None:
-            return CheckResult.skipped(f"coverage model knows brain MR and abdominal CT only ({why})")
+            return CheckResult.skipped(f"{OUTSIDE} (coverage model knows brain MR and abdominal CT only: {why})")
         if MODALITY_FOR[region] != modality:
             return CheckResult.skipped(f"coverage model for {region} is trained on {MODALITY_FOR[region]}, "
                                        f"not {modality}")

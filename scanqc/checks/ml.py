@@ -28,6 +28,16 @@ from scanqc.verdict import CheckResult
 
 APPLIES_TO = {"motion": ("MR",), "contrast_phase": ("CT",), "coverage": ("MR", "CT")}
 MIN_VOXELS_PER_AXIS = 8  # thinner stacks (localisers, single slices) are not 3D volumes a model can judge
+# What each task's models were trained on, when a model's metadata carries no ``domain`` of its own: voxel size and
+# scanned extent of the training data (a whole head or abdomen). A series outside it is skipped with the reason,
+# never guessed at. ``max_spacing_mm``: coarsest voxel edge; ``min_extent_mm``: shortest scanned side.
+DEFAULT_DOMAINS: dict[str, dict[str, Any]] = {
+    "motion": {"modalities": ["MR"], "regions": ["brain"], "max_spacing_mm": 7.0, "min_extent_mm": 80.0},
+    "contrast_phase": {"modalities": ["CT"], "regions": ["abdomen"], "max_spacing_mm": 8.0, "min_extent_mm": 80.0},
+    "coverage": {"modalities": ["MR", "CT"], "regions": ["brain", "abdomen"], "max_spacing_mm": 8.0,
+                 "min_extent_mm": 40.0},
+}
+OUTSIDE = "outside the model's domain"
 
 BRAIN_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK"}
 ABDOMEN_PARTS = {"ABDOMEN", "ABDOMENPELVIS", "ABDOMEN_PELVIS", "CHEST_ABDOMEN", "CHESTABDOMEN", "CHESTABDPELVIS",
@@ -113,6 +123,23 @@ class ModelCheck:
                                        f"(needs >= {MIN_VOXELS_PER_AXIS} voxels per axis)")
         return None
 
+    def outside_domain(self, series: Series, model: Any) -> str | None:
+        """Why ``series`` is outside what ``model`` was trained on (its metadata's ``domain``), or None."""
+        meta = getattr(model, "metadata", None)
+        dom = (meta.get("domain") if isinstance(meta, dict) else None) or DEFAULT_DOMAINS[self.task]
+        vol = series.volume
+        if vol is None:
+            return None
+        spacing = [float(s) for s in vol.spacing]
+        extent = [n * s for n, s in zip(vol.shape, spacing)]
+        if "max_spacing_mm" in dom and max(spacing) > float(dom["max_spacing_mm"]):
+            return (f"voxel size {'x'.join(f'{s:.3g}' for s in spacing)} mm; trained up to "
+                    f"{float(dom['max_spacing_mm']):g} mm")
+        if "min_extent_mm" in dom and min(extent) < float(dom["min_extent_mm"]):
+            return (f"scanned extent {'x'.join(f'{e:.0f}' for e in extent)} mm; trained on volumes of at least "
+                    f"{float(dom['min_extent_mm']):g} mm per side")
+        return None
+
     def predict(self, series: Series, ctx: CheckContext, model: Any) -> dict[str, Any]:
         """Preprocess (cached per series and spec), run the model or ``ctx.infer``, calibrate."""
         from scanqc.preprocessing import preprocess
@@ -144,6 +171,9 @@ class ModelCheck:
             return CheckResult.skipped(f"{self.task} model unusable: {exc.code.value}: {exc.message}")
         if model is None:
             return CheckResult.skipped(f"no {self.task} model installed")
+        why = self.outside_domain(series, model)
+        if why is not None:
+            return CheckResult.skipped(f"{OUTSIDE} ({why})")
         return self.evaluate(series, ctx, model)
 
     def evaluate(self, series: Series, ctx: CheckContext, model: Any) -> CheckResult:  # pragma: no cover

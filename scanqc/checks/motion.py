@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from scanqc.checks.base import CheckContext
-from scanqc.checks.ml import ModelCheck, infer_region
+from scanqc.checks.ml import OUTSIDE, ModelCheck, infer_region
 from scanqc.series import Series
 from scanqc.verdict import CheckResult
 
@@ -27,7 +27,8 @@ class MotionCheck(ModelCheck):
     def evaluate(self, series: Series, ctx: CheckContext, model: Any) -> CheckResult:
         region, why = infer_region(series, ctx)
         if region != "brain":
-            return CheckResult.skipped(f"motion model is trained on brain MR; this series is not brain ({why})")
+            return CheckResult.skipped(f"{OUTSIDE} (motion model is trained on brain MR; this series is not brain: "
+                                       f"{why})")
         out = self.predict(series, ctx, model)
         thr = model.thresholds
         p_any, p_sev = out["motion"], out["severe"]

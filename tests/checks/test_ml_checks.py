@@ -35,8 +35,8 @@ class StubModel:
         return postprocess(self.task, logits, None)
 
 
-def _series(modality: str, body: str | None = None, desc: str | None = None, shape=(16, 16, 16)) -> Series:
-    vol = Volume(np.random.default_rng(0).normal(100, 10, shape).astype(np.float32), (10.0, 25.0, 25.0),
+def _series(modality: str, body: str | None = None, desc: str | None = None, shape=(16, 48, 48)) -> Series:
+    vol = Volume(np.random.default_rng(0).normal(100, 10, shape).astype(np.float32), (6.0, 6.0, 6.0),
                  modality=modality)
     s = Series(input="x", series_uid="1.2", modality=modality, volume=vol, source="nifti")
     if body:
