@@ -48,6 +48,39 @@ def manifest_sha256(path: str | Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def portable_path(path: str | Path, base: str | Path | None = None) -> str:
+    """``path`` as recorded in model metadata and reports: relative to ``base`` (default: the working
+    directory) when inside it, else only its last two parts (a manifest's folder and name).
+
+    An absolute path names a folder of the machine that trained the model and means nothing elsewhere; a
+    manifest is identified on any machine by the SHA-256 recorded next to it (the case paths inside a
+    manifest are relative to the manifest's folder already).
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    root = Path(base) if base is not None else Path.cwd()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return Path(*p.parts[-2:]).as_posix() if len(p.parts) > 2 else p.name
+
+
+def portable_command(command: str, base: str | Path | None = None) -> str:
+    """A recorded command line with every absolute path argument (``/x`` or ``--opt=/x``) made portable."""
+    import shlex
+
+    def one(tok: str) -> str:
+        key, eq, val = tok.partition("=") if tok.startswith("-") else ("", "", tok)
+        return f"{key}{eq}{portable_path(val, base)}" if val.startswith("/") else tok
+
+    try:
+        toks = shlex.split(command)
+    except ValueError:  # unbalanced quotes: leave it, it was never run from a shell
+        return command
+    return " ".join(shlex.quote(one(t)) for t in toks)
+
+
 def encode_row(task: str, row: dict[str, str]) -> np.ndarray:
     """Training/evaluation target for one manifest row, as a float vector.
 
@@ -173,7 +206,7 @@ def evaluate_model(model: Any, manifest: str | Path, split: str = "test", batch_
     logits = np.concatenate([model.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     targets = np.stack([encode_row(model.task, r) for r in rows])
     out = task_metrics(model.task, targets, model.postprocess(logits), model.thresholds)
-    out["manifest"] = str(manifest)
+    out["manifest"] = portable_path(manifest)
     out["manifest_sha256"] = manifest_sha256(manifest)
     out["split"] = split
     return out

@@ -78,9 +78,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task not in TASK_OUTPUTS:
             raise ScanQCError(ErrorCode.USAGE, f"unknown task {self.task!r}; choose from {sorted(TASK_OUTPUTS)}")
-        base = DEFAULT_SPECS[self.task].to_dict()
+        # Derived keys of the defaults would contradict a changed field (background_channel -> in_channels).
+        base = {k: v for k, v in DEFAULT_SPECS[self.task].to_dict().items() if k not in PreprocessSpec.DERIVED_KEYS}
         base.update(self.preprocessing or {})
-        self.preprocessing = PreprocessSpec.from_dict(base).to_dict()
+        try:
+            self.preprocessing = PreprocessSpec.from_dict(base).to_dict()
+        except ScanQCError as exc:  # in a training config these are the user's settings, not a model's
+            raise ScanQCError(ErrorCode.USAGE, f"training config {exc.message}") from None
         self.channels = tuple(int(c) for c in self.channels)
         self.strides = tuple(int(s) for s in self.strides)
         for name in ("zoom_range", "inplane_scale"):

@@ -507,6 +507,9 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
             "epochs_run": len(history), "history": history, "calibration": cal, "thresholds": thr,
             "validation_metrics": val_metrics,
             "manifest": [str(m.resolve()) for m in _manifests(manifest)], "manifest_sha256": manifests_hash(manifest),
+            # per manifest, and the folder paths are relative to (exported metadata records no absolute path)
+            "manifests": [{"path": str(m.resolve()), "sha256": manifest_sha256(m)} for m in _manifests(manifest)],
+            "cwd": os.getcwd(),
             "n_train": len(train_rows), "n_val": len(val_rows),
             "val_case_ids": [r.get("case_id", "") for r in val_rows],
             "command": command or " ".join(shlex.quote(a) for a in sys.argv),

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from scanqc.models.registry import ModelRegistry
 from scanqc.training.config import TrainConfig, load_config
-from scanqc.training.export import PARITY_TOL, export_run
+from scanqc.training.export import PARITY_TOL, export_run, validate_metadata
 from scanqc.training.train import train
+
+from scanqc.errors import ErrorCode, ScanQCError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tinydata import TINY_CONFIG
@@ -65,6 +67,14 @@ def test_export_metadata_parity_and_props(exported):
         assert not list(d.glob("*.data")) and meta["onnx"]["bytes"] < 2_000_000
         props = {p.key: p.value for p in onnx.load(str(d / "model.onnx")).metadata_props}
         assert json.loads(props["thresholds"]) == meta["thresholds"] and props["task"] == task
+        validate_metadata(meta)  # MONAI bundle schema; channel_def names every input channel
+        # Provenance that means something elsewhere: no absolute path, each manifest with its content hash.
+        text = json.dumps(meta) + "".join(props.values())
+        assert str(exported.parent) not in text and '"/' not in text, "absolute path in exported metadata"
+        (rec,) = meta["training"]["manifests"]
+        assert rec["path"].endswith("manifest.csv") and not rec["path"].startswith("/")
+        assert rec["sha256"] == meta["training"]["manifest_sha256"] and len(rec["sha256"]) == 64
+        assert not meta["metrics"]["test"]["manifest"].startswith("/")
 
 
 def test_onnx_matches_torch_on_real_inputs(exported, tiny_manifests):
@@ -150,6 +160,17 @@ def test_config_file_overrides(tmp_path):
     with pytest.raises(Exception, match="unknown"):
         p.write_text("epoch: 2\n")
         load_config("coverage", p)
+
+
+def test_preprocessing_typo_in_a_training_config_is_a_usage_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("preprocessing:\n  backgroud_channel: false\n")
+    with pytest.raises(ScanQCError) as e:
+        load_config("motion", p)
+    assert e.value.code == ErrorCode.USAGE and "did you mean 'background_channel'" in e.value.message
+    p.write_text("preprocessing:\n  background_channel: false\n")  # the intended setting takes effect
+    spec = load_config("motion", p).spec
+    assert not spec.background_channel and spec.in_channels == 1
 
 
 def test_baseline_fits_and_reports_same_metrics(tiny_manifests, tmp_path):
