@@ -41,6 +41,66 @@ def read_manifest(path: str | Path, task: str | None = None, split: str | None =
     return out
 
 
+def _case_problem(task: str, row: dict[str, str]) -> str | None:
+    """Why one manifest case cannot be used (cheap: one DICOM header or sidecar), or None."""
+    import json
+
+    import pydicom
+
+    from scanqc.io.sources import is_nifti_name
+
+    p = Path(row["path"])
+    if not p.exists():
+        return f"{p}: no such file or folder"
+    try:
+        encode_row(task, row)
+    except ScanQCError as exc:
+        return exc.message
+    stated = (row.get("modality") or "").upper()
+    found = ""
+    if p.is_file() and is_nifti_name(p.name):
+        side = Path(str(p)[:-7] if p.name.endswith(".nii.gz") else str(p)[:-4]).with_suffix(".json")
+        try:
+            found = str(json.loads(side.read_text()).get("Modality") or "").upper() if side.is_file() else ""
+        except (OSError, ValueError, AttributeError):
+            found = ""
+    elif p.is_file() and p.suffix.lower() == ".zip":
+        return None  # read when loading; not unpacked twice
+    else:
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        if not files:
+            return f"{p}: folder holds no files"
+        if any(is_nifti_name(f.name) or f.suffix.lower() == ".zip" for f in files[:50]):
+            return None
+        for f in files[:5]:  # the first readable header decides; a series has one modality
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality"], force=True)
+                found = str(ds.get("Modality", "") or "").upper()
+            except Exception:
+                continue
+            if found:
+                break
+        if not found:
+            return f"{p}: no DICOM header with a Modality in its first {min(len(files), 5)} file(s)"
+    if found and stated and found != stated:
+        return f"{p}: reads as {found} (DICOM Modality), the manifest says {stated}"
+    return None
+
+
+def check_cases(rows: list[dict[str, str]], task: str, max_listed: int = 10) -> None:
+    """Every case exists, has a valid label and reads as its stated modality, or one coded error (USAGE;
+    NOT_FOUND when only paths are missing) listing the bad cases. Run before training so a typo costs
+    seconds, not the minutes of caching that used to end in a traceback."""
+    bad = [(r.get("case_id", ""), why) for r in rows if (why := _case_problem(task, r))]
+    if not bad:
+        return
+    code = ErrorCode.NOT_FOUND if all("no such file or folder" in w for _, w in bad) else ErrorCode.USAGE
+    listed = "; ".join(f"case {cid!r}: {why}" for cid, why in bad[:max_listed])
+    more = f"; and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
+    raise ScanQCError(code, f"{len(bad)} of {len(rows)} {task} case(s) cannot be used (fix the manifest): "
+                            f"{listed}{more}")
+
+
 def manifest_sha256(path: str | Path) -> str:
     p = Path(path)
     if p.is_dir():
