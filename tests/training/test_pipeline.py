@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,8 @@ def test_run_folder_has_history_and_calibration(exported):
         assert summary["seed"] == 0 and len(summary["manifest_sha256"]) == 64
         assert summary["history"][0]["epoch"] == 1 and "val_loss" in summary["history"][0]
         assert summary["thresholds"] and summary["calibration"]["fitted_on"] == "validation"
+        # the reported figure is not measured with thresholds fitted on the same cases (issue 20 item 3)
+        assert summary["validation_metrics"]["estimate"].startswith("2-fold cross-fit")
 
 
 def test_export_metadata_parity_and_props(exported):
@@ -118,15 +121,32 @@ def test_promote_refuses_worse_and_forces(exported, tiny_manifests, tmp_path):
     runner = CliRunner()
     try:
         os.environ.update(env)
-        res = runner.invoke(app, ["models", "promote", "motion", "0.1.0", "--manifest", str(tiny_manifests["motion"]),
-                                  "--split", "all"])
-        assert res.exit_code == 1 and "refused" in res.output  # identical weights: not better
-        res = runner.invoke(app, ["models", "promote", "motion", "0.1.0", "--force"])
+        # A candidate that ranks every case backwards (Platt slope negated) is worse beyond noise: refused.
+        bad = user / "motion" / "0.3.0"
+        shutil.copytree(exported / "motion" / "0.1.0", bad)
+        meta["version"] = "0.3.0"
+        meta["calibration"]["any"] = {"a": -abs(meta["calibration"]["any"]["a"]) - 1.0, "b": 0.0}
+        (bad / "metadata.json").write_text(json.dumps(meta))
+        regmod.reset_default_registry()
+        promote = ["models", "promote", "motion", "--manifest", str(tiny_manifests["motion"]), "--split", "all"]
+        res = runner.invoke(app, [*promote[:3], "0.3.0", *promote[3:]])
+        assert res.exit_code == 1 and "refused" in res.output and "worse beyond noise" in res.output, res.output
+        # Identical weights: a tie is within noise, so it goes in without --force (it used to be refused).
+        res = runner.invoke(app, [*promote[:3], "0.1.0", *promote[3:]])
         assert res.exit_code == 0, res.output
-        assert json.loads((user / "motion" / "promoted.json").read_text())["version"] == "0.1.0"
+        out = json.loads(res.stdout[res.stdout.index("{"):])
+        assert out["reason"].startswith("no worse within noise: auc_any difference +0.0000, 95 % CI [+0.0000, +0.0000]")
+        rec = json.loads((user / "motion" / "promoted.json").read_text())
+        assert rec["version"] == "0.1.0" and not rec["forced"] and rec["comparison"]["difference"]["n"] == 24
+        res = runner.invoke(app, ["models", "promote", "motion", "0.3.0", "--force"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((user / "motion" / "promoted.json").read_text())["version"] == "0.3.0"
         res = runner.invoke(app, ["models", "list", "--json"])
         rows = json.loads(res.output)
-        assert any(r["version"] == "0.1.0" and r["promoted"] for r in rows)
+        assert any(r["version"] == "0.3.0" and r["promoted"] for r in rows)
+        mine = next(r for r in rows if r["version"] == "0.1.0")
+        assert mine["figures"]["validation"].endswith("cross-fit: thresholds fitted on the other half")
+        assert mine["figures"]["test"].startswith("your test set (synthetic)")
     finally:
         os.environ.pop("SCANQC_MODELS_DIR", None)
         regmod.reset_default_registry()
@@ -150,6 +170,27 @@ def test_check_runs_models_without_torch(exported, tiny_manifests, tmp_path):
     cov = verdict["checks"]["coverage"]
     assert cov["status"] in ("pass", "warn", "fail") and cov["model_version"] == "0.1.0"
     assert "missing" in cov and verdict["checks"]["contrast_phase"]["status"] == "skipped"
+
+
+def test_check_models_flag_and_versions_in_the_table(exported, tiny_manifests, tmp_path):
+    from typer.testing import CliRunner
+
+    from scanqc.cli import app
+
+    user = tmp_path / "models"
+    shutil.copytree(exported, user)
+    (user / "coverage" / "promoted.json").write_text(json.dumps({"version": "0.1.0"}))
+    case = next((tiny_manifests["coverage"].parent / "cases").glob("coverage_superior_*.nii.gz"))
+    args = ["check", "--modality", "MR", "--models", str(user), str(case)]
+    res = CliRunner().invoke(app, ["check", "--json", *args[1:]])
+    verdict = json.loads(res.stdout.splitlines()[0])
+    assert verdict["checks"]["coverage"]["model_version"] == "0.1.0"  # from --models, not the bundled 1.x
+    assert verdict["checks"]["motion"]["model_version"] != "0.1.0"  # no promoted.json there: bundled one
+    res = CliRunner(env={"COLUMNS": "160"}).invoke(app, args)
+    line = next(ln for ln in res.output.splitlines() if ln.strip("│ ").startswith("coverage"))
+    assert "0.1.0" in line, res.output
+    res = CliRunner().invoke(app, ["check", "--models", str(tmp_path / "nowhere"), str(case)])
+    assert res.exit_code == 2 and "USAGE: --models" in res.output and "no such folder" in " ".join(res.output.split())
 
 
 def test_config_file_overrides(tmp_path):
