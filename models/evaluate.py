@@ -334,10 +334,10 @@ def promotion_decision(diff: dict[str, Any], margin: float = 0.0) -> tuple[bool,
         return False, f"{key} undefined on these cases; cannot compare"
     span = f"{key} difference {d:+.4f}, 95 % CI [{lo:+.4f}, {hi:+.4f}] over {diff['n']} paired cases"
     if hi < -margin:
-        return False, f"worse beyond noise: {span}, all below {-margin:+.4g}"
+        return False, f"worse beyond noise: {span}, all below {0.0 - margin:+.4g}"
     if lo > 0:
         return True, f"better beyond noise: {span}"
-    return True, f"no worse within noise: {span} (refused only when the whole interval is below {-margin:+.4g})"
+    return True, f"no worse within noise: {span} (refused only when the whole interval is below {0.0 - margin:+.4g})"
 
 
 def is_better(candidate: dict[str, Any], current: dict[str, Any], task: str, margin: float = 0.0) -> bool:

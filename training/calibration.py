@@ -68,6 +68,11 @@ def choose_threshold(p: np.ndarray, y: np.ndarray, specificity: float) -> float:
 CROSS_FIT = "2-fold cross-fit: calibration and thresholds fitted on one half of validation, measured on the other"
 
 
+#: Metrics that depend on the fitted thresholds (the others depend on the scores' order or argmax only).
+THRESHOLD_METRICS = {"motion": ("specificity_at_warn", "sensitivity_at_warn"), "contrast_phase": (),
+                     "coverage": ("accuracy", "accuracy_full_vs_cut")}
+
+
 def _folds(task: str, t: np.ndarray, k: int = 2, seed: int = 0) -> np.ndarray:
     """Fold index per case, stratified by the task's label (class, or coverage end pattern)."""
     key = t[:, 0].astype(int) if task != "coverage" else (t[:, 0] > 0.5).astype(int) * 2 + (t[:, 1] > 0.5)
@@ -112,14 +117,26 @@ def calibrate(task: str, logits: np.ndarray, targets: np.ndarray, fail_specifici
     t = np.asarray(targets)
     cal, thr, in_sample = _fit(task, logits, t, fail_specificity, warn_specificity)
     fold = _folds(task, t)
-    parts = []
+    parts, oof = [], [None] * len(t)
     for k in (0, 1):
         fit, test = fold != k, fold == k
         if not fit.any() or not test.any():
             continue
         c, h, _ = _fit(task, logits[fit], t[fit], fail_specificity, warn_specificity)
-        parts.append(task_metrics(task, t[test], postprocess(task, logits[test], c), h))
-    metrics = _combine(parts) if len(parts) == 2 else dict(in_sample)
+        outs = postprocess(task, logits[test], c)
+        for i, o in zip(np.flatnonzero(test), outs, strict=True):
+            oof[i] = o
+        parts.append(task_metrics(task, t[test], outs, h))
+    if len(parts) == 2:
+        # Ranking and argmax figures from the pooled out-of-fold outputs (every pair of cases counts, as in
+        # cross-validated predictions); figures at a threshold from each half at its own thresholds, combined.
+        metrics = task_metrics(task, t, oof, thr)
+        combined = _combine(parts)
+        for key in THRESHOLD_METRICS[task]:
+            if key in combined:
+                metrics[key] = combined[key]
+    else:
+        metrics = dict(in_sample)
     metrics["estimate"] = CROSS_FIT if len(parts) == 2 else "in-sample (too few validation cases to cross-fit)"
     primary = in_sample.get("primary")
     metrics["in_sample_" + str(primary)] = in_sample.get(primary)  # the optimistic figure, for comparison

@@ -197,7 +197,8 @@ def split_rows(rows: list[dict[str, str]], cfg: TrainConfig) -> tuple[list[dict]
     return train, val
 
 
-def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) -> tuple[Any, Any]:
+def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict],
+              progress: bool = True) -> tuple[Any, Any]:
     from monai.data import CacheDataset
     from monai.transforms import Compose, MapTransform, RandFlipd, RandomizableTransform, RandScaleIntensityd, RandZoomd
 
@@ -346,8 +347,8 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             aug.append(RandInPlaneAffined(cfg.yaw_degrees, cfg.inplane_scale, prob=0.7,
                                           n_fixed=1 if spec.pad_slices else 0))
     train_ds = CacheDataset(train_rows, Compose([*first, *aug, plain]), num_workers=cfg.workers,
-                            progress=True, copy_cache=False)
-    val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=True,
+                            progress=progress, copy_cache=False)
+    val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=progress,
                           copy_cache=False)
     return train_ds, val_ds
 
@@ -502,7 +503,7 @@ def _train(cfg: TrainConfig, manifest: Any, out: Path, command: str | None, prog
     use_cuda = device.type == "cuda"
     t0 = time.perf_counter()
     try:
-        train_ds, val_ds = _datasets(cfg, train_rows, val_rows)
+        train_ds, val_ds = _datasets(cfg, train_rows, val_rows, progress and rank == 0)
     except RuntimeError as exc:
         inner = _unwrap_transform_error(exc)
         if inner is None:
