@@ -70,7 +70,9 @@ def preview(
 def sample(
     kind: Annotated[str, typer.Argument(help="brain_mr | abdomen_ct")],
     out: Annotated[Path, typer.Option(help="folder for the DICOM series")],
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="abdomen_ct: anatomy, habitus and noise; brain_mr: 0 = the MNI152 "
+                                           "template, any other seed deforms it (a different head) and "
+                                           "changes the noise")] = 0,
 ) -> None:
     """Write a realistic sample DICOM series."""
     from scanqc.datasets.samples import write_sample

@@ -7,8 +7,8 @@ vein, psoas and paraspinal muscles, vertebral column (cortex, cancellous bone, c
 elements, discs) and bowel loops with gas. Anatomy, organ sizes and positions, body habitus,
 noise and slice thickness are randomised; the volume is built in mm, so spacing is free.
 
-HU values per structure per phase (:data:`HU_TABLE`) are common textbook ranges, collected in
-/work/shared/README.md, from:
+HU values per structure per phase (:data:`HU_TABLE`) are common textbook ranges, tabulated with their
+sources in docs/hu-reference.md, from:
 
 - Bae KT. Intravenous contrast medium administration and scan timing at CT: considerations and
   approaches. Radiology 2010;256(1):32-61 (aortic and hepatic enhancement curves by phase).
@@ -53,7 +53,7 @@ KIDNEY_CODES = (LABELS["kidney_cortex"], LABELS["kidney_medulla"], LABELS["colle
 
 # HU (low, high) per structure and phase: non_contrast, late arterial (~35 s), portal venous
 # (~70 s), delayed (3-5 min). Sources in the module docstring; the rows for aorta .. collecting
-# system are the table in /work/shared/README.md. Delayed collecting system: excretion has started
+# system are the table in docs/hu-reference.md. Delayed collecting system: excretion has started
 # in the 3-5 min delayed scans this phantom represents (excretory phase proper is 5-10 min).
 HU_TABLE: dict[str, dict[str, tuple[float, float]]] = {
     "aorta": {"non_contrast": (35, 50), "arterial": (250, 400), "portal_venous": (150, 200), "delayed": (90, 130)},
@@ -112,7 +112,7 @@ def phase_hu(rng: np.random.Generator, phase: str, enhancement: str = "optimal",
       in the late arterial phase: ``w`` in [0.1, 0.33] of the way from arterial).
 
     The ranges are chosen so that a portal-venous liver stays below 100 HU and an arterial aorta
-    below 250 HU, the thresholds in /work/shared/README.md.
+    below 250 HU, the thresholds in docs/hu-reference.md.
     """
     _check_choice("phase", phase, PHASES)
     _check_choice("enhancement", enhancement, ENHANCEMENTS)

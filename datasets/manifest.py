@@ -23,6 +23,9 @@ TASK_LABELS: dict[str, tuple[str, ...]] = {
     "contrast_phase": ("non_contrast", "arterial", "portal_venous", "delayed"),
     "coverage": ("full", "superior", "inferior"),
 }
+#: Labels a manifest may carry beyond the ones the generators draw: a real scan cut at both ends
+#: (``missing`` = ``superior;inferior``; the coverage confusion matrix's "both" row).
+EXTRA_LABELS: dict[str, tuple[str, ...]] = {"coverage": ("both",)}
 MODALITIES = ("CT", "MR")
 BODY_REGIONS = ("brain", "abdomen")
 SPLITS = ("train", "val", "test")
@@ -65,8 +68,8 @@ class ManifestRow:
             raise bad("modality", self.modality, MODALITIES)
         if self.task not in TASK_LABELS:
             raise bad("task", self.task, TASK_LABELS)
-        if self.label not in TASK_LABELS[self.task]:
-            raise bad("label", self.label, TASK_LABELS[self.task])
+        if self.label not in TASK_LABELS[self.task] + EXTRA_LABELS.get(self.task, ()):
+            raise bad("label", self.label, TASK_LABELS[self.task] + EXTRA_LABELS.get(self.task, ()))
         if self.severity is not None and not (math.isfinite(self.severity) and 0 <= self.severity <= 1):
             raise bad("severity", self.severity, "a number in [0, 1] or empty")
         if self.phase and self.phase not in TASK_LABELS["contrast_phase"]:
@@ -77,8 +80,8 @@ class ManifestRow:
             if end not in ENDS:
                 raise bad("missing", ";".join(self.missing or []), "ends from 'superior;inferior' or empty")
         if self.task == "coverage":
-            expect = [] if self.label == "full" else [self.label]
-            if sorted(self.missing or []) != expect:
+            expect = [] if self.label == "full" else list(ENDS) if self.label == "both" else [self.label]
+            if sorted(self.missing or [], key=ENDS.index) != expect:
                 want = ";".join(expect) or "empty"
                 raise bad("missing", ";".join(self.missing or []), f"{want} for label {self.label!r}")
         if self.task == "contrast_phase" and self.phase and self.phase != self.label:
@@ -177,4 +180,4 @@ def read_manifest(path: Path | str) -> list[ManifestRow]:
     return rows
 
 
-__all__ = ["COLUMNS", "TASK_LABELS", "ManifestRow", "read_manifest", "write_manifest"]
+__all__ = ["COLUMNS", "EXTRA_LABELS", "TASK_LABELS", "ManifestRow", "read_manifest", "write_manifest"]

@@ -60,12 +60,23 @@ def abdomen_ct_sample(seed: int = 0, phase: str = "portal_venous", enhancement: 
 
 
 def brain_mr_sample(seed: int = 0, noise: float = 0.015, matrix: int = 256, **_: Any):
-    """The brain sample as ``(Volume, header)``: MNI152 1 mm, Rician noise, 256 x 256 in-plane."""
+    """The brain sample as ``(Volume, header)``: MNI152 1 mm, Rician noise, 256 x 256 in-plane.
+
+    ``seed`` 0 is the template itself (plus noise); any other seed also varies the anatomy with the
+    training generator's deformation (rotation up to 8 degrees, scale 0.95-1.05, elastic up to 2.5 mm;
+    ``scanqc.datasets.deform``), so different seeds give different heads, not only different noise.
+    """
     from scanqc.datasets.base import mni_t1
+    from scanqc.datasets.deform import apply_deformation, random_deformation
     from scanqc.datasets.geometry import crop_pad
     from scanqc.datasets.noise import apply_rician_noise
 
     vol = mni_t1(1.0)
+    deformation = None
+    if seed:
+        d = random_deformation(np.random.default_rng([seed, 1]), (0.0, 8.0), (0.95, 1.05), False, (0.0, 2.5))
+        vol = vol.with_array(apply_deformation(vol.array, d, vol.spacing).astype(np.float32))
+        deformation = d.to_dict()
     pad_b = [0] + [(matrix - n) // 2 for n in vol.shape[1:]]
     pad_a = [0] + [matrix - n - (matrix - n) // 2 for n in vol.shape[1:]]
     vol = crop_pad(vol, pad_b, pad_a, 0.0)
@@ -77,7 +88,7 @@ def brain_mr_sample(seed: int = 0, noise: float = 0.015, matrix: int = 256, **_:
               "EchoTime": 2.98, "InversionTime": 900, "MagneticFieldStrength": 3.0, "FlipAngle": 9,
               "ScanningSequence": ["GR", "IR"], "InPlanePhaseEncodingDirection": "COL", "ProtocolName": "BRAIN T1",
               "PatientID": "SUBJ-0001", "PatientName": "SUBJ-0001"}
-    return vol, header, {"base": "MNI152_2009a_1mm", "noise": noise}
+    return vol, header, {"base": "MNI152_2009a_1mm", "noise": noise, "deformation": deformation}
 
 
 def write_sample(kind: str, folder: Path | str, seed: int = 0, **variation: Any) -> Path:

@@ -33,7 +33,8 @@ def evaluate(
         help="`scanqc baseline --out` results: <task>/baseline.pkl or <task>-baseline/baseline.pkl")] = None,
     baseline_train: Annotated[list[Path] | None, typer.Option(
         help="training manifest(s) to fit the baseline on (train+val rows) when --baselines has none")] = None,
-    split: Annotated[str, typer.Option(help="manifest split ('all' = every row)")] = "all",
+    split: Annotated[str, typer.Option(help="manifest split ('all' = every row); 'test' as in `scanqc models "
+                                            "evaluate` and `promote`")] = "test",
     task: Annotated[list[str] | None, typer.Option(help="only these tasks")] = None,
     limit: Annotated[int | None, typer.Option(help="first N cases per task (smoke runs)")] = None,
 ) -> None:

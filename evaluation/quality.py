@@ -59,7 +59,7 @@ def resolve_model(task: str, models_dir: Path | None) -> Any:
 
     if models_dir is None:
         return default_registry().get(task)
-    reg = ModelRegistry(bundled_dir=models_dir, user_dir=models_dir)
+    reg = ModelRegistry.for_folder(models_dir)  # "bundled" only for the bundled folder itself
     rec = reg.promoted_record(task)
     if rec is not None:
         return reg.find(task, rec["version"])
@@ -80,15 +80,29 @@ def load_baseline(task: str, baselines: Path | None, train_manifests: list[Path]
                     return obj["models"], str(cand)
     from scanqc.training import baseline as B
 
-    for m in train_manifests:
-        rows = [r for r in read_manifest(m, task, "all") if r.get("split") in ("train", "val")]
-        if not rows:
-            continue
-        _log(f"[{task}] fitting the baseline on {len(rows)} cases of {m}")
-        x = np.stack([B.features(task, r) for r in (progress(rows) if progress else rows)])
-        t = np.stack([encode_row(task, r) for r in rows])
-        return B.fit(task, x, t, seed), f"fitted on {m} (train+val, {len(rows)} cases, seed {seed})"
-    return None, "no baseline given (--baselines DIR or --baseline-train MANIFEST)"
+    rows, used = [], []
+    for m in train_manifests:  # every manifest given (it used to stop at the first with rows)
+        got = [r for r in read_manifest(m, task, "all") if r.get("split") in ("train", "val")]
+        if got:
+            rows += got
+            used.append(f"{m} ({len(got)})")
+    if not rows:
+        return None, "no baseline given (--baselines DIR or --baseline-train MANIFEST)"
+    _log(f"[{task}] fitting the baseline on {len(rows)} cases of {', '.join(used)}")
+    x = np.stack([B.features(task, r) for r in (progress(rows) if progress else rows)])
+    t = np.stack([encode_row(task, r) for r in rows])
+    return B.fit(task, x, t, seed), f"fitted on {', '.join(used)} (train+val, {len(rows)} cases, seed {seed})"
+
+
+def constant_output_warning(who: str, outputs: list[dict[str, Any]]) -> str | None:
+    """A warning when every case got the same output (e.g. a baseline fitted on too few cases to split)."""
+    if len(outputs) < 2:
+        return None
+    first = json.dumps(outputs[0], sort_keys=True)
+    if all(json.dumps(o, sort_keys=True) == first for o in outputs[1:]):
+        return (f"{who} gives the same output for all {len(outputs)} cases (a constant prediction): its figures "
+                "say nothing about the cases; fit it on more cases (the baseline's trees need >= 20 per leaf)")
+    return None
 
 
 # -- breakdowns ------------------------------------------------------------------------------------
@@ -200,7 +214,8 @@ def evaluate_task(task: str, manifests: list[Path], split: str, model: Any, base
     if limit:
         rows = rows[:limit]
     if not rows:
-        raise ScanQCError(ErrorCode.USAGE, f"no {task} rows in split {split!r} of {[str(m) for m in manifests]}")
+        raise ScanQCError(ErrorCode.USAGE, f"no {task} rows in split {split!r} of "
+                                           f"{', '.join(str(m) for m in manifests)} (--split all uses every row)")
     targets = np.stack([encode_row(task, r) for r in rows])
     res: dict[str, Any] = {"task": task, "n": len(rows), "manifests": used, "split": split,
                            "primary_metric": PRIMARY_METRIC[task]}
@@ -225,6 +240,9 @@ def evaluate_task(task: str, manifests: list[Path], split: str, model: Any, base
         thresholds["baseline"] = dict(B.BASELINE_THRESHOLDS)
         timing["baseline_s"] = time.perf_counter() - t0
     res["seconds"] = {k: round(v, 1) for k, v in timing.items()}
+    res["warnings"] = [w for who, outs in outputs.items() if (w := constant_output_warning(who, outs))]
+    for w in res["warnings"]:
+        _log(f"[{task}] warning: {w}")
     curves: dict[str, list[M.Quantity]] = {}
     matrices: dict[str, np.ndarray] = {}
     outcomes: dict[str, dict[str, np.ndarray]] = {}
@@ -330,7 +348,8 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, extra: 
                + ", ".join(f"`{m['path']}` ({m['rows']} rows, sha256 {m['sha256'][:12]}…)" for m in r["manifests"]),
                f"- CNN: {task} {(r.get('model') or {}).get('version', 'none installed')} "
                f"({(r.get('model') or {}).get('source', '')}); baseline: {r.get('baseline_source', '–')}",
-               f"- seconds (read + preprocess + run): {r.get('seconds')}", ""]
+               f"- seconds (read + preprocess + run): {r.get('seconds')}",
+               *(f"- **warning**: {w}" for w in r.get("warnings", [])), ""]
         who = [w for w in ("CNN", "baseline") if w in r]
         if not who:
             continue
@@ -423,7 +442,7 @@ def _write_html(md_text: str, path: Path) -> None:
     path.write_text("\n".join(out) + "\n")
 
 
-def run_evaluation(manifests: list[Path], out: Path, models_dir: Path | None = None, split: str = "all",
+def run_evaluation(manifests: list[Path], out: Path, models_dir: Path | None = None, split: str = "test",
                    baselines: Path | None = None, baseline_train: list[Path] | None = None,
                    tasks: list[str] | None = None, limit: int | None = None, command: str = "",
                    progress: Callable | None = None) -> dict[str, Any]:
@@ -435,8 +454,8 @@ def run_evaluation(manifests: list[Path], out: Path, models_dir: Path | None = N
                 present.append(r["task"])
     wanted = [t for t in TASKS if t in present and (not tasks or t in tasks)]
     if not wanted:
-        raise ScanQCError(ErrorCode.USAGE, f"no rows of tasks {tasks or list(TASKS)} in split {split!r} of "
-                                           f"{[str(m) for m in manifests]}")
+        raise ScanQCError(ErrorCode.USAGE, f"no rows of tasks {', '.join(tasks or TASKS)} in split {split!r} of "
+                                           f"{', '.join(str(m) for m in manifests)} (--split all uses every row)")
     results = []
     for task in wanted:
         model = resolve_model(task, models_dir)

@@ -20,6 +20,19 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _check_task(task: str) -> None:
+    """An unknown task is a usage error (it used to surface as BAD_MODEL from the registry)."""
+    from scanqc.errors import ErrorCode, ScanQCError
+    from scanqc.inference import TASKS
+
+    if task not in TASKS:
+        import difflib
+
+        near = difflib.get_close_matches(task, list(TASKS), n=1)
+        raise ScanQCError(ErrorCode.USAGE, f"unknown task {task!r}; choose from {', '.join(TASKS)}"
+                                           + (f" (did you mean {near[0]!r}?)" if near else ""))
+
+
 def _fmt(m: dict, key: str) -> str:
     v = m.get(key)
     return "" if v is None else f"{v:.3f}"
@@ -49,13 +62,18 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    t = Table(title=f"scanqc models (user dir: {reg.user_dir})")
-    for col in ("task", "version", "source", "promoted", "metric", "validation", "test", "trained"):
-        t.add_column(col)
+    t = Table(title=f"scanqc models (user dir: {reg.user_dir})", caption="* promoted")
+    # Narrow columns that never truncate (80-column terminals); where figures come from is listed below.
+    for col in ("task", "version", "source", "metric", "validation", "test"):
+        t.add_column(col, no_wrap=True)
     for r in rows:
-        t.add_row(r["task"], r["version"], r["source"], "*" if r["promoted"] else "", r["primary"],
-                  _fmt(r["validation"], r["primary"]), _fmt(r["test"], r["primary"]), str(r["trained"] or ""))
+        t.add_row(r["task"], r["version"] + (" *" if r["promoted"] else ""), r["source"], r["primary"],
+                  _fmt(r["validation"], r["primary"]), _fmt(r["test"], r["primary"]))
     console.print(t)
+    console.print("figures from:")
+    for r in rows:
+        for k, v in (r["figures"] or {"-": "no metrics recorded"}).items():
+            console.print(f"  {r['task']} {r['version']} {k}: {v}", markup=False, highlight=False)
 
 
 @app.command("evaluate")
@@ -73,6 +91,7 @@ def evaluate_cmd(
 
     reg = default_registry()
     try:
+        _check_task(task)
         model = reg.find(task, version) if version else reg.get(task)
         if model is None:
             typer.echo(f"no {task} model installed", err=True)
@@ -88,49 +107,60 @@ def promote_cmd(
     task: Annotated[str, typer.Argument()],
     version: Annotated[str, typer.Argument()],
     manifest: Annotated[Path | None, typer.Option(help="held-out manifest both versions are evaluated on")] = None,
-    split: Annotated[str, typer.Option()] = "test",
-    margin: Annotated[float, typer.Option(help="required improvement of the primary metric")] = 0.0,
+    split: Annotated[str, typer.Option(help="manifest split ('all' for every row)")] = "test",
+    margin: Annotated[float, typer.Option(help="tolerated loss: refused only when the candidate's primary metric "
+                                               "is below the current one's by more than this, beyond noise")] = 0.0,
     force: Annotated[bool, typer.Option("--force", help="promote without (or despite) the comparison")] = False,
 ) -> None:
-    """Make VERSION the one `scanqc check` and the service use, if it beats the current one on MANIFEST."""
+    """Make VERSION the one `scanqc check` and the service use, unless it is worse than the current one on
+    MANIFEST beyond noise (95 % paired bootstrap interval of the difference on the same cases)."""
     from scanqc.models import default_registry
-    from scanqc.models.evaluate import PRIMARY_METRIC, evaluate_model, is_better
+    from scanqc.models.evaluate import (
+        model_outputs,
+        paired_difference,
+        portable_path,
+        promotion_decision,
+        task_metrics,
+    )
 
     from scanqc.errors import ErrorCode, ScanQCError
 
     reg = default_registry()
     try:
+        _check_task(task)
         cand = reg.find(task, version)
         current = reg.get(task)
         comparison: dict = {}
         if current is not None and current.version == cand.version and current.source == cand.source:
             typer.echo(f"{task} {version} is already promoted")
             return
+        ok, why = True, "first promoted version"
         if manifest is not None:
-            comparison["manifest"] = str(manifest)
-            comparison["candidate"] = evaluate_model(cand, manifest, split=split)
+            comparison["manifest"] = portable_path(manifest)
+            _rows, t, c_out = model_outputs(cand, manifest, split=split)
+            comparison["candidate"] = task_metrics(task, t, c_out, cand.thresholds)
             if current is not None:
-                comparison["current"] = evaluate_model(current, manifest, split=split)
+                _, _, o_out = model_outputs(current, manifest, split=split)
+                comparison["current"] = task_metrics(task, t, o_out, current.thresholds)
                 comparison["current_version"] = current.version
+                comparison["difference"] = paired_difference(task, t, c_out, cand.thresholds, o_out,
+                                                             current.thresholds)
+                ok, why = promotion_decision(comparison["difference"], margin)
         elif not force and current is not None:
             raise ScanQCError(ErrorCode.USAGE, "give --manifest (held-out set) to compare with the promoted "
                                                f"{task} {current.version}, or --force")
-        key = PRIMARY_METRIC[task]
-        better = current is None or ("current" in comparison and
-                                     is_better(comparison["candidate"], comparison["current"], task, margin))
-        if not better and not force:
-            c, o = comparison["candidate"].get(key), comparison["current"].get(key)
-            typer.echo(f"refused: {task} {version} {key}={c} is not better than {current.version} {key}={o} "
-                       f"(+{margin}) on {manifest}; use --force to override", err=True)
+        else:
+            why = "forced without a comparison" if current is not None else why
+        if not ok and not force:
+            typer.echo(f"refused: {task} {version} vs {current.version if current else '-'} on {manifest}: {why}; "
+                       "use --force to override", err=True)
             raise typer.Exit(1)
-        reason = ("forced" if force and not better else "first promoted version" if current is None
-                  else f"better {key} on held-out manifest")
-        path = reg.promote(task, version, reason=reason, comparison=comparison, forced=force and not better)
+        reason = f"forced ({why})" if force and not ok else why
+        path = reg.promote(task, version, reason=reason, comparison=comparison, forced=force and not ok)
     except ScanQCError as exc:
         _fail(exc)
     typer.echo(json.dumps({"promoted": f"{task} {version}", "record": str(path), "reason": reason,
-                           "comparison": {k: (v.get(key) if isinstance(v, dict) else v)
-                                          for k, v in comparison.items()}}, default=str))
+                           "difference": comparison.get("difference")}, default=str))
 
 
 @app.command("bench")

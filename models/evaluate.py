@@ -41,11 +41,104 @@ def read_manifest(path: str | Path, task: str | None = None, split: str | None =
     return out
 
 
+def _case_problem(task: str, row: dict[str, str]) -> str | None:
+    """Why one manifest case cannot be used (cheap: one DICOM header or sidecar), or None."""
+    import json
+
+    import pydicom
+
+    from scanqc.io.sources import is_nifti_name
+
+    p = Path(row["path"])
+    if not p.exists():
+        return f"{p}: no such file or folder"
+    try:
+        encode_row(task, row)
+    except ScanQCError as exc:
+        return exc.message
+    stated = (row.get("modality") or "").upper()
+    found = ""
+    if p.is_file() and is_nifti_name(p.name):
+        side = Path(str(p)[:-7] if p.name.endswith(".nii.gz") else str(p)[:-4]).with_suffix(".json")
+        try:
+            found = str(json.loads(side.read_text()).get("Modality") or "").upper() if side.is_file() else ""
+        except (OSError, ValueError, AttributeError):
+            found = ""
+    elif p.is_file() and p.suffix.lower() == ".zip":
+        return None  # read when loading; not unpacked twice
+    else:
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        if not files:
+            return f"{p}: folder holds no files"
+        if any(is_nifti_name(f.name) or f.suffix.lower() == ".zip" for f in files[:50]):
+            return None
+        for f in files[:5]:  # the first readable header decides; a series has one modality
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality"], force=True)
+                found = str(ds.get("Modality", "") or "").upper()
+            except Exception:
+                continue
+            if found:
+                break
+        if not found:
+            return f"{p}: no DICOM header with a Modality in its first {min(len(files), 5)} file(s)"
+    if found and stated and found != stated:
+        return f"{p}: reads as {found} (DICOM Modality), the manifest says {stated}"
+    return None
+
+
+def check_cases(rows: list[dict[str, str]], task: str, max_listed: int = 10) -> None:
+    """Every case exists, has a valid label and reads as its stated modality, or one coded error (USAGE;
+    NOT_FOUND when only paths are missing) listing the bad cases. Run before training so a typo costs
+    seconds, not the minutes of caching that used to end in a traceback."""
+    bad = [(r.get("case_id", ""), why) for r in rows if (why := _case_problem(task, r))]
+    if not bad:
+        return
+    code = ErrorCode.NOT_FOUND if all("no such file or folder" in w for _, w in bad) else ErrorCode.USAGE
+    listed = "; ".join(f"case {cid!r}: {why}" for cid, why in bad[:max_listed])
+    more = f"; and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
+    raise ScanQCError(code, f"{len(bad)} of {len(rows)} {task} case(s) cannot be used (fix the manifest): "
+                            f"{listed}{more}")
+
+
 def manifest_sha256(path: str | Path) -> str:
     p = Path(path)
     if p.is_dir():
         p = p / "manifest.csv"
     return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def portable_path(path: str | Path, base: str | Path | None = None) -> str:
+    """``path`` as recorded in model metadata and reports: relative to ``base`` (default: the working
+    directory) when inside it, else only its last two parts (a manifest's folder and name).
+
+    An absolute path names a folder of the machine that trained the model and means nothing elsewhere; a
+    manifest is identified on any machine by the SHA-256 recorded next to it (the case paths inside a
+    manifest are relative to the manifest's folder already).
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    root = Path(base) if base is not None else Path.cwd()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return Path(*p.parts[-2:]).as_posix() if len(p.parts) > 2 else p.name
+
+
+def portable_command(command: str, base: str | Path | None = None) -> str:
+    """A recorded command line with every absolute path argument (``/x`` or ``--opt=/x``) made portable."""
+    import shlex
+
+    def one(tok: str) -> str:
+        key, eq, val = tok.partition("=") if tok.startswith("-") else ("", "", tok)
+        return f"{key}{eq}{portable_path(val, base)}" if val.startswith("/") else tok
+
+    try:
+        toks = shlex.split(command)
+    except ValueError:  # unbalanced quotes: leave it, it was never run from a shell
+        return command
+    return " ".join(shlex.quote(one(t)) for t in toks)
 
 
 def encode_row(task: str, row: dict[str, str]) -> np.ndarray:
@@ -70,8 +163,10 @@ def encode_row(task: str, row: dict[str, str]) -> np.ndarray:
         miss = {m.strip() for m in (row.get("missing") or "").replace(",", ";").split(";") if m.strip()}
         if not miss and label in COVERAGE_ENDS:
             miss = {label}
-        if label not in ("full", *COVERAGE_ENDS, "") and not miss:
-            raise ScanQCError(ErrorCode.USAGE, f"coverage label {label!r} not one of full/superior/inferior")
+        if not miss and label == "both":
+            miss = set(COVERAGE_ENDS)
+        if label not in ("full", *COVERAGE_ENDS, "both", "") and not miss:
+            raise ScanQCError(ErrorCode.USAGE, f"coverage label {label!r} not one of full/superior/inferior/both")
         bad = miss - set(COVERAGE_ENDS)
         if bad:
             raise ScanQCError(ErrorCode.USAGE, f"coverage missing end(s) {sorted(bad)} not superior/inferior")
@@ -161,22 +256,88 @@ def load_inputs(rows: list[dict[str, str]], spec: Any,
     return np.stack(xs) if xs else np.zeros((0, spec.in_channels, *spec.shape), np.float32)
 
 
-def evaluate_model(model: Any, manifest: str | Path, split: str = "test", batch_size: int = 8,
-                   limit: int | None = None, progress: Callable | None = None) -> dict[str, Any]:
-    """Metrics of an installed model (:class:`scanqc.models.InstalledModel`) on a manifest split."""
+def model_outputs(model: Any, manifest: str | Path, split: str = "test", batch_size: int = 8,
+                  limit: int | None = None, progress: Callable | None = None
+                  ) -> tuple[list[dict[str, str]], np.ndarray, list[dict[str, Any]]]:
+    """(rows, targets, calibrated per-case outputs) of an installed model on a manifest split."""
     rows = read_manifest(manifest, model.task, split)
     if limit:
         rows = rows[:limit]
     if not rows:
-        raise ScanQCError(ErrorCode.USAGE, f"{manifest}: no {model.task} rows in split {split!r}")
+        present = sorted({r.get("split", "") for r in read_manifest(manifest, model.task, "all")})
+        hint = f" (splits present: {', '.join(present)}; --split all uses every row)" if present else ""
+        raise ScanQCError(ErrorCode.USAGE, f"{manifest}: no {model.task} rows in split {split!r}{hint}")
     x = load_inputs(rows, model.spec, progress)
     logits = np.concatenate([model.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     targets = np.stack([encode_row(model.task, r) for r in rows])
-    out = task_metrics(model.task, targets, model.postprocess(logits), model.thresholds)
-    out["manifest"] = str(manifest)
+    return rows, targets, model.postprocess(logits)
+
+
+def evaluate_model(model: Any, manifest: str | Path, split: str = "test", batch_size: int = 8,
+                   limit: int | None = None, progress: Callable | None = None) -> dict[str, Any]:
+    """Metrics of an installed model (:class:`scanqc.models.InstalledModel`) on a manifest split."""
+    rows, targets, outputs = model_outputs(model, manifest, split, batch_size, limit, progress)
+    out = task_metrics(model.task, targets, outputs, model.thresholds)
+    out["manifest"] = portable_path(manifest)
     out["manifest_sha256"] = manifest_sha256(manifest)
     out["split"] = split
+    out["data"] = data_kind(rows)
     return out
+
+
+def data_kind(rows: list[dict[str, str]]) -> str:
+    """``real``, ``synthetic`` or ``mixed (k real)``: the manifest rows' ``provenance``."""
+    real = sum((r.get("provenance") or "real").strip() == "real" for r in rows)
+    return "real" if real == len(rows) else "synthetic" if real == 0 else f"mixed ({real} of {len(rows)} real)"
+
+
+def _strata(task: str, targets: np.ndarray) -> np.ndarray:
+    t = np.asarray(targets)
+    return t[:, 0].astype(int) if task != "coverage" else (t[:, 0] > 0.5).astype(int) * 2 + (t[:, 1] > 0.5)
+
+
+def paired_difference(task: str, targets: np.ndarray, candidate: list[dict[str, Any]], cand_thr: dict[str, Any],
+                      current: list[dict[str, Any]], cur_thr: dict[str, Any], n_boot: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Primary-metric difference (candidate - current) on the same cases, with a paired bootstrap interval.
+
+    Both models' outputs are resampled together (the same cases in every replicate), stratified by label
+    so each replicate keeps the class mix (percentile bootstrap; Efron & Tibshirani 1993, ch. 13). Pairing
+    removes the case-to-case variation the two share, so the interval is much narrower than two separate
+    intervals would suggest.
+    """
+    key = PRIMARY_METRIC[task]
+    t = np.asarray(targets)
+
+    def diff(idx: np.ndarray) -> float | None:
+        a = task_metrics(task, t[idx], [candidate[i] for i in idx], cand_thr).get(key)
+        b = task_metrics(task, t[idx], [current[i] for i in idx], cur_thr).get(key)
+        return None if a is None or b is None else float(a) - float(b)
+
+    everything = np.arange(len(t))
+    d = diff(everything)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(_strata(task, t) == v) for v in np.unique(_strata(task, t))]
+    vals = [v for _ in range(n_boot)
+            if (v := diff(np.concatenate([rng.choice(g, len(g)) for g in groups]))) is not None]
+    lo, hi = (np.percentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100]) if vals else (np.nan, np.nan))
+    return {"metric": key, "difference": d, f"ci{round(level * 100)}": [float(lo), float(hi)], "n": len(t),
+            "n_boot": len(vals), "method": "paired percentile bootstrap over the same cases, stratified by label"}
+
+
+def promotion_decision(diff: dict[str, Any], margin: float = 0.0) -> tuple[bool, str]:
+    """(promote?, why) from :func:`paired_difference`: refused only when the candidate is worse beyond noise,
+    i.e. the whole interval of the difference lies below ``-margin``."""
+    lo, hi = next(v for k, v in diff.items() if k.startswith("ci"))
+    d, key = diff["difference"], diff["metric"]
+    if d is None or not np.isfinite(hi):
+        return False, f"{key} undefined on these cases; cannot compare"
+    span = f"{key} difference {d:+.4f}, 95 % CI [{lo:+.4f}, {hi:+.4f}] over {diff['n']} paired cases"
+    if hi < -margin:
+        return False, f"worse beyond noise: {span}, all below {0.0 - margin:+.4g}"
+    if lo > 0:
+        return True, f"better beyond noise: {span}"
+    return True, f"no worse within noise: {span} (refused only when the whole interval is below {0.0 - margin:+.4g})"
 
 
 def is_better(candidate: dict[str, Any], current: dict[str, Any], task: str, margin: float = 0.0) -> bool:

@@ -118,7 +118,23 @@ class InstalledModel:
         m = self.metrics
         return {"task": self.task, "version": self.version, "source": self.source, "folder": str(self.folder),
                 "validation": m.get("validation", {}), "test": m.get("test", {}),
-                "trained": (self.metadata.get("training") or {}).get("date")}
+                "figures": self.figure_sources(), "trained": (self.metadata.get("training") or {}).get("date")}
+
+    def figure_sources(self) -> dict[str, str]:
+        """Where each reported figure comes from, in words (``scanqc models list``)."""
+        m = self.metrics
+        val, test = m.get("validation") or {}, m.get("test") or {}
+        out: dict[str, str] = {}
+        if val:
+            how = ("cross-fit: thresholds fitted on the other half" if "cross-fit" in str(val.get("estimate", ""))
+                   else "in-sample: thresholds fitted on these cases (optimistic)")
+            out["validation"] = f"training's validation split, n={val.get('n')}, {how}"
+        if test:
+            data = test.get("data") or ("synthetic (scanqc data generate)" if self.source == "bundled" else "unknown")
+            kind = "bundled synthetic held-out set" if self.source == "bundled" and data.startswith("synthetic") \
+                else f"your test set ({data})"
+            out["test"] = f"{kind}: {test.get('manifest', '?')} [{test.get('split', '?')}], n={test.get('n')}"
+        return out
 
 
 class ModelRegistry:
@@ -129,8 +145,21 @@ class ModelRegistry:
         self.user_dir = Path(user_dir) if user_dir else user_models_dir()
         self._cache: dict[tuple[str, str, str], InstalledModel] = {}
         self._lock = threading.Lock()
+        self._only: tuple[str, Path] | None = None
+
+    @classmethod
+    def for_folder(cls, folder: Path) -> ModelRegistry:
+        """The models of one folder only (``scanqc evaluate --models DIR``), labelled ``bundled`` when it is
+        the bundled folder and ``user`` otherwise."""
+        folder = Path(folder)
+        reg = cls(bundled_dir=folder, user_dir=folder)
+        same = folder.resolve() == BUNDLED_DIR.resolve()
+        reg._only = ("bundled" if same else "user", folder)
+        return reg
 
     def _roots(self) -> list[tuple[str, Path]]:
+        if self._only is not None:
+            return [self._only]
         return [("user", self.user_dir), ("bundled", self.bundled_dir)]
 
     def _load(self, source: str, folder: Path) -> InstalledModel:

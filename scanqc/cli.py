@@ -60,11 +60,14 @@ def _print_table(verdicts: list) -> None:
         table.add_column("check")
         table.add_column("status")
         table.add_column("score", justify="right")
+        table.add_column("model", no_wrap=True)  # the version that decided (model checks only)
         table.add_column("finding")
         table.add_column("action")
         for name, c in v.checks.items():
+            version = c.extra.get("model_version")
             table.add_row(name, f"[{_COLOURS[c.status]}]{c.status}[/]",
-                          "" if c.score is None else f"{c.score:.2f}", c.message, c.action or "")
+                          "" if c.score is None else f"{c.score:.2f}", f"{version}" if version else "",
+                          c.message, c.action or "")
         console.print(table)
         for n in v.notes:
             console.print(f"  [dim]note: {n}[/]")
@@ -81,6 +84,9 @@ def check(
     modality: Annotated[str | None, typer.Option(help="modality for NIfTI inputs (CT or MR)")] = None,
     sample: Annotated[bool, typer.Option(
         "--sample", help="check a sample abdominal CT (phantom; abdomen_ct guideline unless --protocol)")] = False,
+    models: Annotated[Path | None, typer.Option(
+        "--models", help="your models folder (<task>/<version>/, promoted.json), as $SCANQC_MODELS_DIR: its "
+                         "promoted versions, else the bundled ones")] = None,
 ) -> None:
     """Check series and print verdicts. Exit 0 all pass/warn, 1 any fail, 2 any error."""
     from scanqc.errors import ScanQCError
@@ -94,9 +100,17 @@ def check(
     if not inputs:
         err_console.print("[red]USAGE[/]: give at least one PATH (or --sample)")
         raise typer.Exit(EXIT_ERROR)
+    registry = None
     try:
         guideline = load_guideline(protocol) if protocol else None
         base = dt.date.fromisoformat(baseline_date) if baseline_date else None
+        if models is not None:
+            from scanqc.errors import ErrorCode
+            from scanqc.models.registry import ModelRegistry
+
+            if not models.is_dir():
+                raise ScanQCError(ErrorCode.USAGE, f"--models {models}: no such folder")
+            registry = ModelRegistry(user_dir=models)
     except ScanQCError as exc:
         _emit_usage_error(exc.code.value, exc.message, as_json)
         raise typer.Exit(EXIT_ERROR) from None
@@ -105,7 +119,7 @@ def check(
         raise typer.Exit(EXIT_ERROR) from None
     verdicts = []
     for v in check_paths([str(p) for p in inputs], guideline, visit=visit, baseline_date=base,
-                         modality_hint=modality.upper() if modality else None):
+                         modality_hint=modality.upper() if modality else None, models=registry):
         verdicts.append(v)
     apply_required_series(verdicts, guideline, visit)
     if as_json:

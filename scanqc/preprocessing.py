@@ -117,13 +117,55 @@ class PreprocessSpec:
         d["in_channels"] = self.in_channels
         return d
 
+    def channel_names(self) -> list[str]:
+        """One name per input channel, in :func:`preprocess` order (``len == in_channels``).
+
+        Intensity channels (CT windows, then CT block-max windows; MR's single channel shares the first
+        slot and the others read 0 for MR), then the background channel, then the inside-scan mask.
+        """
+        names: list[str] = []
+        if "CT" in self.modalities:
+            names = [f"CT window [{lo:g}, {hi:g}] HU" for lo, hi in self.ct_windows]
+            names += [f"CT block-max window [{lo:g}, {hi:g}] HU" for lo, hi in self.ct_max_windows]
+            if "MR" in self.modalities:
+                names = [names[0] + " | MR percentile-normalised"] + [n + " | 0 for MR" for n in names[1:]]
+        else:
+            names = ["MR percentile-normalised"]
+        if self.background_channel:
+            names.append("background signal / noise floor - 1 (0 in the head)")
+        if self.pad_slices:
+            names.append("inside-scan mask")
+        return names
+
+    #: Keys :meth:`to_dict` adds that are derived from the fields: accepted by :meth:`from_dict` when they agree.
+    DERIVED_KEYS = ("orientation", "in_channels")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        """Inverse of :meth:`to_dict`. An unknown key is an error, not ignored: a typo such as
+        ``backgroud_channel`` would otherwise leave the default in force without a word."""
+        if not isinstance(d, dict):
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing must be a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__) - set(cls.DERIVED_KEYS))
+        if unknown:
+            import difflib
+
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+                k, list(cls.__dataclass_fields__), n=1)) else repr(k) for k in unknown]
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing: unknown key(s) {', '.join(hints)}; known: "
+                                                   f"{', '.join(cls.__dataclass_fields__)}")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         try:
-            return cls(**known)
+            spec = cls(**known)
         except (TypeError, ValueError) as exc:
             raise ScanQCError(ErrorCode.BAD_MODEL, f"bad preprocessing parameters {d!r}: {exc}") from None
+        if "orientation" in d and d["orientation"] != CANONICAL_ORIENTATION:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing orientation {d['orientation']!r} is not "
+                                                   f"{CANONICAL_ORIENTATION!r}, the one preprocess() produces")
+        if "in_channels" in d and d["in_channels"] != spec.in_channels:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing in_channels {d['in_channels']!r} disagrees "
+                                                   f"with the fields, which give {spec.in_channels}")
+        return spec
 
 
 #: Defaults per task (the shipped models' metadata is the authority at serving time).

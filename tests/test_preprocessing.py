@@ -85,6 +85,39 @@ def test_spec_roundtrip_and_bad_values_quote_the_value():
         PreprocessSpec(mode="crop")
 
 
+def test_unknown_preprocessing_key_is_an_error_not_ignored():
+    # A typo used to be dropped silently, leaving the motion spec's background channel on.
+    d = {**DEFAULT_SPECS["motion"].to_dict(), "backgroud_channel": False}
+    with pytest.raises(ScanQCError) as e:
+        PreprocessSpec.from_dict(d)
+    assert e.value.code == ErrorCode.BAD_MODEL
+    assert "'backgroud_channel'" in e.value.message and "did you mean 'background_channel'" in e.value.message
+    # The derived keys to_dict() writes load back, but only when they agree with the fields.
+    assert PreprocessSpec.from_dict(DEFAULT_SPECS["motion"].to_dict()) == DEFAULT_SPECS["motion"]
+    with pytest.raises(ScanQCError, match="in_channels 1 disagrees"):
+        PreprocessSpec.from_dict({**DEFAULT_SPECS["motion"].to_dict(), "in_channels": 1})
+    with pytest.raises(ScanQCError, match="orientation 'RAS'"):
+        PreprocessSpec.from_dict({**DEFAULT_SPECS["motion"].to_dict(), "orientation": "RAS"})
+
+
+_MIXED = PreprocessSpec(shape=(16, 16, 16), ct_windows=[(-100, 300)], ct_max_windows=[(0, 600)],
+                        modalities=("MR", "CT"), background_channel=True, pad_slices=2)
+
+
+@pytest.mark.parametrize("spec", [*DEFAULT_SPECS.values(), _MIXED], ids=[*DEFAULT_SPECS, "mixed"])
+def test_channel_names_name_every_channel_preprocess_makes(spec):
+    rng = np.random.default_rng(1)
+    names = spec.channel_names()
+    assert len(names) == spec.in_channels == len(set(names))
+    for mod in spec.modalities:
+        arr = rng.normal(40.0 if mod == "CT" else 300.0, 20.0, (24, 24, 24)).astype(np.float32)
+        assert preprocess(Volume(arr, (2, 2, 2), modality=mod), spec).shape[0] == len(names)
+    if spec.background_channel:
+        assert names[-1 - bool(spec.pad_slices)].startswith("background")
+    if spec.pad_slices:
+        assert names[-1] == "inside-scan mask"
+
+
 def test_unknown_modality_is_a_coded_error():
     with pytest.raises(ScanQCError, match="PT"):
         preprocess(Volume(np.zeros((8, 8, 8), np.float32), (1, 1, 1), modality="PT"), DEFAULT_SPECS["motion"])

@@ -33,14 +33,26 @@ def train_cmd(
     seed: Annotated[int | None, typer.Option(help="random seed (default 0)")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA when present, default) | cpu | cuda | cuda:N; "
+                                                    "checked before any data loads")] = None,
     workers: Annotated[int | None, typer.Option(help="threads for reading/preprocessing cases")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 on a busy shared machine)")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="training time budget; stops after the epoch "
                                                            "that exceeds it, keeping the best checkpoint")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="mixed precision on CUDA (bfloat16, else "
+                                                                    "float16 + grad scaling); off on CPU")] = None,
+    compile_net: Annotated[bool | None, typer.Option("--compile/--no-compile",
+                                                     help="torch.compile the training forward on CUDA")] = None,
+    loader_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes (default: 0 on CPU, "
+                                                            "min(8, cores/processes) on CUDA)")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ) -> None:
-    """Train a task network on a manifest; keeps the best validation checkpoint and calibrates it."""
+    """Train a task network on a manifest; keeps the best validation checkpoint and calibrates it.
+
+    Several processes (CPU or GPUs): ``torchrun --nproc_per_node=N -m scanqc.training.train`` with the same options.
+    """
+    import os
+
     from scanqc.errors import ScanQCError
 
     try:
@@ -48,8 +60,13 @@ def train_cmd(
         from scanqc.training.train import train
 
         cfg = load_config(task, config, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, device=device,
-                          workers=workers, threads=threads, max_minutes=max_minutes)
-        cmd = "scanqc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+                          workers=workers, threads=threads, max_minutes=max_minutes, amp=amp, compile=compile_net,
+                          loader_workers=loader_workers)
+        launcher = os.environ.get("SCANQC_TRAIN_LAUNCHER", "scanqc")
+        if os.environ.get("WORLD_SIZE", "1") != "1":
+            launcher = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')} -m scanqc.training.train"
+        args = sys.argv[1:]
+        cmd = f"{launcher} " + " ".join(shlex.quote(a) for a in args)
         summary = train(cfg, manifest, out, command=cmd, progress=not no_progress)
     except ScanQCError as exc:
         _fail(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import yaml
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASK_OUTPUTS
 from scanqc.preprocessing import DEFAULT_SPECS, PreprocessSpec
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 #: Per-task defaults applied by :func:`load_config` (below a config file and the command line). Five
 #: stride-2 stages leave a 2^3 map, so the dense head stays small (less over-fitting on a few hundred cases)
@@ -71,16 +74,27 @@ class TrainConfig:
     elastic_grid: int = 7
     fail_specificity: float = 0.95  # thresholds chosen on validation data
     warn_specificity: float = 0.90
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N; checked before any data loads
     threads: int = 2  # torch.set_num_threads on CPU
     max_minutes: float | None = None  # wall-clock budget: stop after the epoch that exceeds it (keeps best)
+    # GPU only (ignored, and recorded as off, on CPU, so one recipe runs on both): mixed precision (bfloat16
+    # where supported, else float16 with gradient scaling) and torch.compile of the training forward pass.
+    amp: bool = False
+    compile: bool = False
+    # DataLoader worker processes for augmentation and batching (None: 0 on CPU, where the cores are busy
+    # training; on CUDA min(8, cores / processes), with pinned memory, so the GPU is not kept waiting).
+    loader_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASK_OUTPUTS:
             raise ScanQCError(ErrorCode.USAGE, f"unknown task {self.task!r}; choose from {sorted(TASK_OUTPUTS)}")
-        base = DEFAULT_SPECS[self.task].to_dict()
+        # Derived keys of the defaults would contradict a changed field (background_channel -> in_channels).
+        base = {k: v for k, v in DEFAULT_SPECS[self.task].to_dict().items() if k not in PreprocessSpec.DERIVED_KEYS}
         base.update(self.preprocessing or {})
-        self.preprocessing = PreprocessSpec.from_dict(base).to_dict()
+        try:
+            self.preprocessing = PreprocessSpec.from_dict(base).to_dict()
+        except ScanQCError as exc:  # in a training config these are the user's settings, not a model's
+            raise ScanQCError(ErrorCode.USAGE, f"training config {exc.message}") from None
         self.channels = tuple(int(c) for c in self.channels)
         self.strides = tuple(int(s) for s in self.strides)
         for name in ("zoom_range", "inplane_scale"):
@@ -99,6 +113,12 @@ class TrainConfig:
             if self.task == "coverage" and getattr(self, name) != off:
                 raise ScanQCError(ErrorCode.USAGE, f"{name} {getattr(self, name)} would move anatomy across the "
                                   f"scan's ends and change the coverage label; use {off} for coverage")
+        self.device = str(self.device).strip().lower()
+        if not _DEVICE.match(self.device):
+            hint = " (did you mean 'cuda'?)" if self.device in ("gpu", "nvidia", "cuda0") else ""
+            raise ScanQCError(ErrorCode.USAGE, f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N{hint}")
+        if self.loader_workers is not None and int(self.loader_workers) < 0:
+            raise ScanQCError(ErrorCode.USAGE, f"loader_workers must be >= 0, got {self.loader_workers}")
         if len(self.channels) != len(self.strides):
             raise ScanQCError(ErrorCode.USAGE, f"channels {self.channels} and strides {self.strides} differ in length")
 

@@ -14,6 +14,7 @@ against each member's own training rows: a case some member saw would make the e
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scanqc.models.evaluate import manifest_sha256
 from scanqc.training.calibration import calibrate
 from scanqc.training.config import TrainConfig
 from scanqc.training.train import (
@@ -143,7 +145,10 @@ def build_ensemble(runs: list[str | Path], manifest: str | Path | list, out: str
         "task": task, "config": cfgs[0].to_dict(), "seed": [s["seed"] for s in summaries],
         "best_epoch": [s["best_epoch"] for s in summaries], "epochs_run": [s["epochs_run"] for s in summaries],
         "calibration": cal, "thresholds": thr, "validation_metrics": val_metrics,
-        "manifest": [str(m) for m in (manifest if isinstance(manifest, list) else [manifest])],
+        "manifest": [str(Path(m).resolve()) for m in (manifest if isinstance(manifest, list) else [manifest])],
+        "manifests": [{"path": str(Path(m).resolve()), "sha256": manifest_sha256(m)}
+                      for m in (manifest if isinstance(manifest, list) else [manifest])],
+        "cwd": os.getcwd(),
         "manifest_sha256": manifests_hash(manifest), "n_train": max(s["n_train"] for s in summaries),
         "n_val": len(val), "val_case_ids": [r.get("case_id", "") for r in val],
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),

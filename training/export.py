@@ -27,6 +27,7 @@ from scanqc.training.train import library_versions, load_case, read_rows
 
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASK_OUTPUTS, OnnxModel
+from scanqc.preprocessing import PreprocessSpec
 
 PARITY_TOL = 1e-4
 MONAI_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -91,6 +92,7 @@ def export_run(run_dir: str | Path, version: str, out_root: str | Path, *, chang
                                                    f"{diff:.3g} >= {PARITY_TOL}")
         n_params = int(sum(p.numel() for p in net.parameters()))
         meta = build_metadata(summary, cfg, version, changelog, how, diff, len(xs), n_params)
+        validate_metadata(meta)
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         if test_manifest:
             from scanqc.models.evaluate import evaluate_model
@@ -135,7 +137,7 @@ def build_metadata(summary: dict[str, Any], cfg: TrainConfig, version: str, chan
         "data_source": "scanqc.datasets synthetic generators (see training.manifest)",
         "data_type": "nifti",
         "image_classes": f"{spec.in_channels}-channel float32 volume, see preprocessing",
-        "label_classes": labels,
+        "label_classes": ", ".join(labels),  # a string in the MONAI schema; the list is "labels"
         "labels": labels,
         "network": {"class": "monai.networks.nets.Classifier", "channels": list(cfg.channels),
                     "strides": list(cfg.strides), "num_res_units": cfg.num_res_units, "norm": "BATCH",
@@ -156,37 +158,138 @@ def build_metadata(summary: dict[str, Any], cfg: TrainConfig, version: str, chan
         "calibration": summary["calibration"],
         "thresholds": summary["thresholds"],
         "metrics": {"validation": summary["validation_metrics"]},
-        "training": {
+        "training": portable_training({
             "command": summary["command"], "seed": summary["seed"], "config": summary["config"],
             "manifest": summary["manifest"], "manifest_sha256": summary["manifest_sha256"],
+            **({"manifests": summary["manifests"]} if summary.get("manifests") else {}),
             "n_train": summary["n_train"], "n_val": summary["n_val"], "best_epoch": summary["best_epoch"],
             "epochs_run": summary["epochs_run"], "device": summary["device"], "date": summary["date"],
             "train_seconds": summary.get("train_seconds"),
             **({"ensemble": summary["ensemble"]} if summary.get("ensemble") else {}),
-        },
+        }, summary.get("cwd")),
         "onnx": {"file": "model.onnx", "exporter": exporter, "opset": 18, "input": "image", "output": "logits",
                  "parity_max_abs_diff": parity, "parity_cases": n_parity, "parity_tolerance": PARITY_TOL,
                  "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
 
 
+def portable_training(training: dict[str, Any], base: str | Path | None) -> dict[str, Any]:
+    """The metadata's ``training`` record with every path relative to ``base`` (the folder training ran in;
+    see :func:`scanqc.models.evaluate.portable_path`): the artifact is read on other machines."""
+    from scanqc.models.evaluate import portable_command, portable_path
+
+    def paths(v: Any) -> Any:
+        return [portable_path(m, base) for m in v] if isinstance(v, list) else portable_path(v, base)
+
+    out = dict(training)
+    if isinstance(out.get("command"), str):
+        out["command"] = portable_command(out["command"], base)
+    if "manifest" in out:
+        out["manifest"] = paths(out["manifest"])
+    if out.get("manifests"):
+        out["manifests"] = [{**m, "path": portable_path(m["path"], base)} for m in out["manifests"]]
+    if out.get("ensemble"):
+        out["ensemble"] = [{**e, **({"run": portable_path(e["run"], base)} if "run" in e else {}),
+                            **({"command": portable_command(e["command"], base)} if "command" in e else {}),
+                            **({"manifest": paths(e["manifest"])} if "manifest" in e else {})}
+                           for e in out["ensemble"]]
+    return out
+
+
 def _channel_def(spec: Any) -> dict[str, str]:
-    names = []
-    if "CT" in spec.modalities:
-        names = [f"CT window [{lo:g}, {hi:g}] HU" for lo, hi in spec.ct_windows]
-        if "MR" in spec.modalities:
-            names[0] += " | MR percentile-normalised"
-    else:
-        names = ["MR percentile-normalised"]
-    if spec.pad_slices:
-        names.append("inside-scan mask")
-    return {str(i): n for i, n in enumerate(names)}
+    return {str(i): n for i, n in enumerate(spec.channel_names())}
+
+
+#: The MONAI bundle metadata schema named by ``MONAI_SCHEMA``, vendored (training/schema/README.md) so that
+#: exports and tests validate offline.
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / Path(MONAI_SCHEMA).name
+
+
+def validate_metadata(meta: dict[str, Any]) -> None:
+    """``BAD_MODEL`` unless ``meta`` passes the MONAI bundle metadata schema and its channel lists agree.
+
+    Uses ``jsonschema`` (MONAI's own ``verify_metadata`` does the same after downloading the schema).
+    """
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    errors = list(cls(schema).iter_errors(meta))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)  # descends into anyOf: names the missing field
+        where = "/".join(str(p) for p in best.absolute_path) or "(top level)"
+        raise ScanQCError(ErrorCode.BAD_MODEL, f"metadata fails the MONAI bundle schema at {where}: "
+                                               f"{best.message} ({len(errors)} error(s))")
+    for side in ("inputs", "outputs"):
+        for name, t in meta["network_data_format"][side].items():
+            if isinstance(t, dict) and "channel_def" in t and len(t["channel_def"]) != t["num_channels"]:
+                raise ScanQCError(ErrorCode.BAD_MODEL, f"metadata {side}/{name}: num_channels {t['num_channels']}"
+                                                       f" but channel_def names {len(t['channel_def'])}")
+
+
+def refresh_metadata(folder: str | Path, base: str | Path) -> dict[str, Any]:
+    """Bring an exported model's ``metadata.json`` (and its copy in the ONNX ``metadata_props``) up to the
+    current exporter: channel names from the spec, the schema's string ``label_classes``, portable paths
+    (``base``: the folder it was trained in). The graph is unchanged: the rewritten ONNX must give
+    bit-identical outputs on a random input, or nothing is written."""
+    from scanqc.models.evaluate import portable_path
+
+    folder = Path(folder)
+    meta = json.loads((folder / "metadata.json").read_text())
+    spec = PreprocessSpec.from_dict(meta["preprocessing"])
+    meta["network_data_format"]["inputs"]["image"]["channel_def"] = _channel_def(spec)
+    meta["label_classes"] = ", ".join(meta["labels"])
+    meta["training"] = portable_training(meta["training"], base)
+    for m in (meta.get("metrics") or {}).values():
+        if isinstance(m, dict) and isinstance(m.get("manifest"), str):
+            m["manifest"] = portable_path(m["manifest"], base)
+    validate_metadata(meta)
+    onnx_path = folder / "model.onnx"
+    x = np.random.default_rng(0).uniform(-0.5, 2.0, (2, spec.in_channels, *spec.shape)).astype(np.float32)
+    before = OnnxModel(onnx_path, (spec.in_channels, *spec.shape)).run(x)
+    tmp = folder / "model.onnx.tmp"
+    shutil.copyfile(onnx_path, tmp)
+    try:
+        write_metadata_props(tmp, meta)
+        after = OnnxModel(tmp, (spec.in_channels, *spec.shape)).run(x)
+        if not np.array_equal(before, after):
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"{folder}: outputs changed when re-embedding metadata")
+        meta["onnx"]["sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        meta["onnx"]["bytes"] = tmp.stat().st_size
+        tmp.replace(onnx_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _drop_stack_traces(model: Any) -> None:
+    """Remove the dynamo exporter's per-node ``pkg.torch.onnx.stack_trace``: Python tracebacks naming
+    source files by absolute path on the exporting machine. The graph and its computation are untouched."""
+    def graphs(g: Any) -> Any:
+        yield g
+        for n in g.node:
+            for a in n.attribute:
+                if a.HasField("g"):
+                    yield from graphs(a.g)
+                for sub in a.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for g in graphs(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    for n in nodes:
+        keep = [(p.key, p.value) for p in n.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        if len(keep) != len(n.metadata_props):
+            del n.metadata_props[:]
+            for k, v in keep:
+                e = n.metadata_props.add()
+                e.key, e.value = k, v
 
 
 def write_metadata_props(onnx_path: Path, meta: dict[str, Any]) -> None:
     import onnx
 
     model = onnx.load(str(onnx_path))
+    _drop_stack_traces(model)
     del model.metadata_props[:]
     for k, v in meta.items():
         if k == "onnx":

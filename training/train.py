@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from scanqc.models.evaluate import PRIMARY_METRIC, encode_row, manifest_sha256, read_manifest, task_metrics
+from scanqc.models.evaluate import (
+    PRIMARY_METRIC,
+    check_cases,
+    encode_row,
+    manifest_sha256,
+    read_manifest,
+    task_metrics,
+)
 from scanqc.training.calibration import calibrate
 from scanqc.training.config import TrainConfig
 from torch import nn
@@ -190,7 +197,8 @@ def split_rows(rows: list[dict[str, str]], cfg: TrainConfig) -> tuple[list[dict]
     return train, val
 
 
-def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) -> tuple[Any, Any]:
+def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict],
+              progress: bool = True) -> tuple[Any, Any]:
     from monai.data import CacheDataset
     from monai.transforms import Compose, MapTransform, RandFlipd, RandomizableTransform, RandScaleIntensityd, RandZoomd
 
@@ -339,8 +347,8 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict]) ->
             aug.append(RandInPlaneAffined(cfg.yaw_degrees, cfg.inplane_scale, prob=0.7,
                                           n_fixed=1 if spec.pad_slices else 0))
     train_ds = CacheDataset(train_rows, Compose([*first, *aug, plain]), num_workers=cfg.workers,
-                            progress=True, copy_cache=False)
-    val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=True,
+                            progress=progress, copy_cache=False)
+    val_ds = CacheDataset(val_rows, Compose([PreprocessD()]), num_workers=cfg.workers, progress=progress,
                           copy_cache=False)
     return train_ds, val_ds
 
@@ -392,37 +400,115 @@ def manifests_hash(manifest: str | Path | list) -> str:
 
 def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, command: str | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Train, keep the best validation checkpoint, calibrate, write the run folder; returns the summary."""
-    from monai.data import DataLoader
+    """Train, keep the best validation checkpoint, calibrate, write the run folder; returns the summary.
+
+    Before any case is read: the device (:func:`resolve_device`), the manifests' rows and every case path,
+    label and modality (:func:`scanqc.models.evaluate.check_cases`), each a coded ``ScanQCError``.
+    """
     from monai.utils import set_determinism
-    from tqdm.auto import tqdm
 
     out = Path(out)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    # Everything a user can get wrong is checked before any case is read (minutes of caching otherwise).
+    device = resolve_device(cfg.device, world, local)
+    rows = read_rows(manifest, cfg.task)
+    if not rows:
+        names = ", ".join(str(m) for m in _manifests(manifest))
+        raise ScanQCError(ErrorCode.USAGE, f"{names}: no rows for task {cfg.task!r}")
+    train_rows, val_rows = split_rows(rows, cfg)
+    check_cases(train_rows + val_rows, cfg.task)
+    use_cuda = device.type == "cuda"
+    amp_dtype = None
+    if cfg.amp and use_cuda:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if rank == 0 and (cfg.amp or cfg.compile) and not use_cuda:
+        print(f"note: {' and '.join(n for n, on in (('amp', cfg.amp), ('compile', cfg.compile)) if on)} "
+              f"apply on CUDA only; training on {device} without", flush=True)
+    loader_workers = cfg.loader_workers if cfg.loader_workers is not None else (
+        min(8, max(1, (os.cpu_count() or 2) // world)) if use_cuda else 0)
     if world > 1:
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(device)
-    else:
-        device = torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, cfg.threads))
     set_determinism(seed=cfg.seed)
+    created = not out.exists()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(cfg, manifest, out, command, progress, train_rows, val_rows, device, world, rank,
+                      amp_dtype, loader_workers)
+    except BaseException:
+        if rank == 0 and created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
+    finally:
+        if world > 1:
+            import torch.distributed as dist
 
-    rows = read_rows(manifest, cfg.task)
-    if not rows:
-        raise ScanQCError(ErrorCode.USAGE, f"{manifest}: no rows for task {cfg.task!r}")
-    train_rows, val_rows = split_rows(rows, cfg)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def resolve_device(requested: str, world: int = 1, local_rank: int = 0) -> torch.device:
+    """The device a run will really use (``auto``: CUDA when present; under torchrun ``cuda:LOCAL_RANK``).
+
+    ``USAGE`` when the request cannot be met: CUDA asked of a CPU-only torch or a machine without a GPU, a
+    device index that does not exist, or an explicit index under torchrun (each process takes its own).
+    """
+    req = str(requested).strip().lower()
+    if req == "cpu":
+        return torch.device("cpu")
+    avail = torch.cuda.is_available()
+    if req == "auto" and not avail:
+        return torch.device("cpu")
+    if req not in ("auto", "cuda") and not (req.startswith("cuda:") and req[5:].isdigit()):
+        raise ScanQCError(ErrorCode.USAGE, f"--device {requested!r}: expected auto, cpu, cuda or cuda:N")
+    if not avail:
+        why = (f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None
+               else "torch sees no CUDA device")
+        raise ScanQCError(ErrorCode.USAGE, f"--device {requested}: {why}; use --device cpu (or auto)")
+    n = torch.cuda.device_count()
+    if world > 1 and ":" in req:
+        raise ScanQCError(ErrorCode.USAGE, f"--device {requested} under torchrun: each process uses "
+                                           "cuda:LOCAL_RANK; give --device cuda or auto")
+    idx = local_rank if world > 1 else (int(req[5:]) if ":" in req else 0)
+    if idx >= n:
+        raise ScanQCError(ErrorCode.USAGE, f"--device {requested}: cuda:{idx} does not exist ({n} CUDA device(s)"
+                                           f"{'; start at most that many processes per node' if world > 1 else ''})")
+    return torch.device(f"cuda:{idx}")
+
+
+def _unwrap_transform_error(exc: BaseException) -> ScanQCError | None:
+    """MONAI wraps an error raised inside a transform in ``RuntimeError: applying transform ...``."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ScanQCError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _train(cfg: TrainConfig, manifest: Any, out: Path, command: str | None, progress: bool,
+           train_rows: list[dict], val_rows: list[dict], device: torch.device, world: int, rank: int,
+           amp_dtype: torch.dtype | None, loader_workers: int) -> dict[str, Any]:
+    from monai.data import DataLoader
+    from tqdm.auto import tqdm
+
+    use_cuda = device.type == "cuda"
     t0 = time.perf_counter()
-    train_ds, val_ds = _datasets(cfg, train_rows, val_rows)
+    try:
+        train_ds, val_ds = _datasets(cfg, train_rows, val_rows, progress and rank == 0)
+    except RuntimeError as exc:
+        inner = _unwrap_transform_error(exc)
+        if inner is None:
+            raise
+        raise ScanQCError(inner.code, f"while caching cases: {inner.message}") from None
     load_s = time.perf_counter() - t0
     sampler = None
     if world > 1:
@@ -431,9 +517,10 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
         sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch augmentation; shuffling keeps its own stream
+    loader = {"num_workers": loader_workers, "pin_memory": use_cuda, "persistent_workers": loader_workers > 0}
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                          num_workers=0, generator=gen, drop_last=len(train_ds) > cfg.batch_size)
-    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, num_workers=0)
+                          generator=gen, drop_last=len(train_ds) > cfg.batch_size, **loader)
+    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, **loader)
 
     net = build_net(cfg).to(device)
     n_main = len(TASK_OUTPUTS[cfg.task])
@@ -442,6 +529,8 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
+    step_model = torch.compile(model) if cfg.compile and use_cuda else model
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     history: list[dict[str, Any]] = []
@@ -455,17 +544,21 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
         bar = tqdm(train_dl, desc=f"{cfg.task} epoch {epoch}/{cfg.epochs}", leave=False,
                    disable=not progress or rank != 0)
         for batch in bar:
-            x, y = batch["image"].to(device), torch.as_tensor(batch["target"]).float().to(device)
+            x = batch["image"].to(device, non_blocking=True)
+            y = torch.as_tensor(batch["target"]).float().to(device, non_blocking=True)
             if cfg.augment and cfg.elastic_voxels > 0:
                 x = random_elastic(x, cfg.elastic_voxels, cfg.elastic_grid, generator=aug_gen)
             opt.zero_grad(set_to_none=True)
-            outputs = model(x)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs = step_model(x)
+            outputs = outputs.float()  # losses in float32 under mixed precision
             loss = task_loss(cfg.task, outputs[:, :n_main], y)
             if cfg.aux_hu and "aux" in batch:  # masked MSE on the structures' HU / 100
                 a, k = (torch.as_tensor(batch[key]).float().to(device) for key in ("aux", "aux_known"))
                 loss = loss + cfg.aux_weight * (((outputs[:, n_main:] - a) ** 2) * k).sum() / k.sum().clamp_min(1.0)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         sched.step()
@@ -507,37 +600,33 @@ def train(cfg: TrainConfig, manifest: str | Path | list, out: str | Path, comman
             "epochs_run": len(history), "history": history, "calibration": cal, "thresholds": thr,
             "validation_metrics": val_metrics,
             "manifest": [str(m.resolve()) for m in _manifests(manifest)], "manifest_sha256": manifests_hash(manifest),
+            # per manifest, and the folder paths are relative to (exported metadata records no absolute path)
+            "manifests": [{"path": str(m.resolve()), "sha256": manifest_sha256(m)} for m in _manifests(manifest)],
+            "cwd": os.getcwd(),
             "n_train": len(train_rows), "n_val": len(val_rows),
             "val_case_ids": [r.get("case_id", "") for r in val_rows],
             "command": command or " ".join(shlex.quote(a) for a in sys.argv),
-            "device": str(device), "world_size": world, "libraries": library_versions(),
+            # what was really used (config.device is what was asked for)
+            "device": str(device), "device_requested": cfg.device,
+            "device_name": torch.cuda.get_device_name(device) if use_cuda else platform.processor() or "cpu",
+            "world_size": world, "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+            "compiled": bool(cfg.compile and use_cuda), "loader_workers": loader_workers,
+            "libraries": library_versions(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_seconds": load_s,
             "train_seconds": float(sum(h["seconds"] for h in history)),
         }
         (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:  # entry point for torchrun
-    import argparse
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``torchrun ... -m scanqc.training.train``: the same options as ``scanqc train``
+    (it runs that command), so a recipe moves between one process and several by its launcher alone."""
+    from scanqc.training.cli import app
 
-    from scanqc.training.config import load_config
-
-    ap = argparse.ArgumentParser(description="scanqc training (torchrun entry point)")
-    ap.add_argument("--task", required=True)
-    ap.add_argument("--manifest", required=True, action="append")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--config")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--seed", type=int)
-    a = ap.parse_args(argv)
-    cfg = load_config(a.task, a.config, epochs=a.epochs, seed=a.seed)
-    train(cfg, a.manifest, a.out)
+    os.environ.setdefault("SCANQC_TRAIN_LAUNCHER", "python -m scanqc.training.train")
+    app(args=["train", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m scanqc.training.train")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The phase is always reported (``predicted``, ``probabilities`` over non-contrast
 venous, delayed); the check fails only against the phase the guideline expects (``expected_phase``,
 or ``contrast: none`` -> non-contrast, ``contrast: required`` -> any enhanced phase). Suboptimal
 enhancement (e.g. portal-venous liver below ~100 HU, arterial aorta below ~250 HU; see
-shared/README) is a separate warning. Phase timing: Bae KT, Radiology 2010;256:32-61.
+docs/hu-reference.md) is a separate warning. Phase timing: Bae KT, Radiology 2010;256:32-61.
 """
 
 from __future__ import annotations

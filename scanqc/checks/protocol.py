@@ -15,7 +15,7 @@ from scanqc.series import Series
 from scanqc.verdict import CheckResult
 
 # Typical injection-to-scan delays per phase (seconds), used when the header records both the
-# bolus start and the acquisition time. Bae KT, Radiology 2010;256:32-61; see shared/README.
+# bolus start and the acquisition time. Bae KT, Radiology 2010;256:32-61 (docs/hu-reference.md).
 PHASE_DELAY_S = {"arterial": (20, 50), "portal_venous": (55, 100), "delayed": (150, 900)}
 
 _FMT = {"slice_thickness_mm": "{:g} mm", "pixel_spacing_mm": "{:g} mm", "fov_mm": "{:g} mm", "matrix": "{:g}",

@@ -51,3 +51,21 @@ def test_missing_column_duplicate_and_not_found(tmp_path):
     assert e.value.code == ErrorCode.NOT_FOUND
     with pytest.raises(ScanQCError, match="'full'"):
         ManifestRow("x", "p", "CT", "coverage", "full", missing=["inferior"]).validate()
+
+
+def test_scan_cut_at_both_ends_can_be_labelled(tmp_path):
+    from scanqc.models.evaluate import encode_row
+    from scanqc.models.evaluate import read_manifest as read_rows
+
+    row = ManifestRow("c", "ct/0103", "CT", "coverage", "both", missing=["superior", "inferior"],
+                      body_region="abdomen", split="test")
+    path = write_manifest([row], tmp_path / "manifest.csv")
+    assert "superior;inferior" in path.read_text()
+    (back,) = read_manifest(path)
+    assert back.label == "both" and back.missing == ["superior", "inferior"]
+    (rec,) = read_rows(path, "coverage", "all")
+    assert encode_row("coverage", rec).tolist() == [1.0, 1.0]  # both ends cut: the "both" confusion row
+    for label, missing, want in (("both", ["superior"], "superior;inferior for label 'both'"),
+                                 ("superior", ["superior", "inferior"], "superior for label 'superior'")):
+        with pytest.raises(ScanQCError, match=want):
+            ManifestRow("x", "p", "CT", "coverage", label, missing=missing).validate()

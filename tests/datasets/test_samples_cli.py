@@ -35,3 +35,15 @@ def test_cli_min_artefact_to_noise_reaches_the_generator(tmp_path):
     assert {a["min_artefact_to_noise"] for a in arts} == {0.0}
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--min-artefact-to-noise", "-1"])
     assert r.exit_code == 2 and "got -1.0" in r.output
+
+
+def test_brain_sample_seed_varies_the_anatomy_not_only_the_noise():
+    from scanqc.datasets.samples import brain_mr_sample
+
+    a, _, info_a = brain_mr_sample(0)
+    b, _, info_b = brain_mr_sample(3)
+    assert info_a["deformation"] is None and info_b["deformation"]["rotation_deg"] != [0.0, 0.0, 0.0]
+    head_a, head_b = a.array > 200, b.array > 200
+    # noise alone moves ~0.002 % of voxels across this threshold (measured); another head moves > 1 %
+    assert float((head_a != head_b).mean()) > 0.01
+    assert abs(int(head_a.sum()) - int(head_b.sum())) > 0 and a.shape == b.shape

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 from scanqc.models.registry import ModelRegistry
 from scanqc.training.config import TrainConfig, load_config
-from scanqc.training.export import PARITY_TOL, export_run
+from scanqc.training.export import PARITY_TOL, export_run, validate_metadata
 from scanqc.training.train import train
+
+from scanqc.errors import ErrorCode, ScanQCError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tinydata import TINY_CONFIG
@@ -47,6 +50,8 @@ def test_run_folder_has_history_and_calibration(exported):
         assert summary["seed"] == 0 and len(summary["manifest_sha256"]) == 64
         assert summary["history"][0]["epoch"] == 1 and "val_loss" in summary["history"][0]
         assert summary["thresholds"] and summary["calibration"]["fitted_on"] == "validation"
+        # the reported figure is not measured with thresholds fitted on the same cases (issue 20 item 3)
+        assert summary["validation_metrics"]["estimate"].startswith("2-fold cross-fit")
 
 
 def test_export_metadata_parity_and_props(exported):
@@ -65,6 +70,14 @@ def test_export_metadata_parity_and_props(exported):
         assert not list(d.glob("*.data")) and meta["onnx"]["bytes"] < 2_000_000
         props = {p.key: p.value for p in onnx.load(str(d / "model.onnx")).metadata_props}
         assert json.loads(props["thresholds"]) == meta["thresholds"] and props["task"] == task
+        validate_metadata(meta)  # MONAI bundle schema; channel_def names every input channel
+        # Provenance that means something elsewhere: no absolute path, each manifest with its content hash.
+        text = json.dumps(meta) + "".join(props.values())
+        assert str(exported.parent) not in text and '"/' not in text, "absolute path in exported metadata"
+        (rec,) = meta["training"]["manifests"]
+        assert rec["path"].endswith("manifest.csv") and not rec["path"].startswith("/")
+        assert rec["sha256"] == meta["training"]["manifest_sha256"] and len(rec["sha256"]) == 64
+        assert not meta["metrics"]["test"]["manifest"].startswith("/")
 
 
 def test_onnx_matches_torch_on_real_inputs(exported, tiny_manifests):
@@ -108,15 +121,32 @@ def test_promote_refuses_worse_and_forces(exported, tiny_manifests, tmp_path):
     runner = CliRunner()
     try:
         os.environ.update(env)
-        res = runner.invoke(app, ["models", "promote", "motion", "0.1.0", "--manifest", str(tiny_manifests["motion"]),
-                                  "--split", "all"])
-        assert res.exit_code == 1 and "refused" in res.output  # identical weights: not better
-        res = runner.invoke(app, ["models", "promote", "motion", "0.1.0", "--force"])
+        # A candidate that ranks every case backwards (Platt slope negated) is worse beyond noise: refused.
+        bad = user / "motion" / "0.3.0"
+        shutil.copytree(exported / "motion" / "0.1.0", bad)
+        meta["version"] = "0.3.0"
+        meta["calibration"]["any"] = {"a": -abs(meta["calibration"]["any"]["a"]) - 1.0, "b": 0.0}
+        (bad / "metadata.json").write_text(json.dumps(meta))
+        regmod.reset_default_registry()
+        promote = ["models", "promote", "motion", "--manifest", str(tiny_manifests["motion"]), "--split", "all"]
+        res = runner.invoke(app, [*promote[:3], "0.3.0", *promote[3:]])
+        assert res.exit_code == 1 and "refused" in res.output and "worse beyond noise" in res.output, res.output
+        # Identical weights: a tie is within noise, so it goes in without --force (it used to be refused).
+        res = runner.invoke(app, [*promote[:3], "0.1.0", *promote[3:]])
         assert res.exit_code == 0, res.output
-        assert json.loads((user / "motion" / "promoted.json").read_text())["version"] == "0.1.0"
+        out = json.loads(res.stdout[res.stdout.index("{"):])
+        assert out["reason"].startswith("no worse within noise: auc_any difference +0.0000, 95 % CI [+0.0000, +0.0000]")
+        rec = json.loads((user / "motion" / "promoted.json").read_text())
+        assert rec["version"] == "0.1.0" and not rec["forced"] and rec["comparison"]["difference"]["n"] == 24
+        res = runner.invoke(app, ["models", "promote", "motion", "0.3.0", "--force"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((user / "motion" / "promoted.json").read_text())["version"] == "0.3.0"
         res = runner.invoke(app, ["models", "list", "--json"])
         rows = json.loads(res.output)
-        assert any(r["version"] == "0.1.0" and r["promoted"] for r in rows)
+        assert any(r["version"] == "0.3.0" and r["promoted"] for r in rows)
+        mine = next(r for r in rows if r["version"] == "0.1.0")
+        assert mine["figures"]["validation"].endswith("cross-fit: thresholds fitted on the other half")
+        assert mine["figures"]["test"].startswith("your test set (synthetic)")
     finally:
         os.environ.pop("SCANQC_MODELS_DIR", None)
         regmod.reset_default_registry()
@@ -142,6 +172,27 @@ def test_check_runs_models_without_torch(exported, tiny_manifests, tmp_path):
     assert "missing" in cov and verdict["checks"]["contrast_phase"]["status"] == "skipped"
 
 
+def test_check_models_flag_and_versions_in_the_table(exported, tiny_manifests, tmp_path):
+    from typer.testing import CliRunner
+
+    from scanqc.cli import app
+
+    user = tmp_path / "models"
+    shutil.copytree(exported, user)
+    (user / "coverage" / "promoted.json").write_text(json.dumps({"version": "0.1.0"}))
+    case = next((tiny_manifests["coverage"].parent / "cases").glob("coverage_superior_*.nii.gz"))
+    args = ["check", "--modality", "MR", "--models", str(user), str(case)]
+    res = CliRunner().invoke(app, ["check", "--json", *args[1:]])
+    verdict = json.loads(res.stdout.splitlines()[0])
+    assert verdict["checks"]["coverage"]["model_version"] == "0.1.0"  # from --models, not the bundled 1.x
+    assert verdict["checks"]["motion"]["model_version"] != "0.1.0"  # no promoted.json there: bundled one
+    res = CliRunner(env={"COLUMNS": "160"}).invoke(app, args)
+    line = next(ln for ln in res.output.splitlines() if ln.strip("│ ").startswith("coverage"))
+    assert "0.1.0" in line, res.output
+    res = CliRunner().invoke(app, ["check", "--models", str(tmp_path / "nowhere"), str(case)])
+    assert res.exit_code == 2 and "USAGE: --models" in res.output and "no such folder" in " ".join(res.output.split())
+
+
 def test_config_file_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("epochs: 2\nchannels: [4, 8]\nstrides: [2, 2]\n")
@@ -150,6 +201,17 @@ def test_config_file_overrides(tmp_path):
     with pytest.raises(Exception, match="unknown"):
         p.write_text("epoch: 2\n")
         load_config("coverage", p)
+
+
+def test_preprocessing_typo_in_a_training_config_is_a_usage_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("preprocessing:\n  backgroud_channel: false\n")
+    with pytest.raises(ScanQCError) as e:
+        load_config("motion", p)
+    assert e.value.code == ErrorCode.USAGE and "did you mean 'background_channel'" in e.value.message
+    p.write_text("preprocessing:\n  background_channel: false\n")  # the intended setting takes effect
+    spec = load_config("motion", p).spec
+    assert not spec.background_channel and spec.in_channels == 1
 
 
 def test_baseline_fits_and_reports_same_metrics(tiny_manifests, tmp_path):
