@@ -100,7 +100,7 @@ def _coverage_label(dist: dict[str, float]) -> str | None:
     return None  # ambiguous (touching) or both: redraw
 
 
-def make_mr_case(seed: int, task: str, label: str, grid_mm: float = 1.5, max_inplane: int = 176,
+def make_mr_case(seed: int, task: str, label: str, grid_mm: float = 1.6, max_inplane: int = 160,
                  keep_arrays: bool = False, brain_source: str | None = None, plane: str | None = None,
                  sequence: str | None = None, acq: str | None = None, pe_dir: str | None = None,
                  motion_override: dict | None = None) -> MRCase:

@@ -141,8 +141,8 @@ def draw_geometry(rng: np.random.Generator, seq: dict[str, Any], plane: str, pts
     if seq["acq"] == "3D":  # bound the partition count (generation time): thicker partitions for wide slabs
         proj = pts_head @ normal
         span = float(proj.max() - proj.min()) + 20.0
-        if span / spacing_z > 150:
-            thick = spacing_z = round(min(1.5, span / 150), 2)
+        if span / spacing_z > 140:
+            thick = spacing_z = round(min(1.5, span / 140), 2)
     spans = {}
     for name, d in (("normal", normal), ("col", col), ("row", row)):
         proj = pts_head @ d
