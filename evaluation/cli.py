@@ -23,10 +23,19 @@ def _command_line() -> str:
     return "scanqc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-@app.command()
+# `scanqc evaluate` is a group: without a sub-command it runs the accuracy report; `scanqc evaluate crosssim`
+# generates the independent cross-simulator test set.
+evaluate_app = typer.Typer(add_completion=False)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.callback(invoke_without_command=True)
 def evaluate(
-    manifest: Annotated[list[Path], typer.Option(help="labeled held-out manifest(s); every task found is evaluated")],
-    out: Annotated[Path, typer.Option(help="report folder (report.md, report.html, report.json, PNGs)")],
+    ctx: typer.Context,
+    manifest: Annotated[list[Path] | None, typer.Option(
+        help="labeled held-out manifest(s); every task found is evaluated [required]")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="report folder (report.md, report.html, report.json, PNGs) [required]")] = None,
     models: Annotated[Path | None, typer.Option(
         "--models", help="models folder (<task>/<version>/; its promoted or newest version) [promoted models]")] = None,
     baselines: Annotated[Path | None, typer.Option(
@@ -39,7 +48,13 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="first N cases per task (smoke runs)")] = None,
 ) -> None:
     """Accuracy report: ROC AUC, sensitivity at fixed specificity, confusion, calibration, breakdowns; CNN vs
-    the classical baseline, with PNG plots."""
+    the classical baseline, with PNG plots. Sub-command `crosssim` writes an independent test set."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not manifest or out is None:
+        typer.echo(ctx.get_help())
+        typer.echo("USAGE: --manifest and --out are required (or use a sub-command: crosssim)", err=True)
+        raise typer.Exit(2)
     from scanqc.evaluation.quality import run_evaluation
 
     from scanqc.errors import ScanQCError
@@ -87,3 +102,25 @@ def bench(
         _fail(exc)
     typer.echo((out / "bench.md").read_text())
     typer.echo(json.dumps({"json": str(out / "bench.json"), "targets": res.get("targets")}, indent=2))
+
+
+@evaluate_app.command("crosssim")
+def crosssim(
+    task: Annotated[str, typer.Option(help="motion (MR heads), contrast_phase (abdominal CT), coverage (both)")],
+    out: Annotated[Path, typer.Option(help="folder for the case folders and manifest.csv")],
+    n: Annotated[int, typer.Option(help="number of cases (labels balanced)")] = 120,
+    seed: Annotated[int, typer.Option(help="master seed; each case's seed derives from (seed, task, index)")] = 1,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+) -> None:
+    """Independent cross-simulator test set (own anatomy, k-space motion, CT phantom, truncation): DICOM series
+    folders + manifest.csv (split test). Then: scanqc evaluate --manifest OUT/manifest.csv --out REPORT."""
+    from scanqc.evaluation.crosssim.generate import TASKS, generate
+
+    if task not in TASKS:
+        typer.echo(f"USAGE: --task {task!r}: expected one of {list(TASKS)}", err=True)
+        raise typer.Exit(2)
+    if n < 1 or workers < 1:
+        typer.echo("USAGE: --n and --workers must be >= 1", err=True)
+        raise typer.Exit(2)
+    res = generate(task, n, seed, out, workers=workers)
+    typer.echo(json.dumps(res, indent=2))

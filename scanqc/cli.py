@@ -154,6 +154,7 @@ def _register_subcommands() -> None:
     for sub in (training_app, serving_app, evaluation_app):
         for cmd in sub.registered_commands:
             app.registered_commands.append(cmd)
+        app.registered_groups.extend(sub.registered_groups)  # e.g. `scanqc evaluate [crosssim]`
 
 
 _register_subcommands()
