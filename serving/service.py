@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -164,7 +165,7 @@ def _fsync_tree(folder: Path) -> None:
 _KEPT_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".ima")
 UPLOAD_META = ".upload.json"
 UPLOAD_DONE = ".verdict"
-UPLOAD_ATTEMPTS = ".attempts"  # checks started after a restart (the first, at upload time, is not written)
+UPLOAD_ATTEMPTS = ".attempts"  # checks started so far; written from the second on (the first is the upload's)
 UPLOAD_QUARANTINED = ".quarantined"
 MAX_ATTEMPTS = 2  # an upload whose check the service did not survive this often is quarantined, not re-run
 
@@ -239,7 +240,7 @@ class QCService:
             # Extractions of processes killed mid-check (their `finally` never ran) would stay forever.
             removed = cleanup_stale_extractions()
             if removed:
-                log.warning("removed %d stale zip extraction folder(s) from %s", removed, "the temp folder")
+                log.warning("removed %d stale zip extraction folder(s) from %s", removed, tempfile.gettempdir())
         self._recover_uploads()
         log.warning("scanqc service ready in %.2f s (db %s)", time.perf_counter() - t0,
                     self.settings.public()["db_url"])
@@ -435,9 +436,9 @@ class QCService:
             token.cancel(f"the check took longer than {limit:g} s and was stopped")
             return 504, {"upload_id": upload_id, "station": station, "site_id": site_key,
                          **web.error_body("CHECK_TIMEOUT",
-                                          f"the check took longer than {limit:g} s and was stopped; the upload "
-                                          f"is kept and its error verdict will be at /api/uploads/{upload_id} "
-                                          "(and on the console); send a smaller series or retry later")}
+                                          f"the check took longer than {limit:g} s and was stopped; its error "
+                                          f"verdict will be at /api/uploads/{upload_id} (and on the console); "
+                                          "send a smaller series or retry later")}
         verdicts = [v for v, _ in pairs]
         out = [{"verdict_id": vid, **v.to_dict()} for v, vid in pairs]
         body: dict[str, Any] = {"upload_id": upload_id, "station": station,

@@ -190,7 +190,8 @@ def _part(name: str, data: bytes, filename: str | None = None, extra: str = "") 
 
 
 MALFORMED = {
-    "more parts than max_files": b"".join(_part("files", b"x", f"{i}.dcm") for i in range(MAX_FILES + 5)) + b"--b--\r\n",
+    "more parts than max_files": b"".join(_part("files", b"x", f"{i}.dcm") for i in range(MAX_FILES + 5))
+    + b"--b--\r\n",
     "a 70 KiB text field": _part("station", b"s" * 70_000) + b"--b--\r\n",
     "too many fields": b"".join(_part(f"f{i}", b"v") for i in range(40)) + b"--b--\r\n",
     "a 16 KiB part header": _part("files", b"x", "a.dcm", "X-Pad: " + "p" * 16_384 + "\r\n") + b"--b--\r\n",
@@ -210,6 +211,7 @@ def test_malformed_multipart_is_a_coded_400_and_the_connection_lives(probe: Serv
         status, headers, reply = _exchange(sock, bad)
         assert status == 400, (status, reply[:300])
         assert json.loads(reply)["error"]["code"] == "BAD_REQUEST"
+        assert headers.get("connection", "").lower() != "close"
         status, _, reply = _exchange(sock, good)  # same socket: not reset
         assert status == 200 and "verdicts" in json.loads(reply)
 
