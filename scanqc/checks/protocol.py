@@ -116,7 +116,10 @@ def deviations(series: Series, rule: SeriesRule, study_modality: str | None = No
     if rule.body_part:
         bp = str(series.get("BodyPartExamined") or "").upper()
         if bp and bp not in rule.body_part:
-            add("body_part", rule.body_part, bp, f"Confirm the scanned region ({'/'.join(rule.body_part)}) "
+            # Body part terms hold no digits; a value with some is more likely a misplaced identifier, and
+            # header values that may be patient data are named, never quoted.
+            shown = "(not a body part term)" if any(c.isdigit() for c in bp) else bp
+            add("body_part", rule.body_part, shown, f"Confirm the scanned region ({'/'.join(rule.body_part)}) "
                 "and correct BodyPartExamined", "warn")
     values = measured(series)
     for field, (lo, hi) in rule.ranges.items():

@@ -276,3 +276,14 @@ def test_fair_pool_keeps_a_thread_for_other_sites() -> None:
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_unexpected_body_part_is_not_quoted_when_it_looks_like_an_identifier(tmp_path: Path) -> None:
+    files = ct_series(tmp_path / "s", n=4, size=8, header={"BodyPartExamined": MRN})
+    g = parse_guideline({"study": "S", "modality": "CT", "series": [{"id": "ct", "body_part": "ABDOMEN"}]})
+    [v] = check_path(files[0].parent, g)
+    dev = v.checks["protocol"].extra["deviations"]
+    assert [d["field"] for d in dev] == ["body_part"] and MRN not in str(v.to_dict())
+    files = ct_series(tmp_path / "t", n=4, size=8, header={"BodyPartExamined": "CHEST"})
+    [v] = check_path(files[0].parent, g)
+    assert v.checks["protocol"].extra["deviations"][0]["actual"] == "CHEST"  # a body part term is still shown
