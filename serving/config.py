@@ -179,6 +179,17 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
         raise ScanQCError(ErrorCode.USAGE, f"setting {name}={raw!r} is invalid ({exc})") from None
 
 
+def _register_guideline_files(settings: Settings) -> None:
+    """``default_study`` / ``site_studies`` naming a guideline file (``scanqc serve --study my.yaml``) is the
+    operator's configuration: register the path as a study of that id. Ids sent in requests never name
+    files (``Settings.guideline_ref``)."""
+    from scanqc.guideline import shipped_guideline_path
+
+    for sid in [settings.default_study, *settings.site_studies.values()]:
+        if sid and sid not in settings.studies and shipped_guideline_path(sid) is None and Path(sid).is_file():
+            settings.studies[sid] = sid
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then the YAML file (``path`` or ``$SCANQC_CONFIG``), ``SCANQC_*`` env, overrides."""
     defaults = Settings(db_url="unset")
@@ -213,6 +224,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             else:
                 kwargs[f.name] = _coerce(f.name, values[f.name], default)
     settings = Settings(**kwargs)
+    _register_guideline_files(settings)
     if settings.auth not in AUTH_MODES:
         raise ScanQCError(ErrorCode.USAGE, f"setting auth={settings.auth!r} must be one of {list(AUTH_MODES)}")
     if settings.auth == "off" and not settings.loopback_only:

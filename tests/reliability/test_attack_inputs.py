@@ -4,6 +4,7 @@ cancellation, stale extractions, 4D NIfTI, header values in messages, zip edge c
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import subprocess
@@ -287,3 +288,29 @@ def test_unexpected_body_part_is_not_quoted_when_it_looks_like_an_identifier(tmp
     files = ct_series(tmp_path / "t", n=4, size=8, header={"BodyPartExamined": "CHEST"})
     [v] = check_path(files[0].parent, g)
     assert v.checks["protocol"].extra["deviations"][0]["actual"] == "CHEST"  # a body part term is still shown
+
+
+def test_study_ids_resolve_through_the_configuration_only(tmp_path: Path) -> None:
+    from scanqc.serving.config import load_settings
+    from scanqc.serving.processing import Processor
+    from scanqc.serving.store import Store
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("study: MINE\nseries:\n  - id: a\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("study: OTHER\nseries:\n  - id: a\n")
+    settings = load_settings(None, data_dir=tmp_path / "data", salt="s", default_study=str(mine))
+    assert settings.guideline_ref(str(mine)) == str(mine)  # the operator's own `scanqc serve --study FILE`
+    assert settings.guideline_ref("abdomen_ct") == "abdomen_ct"  # a shipped guideline, by name
+    for sent in (str(other), "/proc/self/status", "../guidelines/brain_mr", "brain_mr.yaml"):
+        assert settings.guideline_ref(sent) is None, sent
+    store = Store(settings.db_url)
+    try:
+        proc = Processor(settings, store)
+        assert proc.guideline_for(str(mine)).study == "MINE"  # type: ignore[union-attr]
+        with pytest.raises(ScanQCError) as e:
+            proc.guideline_for(str(other))
+        assert e.value.code.value == "BAD_GUIDELINE" and "not configured" in e.value.message
+        assert str(other) not in json.dumps(store.list_studies())
+    finally:
+        store.close()
