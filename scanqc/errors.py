@@ -7,6 +7,7 @@ Every failure a user can cause (bad file, bad archive, absurd header, bad guidel
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 
@@ -25,6 +26,11 @@ class ErrorCode(str, Enum):
     ARCHIVE_UNSAFE = "ARCHIVE_UNSAFE"  # zip member escapes the extraction folder
     ARCHIVE_TOO_LARGE = "ARCHIVE_TOO_LARGE"  # zip bomb: members or uncompressed size over limits
     ARCHIVE_CORRUPT = "ARCHIVE_CORRUPT"
+    ARCHIVE_ENCRYPTED = "ARCHIVE_ENCRYPTED"  # a password-protected zip member: send the archive unencrypted
+    ARCHIVE_NAME_TOO_LONG = "ARCHIVE_NAME_TOO_LONG"  # a zip member path too long to extract (PATH_MAX/NAME_MAX)
+    BAD_UID = "BAD_UID"  # a UID that is not digits and dots of at most 64 characters (PS3.5 9.1)
+    CHECK_TIMEOUT = "CHECK_TIMEOUT"  # the check ran past its time limit and was stopped
+    QUARANTINED = "QUARANTINED"  # the service stopped twice while checking this upload: kept, not checked again
     BAD_GUIDELINE = "BAD_GUIDELINE"  # acquisition guideline file invalid
     BAD_MODEL = "BAD_MODEL"  # model artifact missing metadata or unreadable
     USAGE = "USAGE"
@@ -44,3 +50,18 @@ class ScanQCError(Exception):
 
     def __repr__(self) -> str:
         return f"ScanQCError({self.code.value}, {self.message!r})"
+
+
+# A quoted value in an exception's text: 'x', "x" or b'x' (Python's repr, which parsers and int()/float() use).
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"")
+
+
+def exc_summary(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of a library exception, every quoted value masked.
+
+    Parsers and conversions quote the value they choke on (``could not convert string to float:
+    'MRN77310452'`` when a PatientID lands in SliceThickness), and header values can be patient data, so
+    they never reach a message, a verdict or a log: the message names the attribute instead where we can.
+    """
+    text = _QUOTED.sub("'…'", str(exc)).strip()
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__

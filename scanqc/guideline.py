@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import regex
 import yaml
 
 from scanqc.errors import ErrorCode, ScanQCError
@@ -22,6 +24,88 @@ COVERAGE_REGIONS = ("whole_brain", "liver_dome_to_kidneys")
 _RANGE_FIELDS = ("slice_thickness_mm", "pixel_spacing_mm", "fov_mm", "matrix", "kvp", "tr_ms", "te_ms",
                  "field_strength_t")
 EXAMPLES_DIR = Path(__file__).parent / "guidelines"
+
+# Guideline regexes (series ``match``, ``subject_id_pattern``) may come from the admin API, so they are
+# bounded three ways: shapes that backtrack exponentially are refused when the guideline is read, header
+# values longer than MAX_MATCH_INPUT never match (DICOM LO/SH values hold at most 64 characters), and every
+# match runs under the ``regex`` package's timeout (the stdlib ``re`` has none), so a pattern that still
+# backtracks costs at most MATCH_TIMEOUT_S per distinct value (results are cached per pattern and value).
+MAX_PATTERN_CHARS = 256
+MAX_MATCH_INPUT = 256
+MATCH_TIMEOUT_S = 0.05
+
+
+def _backtracking_shape(tokens: Any, in_repeat: bool = False) -> bool:
+    """A variable repeat or an alternation inside a repeat: ``(a+)+``, ``(a|a)*``, ``(x?)*``."""
+    for op, av in tokens:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = av
+            if in_repeat and lo != hi:
+                return True
+            if _backtracking_shape(sub, in_repeat or hi > 1):
+                return True
+        elif name == "BRANCH":
+            if in_repeat or any(_backtracking_shape(alt, in_repeat) for alt in av[1]):
+                return True
+        elif name == "SUBPATTERN":
+            if _backtracking_shape(av[-1], in_repeat):
+                return True
+        elif name in ("ASSERT", "ASSERT_NOT", "ATOMIC_GROUP"):
+            if _backtracking_shape(av[-1] if isinstance(av, tuple) else av, in_repeat):
+                return True
+        elif name == "GROUPREF_EXISTS":
+            if any(b is not None and _backtracking_shape(b, in_repeat) for b in av[1:]):
+                return True
+    return False
+
+
+def validate_pattern(pattern: Any, where: str) -> str:
+    """A guideline regex, checked: a string, compiles, short, and not of a catastrophic-backtracking shape."""
+    if not isinstance(pattern, str):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: must be a regular expression string")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: pattern longer than {MAX_PATTERN_CHARS} characters")
+    try:
+        re.compile(pattern)
+        regex.compile(pattern)
+    except (re.error, regex.error) as exc:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: bad regex {pattern!r} ({exc})") from None
+    try:
+        try:
+            from re import _parser as sre_parse  # Python 3.11+
+        except ImportError:  # pragma: no cover - Python 3.10
+            import sre_parse  # type: ignore[no-redef]
+        tokens = sre_parse.parse(pattern)
+    except Exception:  # the parser is internal; the match timeout still bounds the pattern
+        return pattern
+    if _backtracking_shape(tokens):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE,
+                          f"{where}: regex {pattern!r} nests a repeat or an alternation inside a repeat "
+                          "(catastrophic backtracking); use a character class or a fixed count, "
+                          "e.g. [A-Z]{2}-[0-9]{4}")
+    return pattern
+
+
+@lru_cache(maxsize=4096)
+def _match(pattern: str, text: str, full: bool) -> bool | None:
+    """True/False, or None when the match ran past MATCH_TIMEOUT_S (cached too, so it costs once)."""
+    try:
+        fn = regex.fullmatch if full else regex.search
+        return fn(pattern, text, timeout=MATCH_TIMEOUT_S) is not None
+    except TimeoutError:
+        return None
+
+
+def pattern_matches(pattern: str, text: str, *, full: bool, where: str = "guideline regex") -> bool:
+    """Bounded regex match of a header value (``full``: the whole value must match)."""
+    if len(text) > MAX_MATCH_INPUT:
+        return False
+    hit = _match(pattern, text, full)
+    if hit is None:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: pattern took longer than {MATCH_TIMEOUT_S:g} s "
+                                                   "on a header value; simplify it")
+    return hit
 
 
 def _range(value: Any, where: str) -> tuple[float, float]:
@@ -51,7 +135,8 @@ class SeriesRule:
         if self.modality and modality and self.modality.upper() != modality.upper():
             return False
         if self.match:
-            return bool(description) and re.search(self.match, description or "") is not None
+            return bool(description) and pattern_matches(self.match, description or "", full=False,
+                                                         where=f"series {self.id} match")
         return True
 
 
@@ -115,11 +200,7 @@ def parse_guideline(data: dict[str, Any], source: str = "<dict>") -> Guideline:
         if unknown:
             raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: unknown field(s) {sorted(unknown)}")
         if s.get("match"):
-            try:
-                re.compile(s["match"])
-            except re.error as exc:
-                msg = f"{where}: bad 'match' regex {s['match']!r} ({exc})"
-                raise ScanQCError(ErrorCode.BAD_GUIDELINE, msg) from None
+            validate_pattern(s["match"], f"{where}: 'match'")
         phase = s.get("expected_phase")
         if phase is not None and phase not in PHASES:
             raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: expected_phase {phase!r} not one of {list(PHASES)}")
@@ -152,16 +233,25 @@ def parse_guideline(data: dict[str, Any], source: str = "<dict>") -> Guideline:
             raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: day/window_days must be integers") from None
     pattern = data.get("subject_id_pattern")
     if pattern:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{source}: bad subject_id_pattern ({exc})") from None
+        validate_pattern(pattern, f"{source}: subject_id_pattern")
     return Guideline(study=str(data["study"]), title=str(data.get("title", "")), modality=default_modality,
                      series=rules, visits=visits, subject_id_pattern=pattern, source=source, raw=data)
 
 
+def shipped_guideline_path(name: str) -> Path | None:
+    """The file of a guideline shipped with scanqc (``abdomen_ct``, ``brain_mr``), or None: never another file."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(name or "")):
+        return None
+    p = EXAMPLES_DIR / f"{name}.yaml"
+    return p if p.is_file() else None
+
+
 def load_guideline(path: str | Path) -> Guideline:
-    """Read a guideline YAML file; a bare name like ``brain_mr`` loads a shipped example."""
+    """Read a guideline YAML file; a bare name like ``brain_mr`` loads a shipped example.
+
+    For the operator's own paths (CLI ``--protocol``, the settings file's ``studies``); never call it with a
+    name a client sent (the service resolves those through its configuration only).
+    """
     p = Path(path)
     if not p.exists() and (EXAMPLES_DIR / f"{path}.yaml").exists():
         p = EXAMPLES_DIR / f"{path}.yaml"

@@ -22,9 +22,9 @@ class Limits:
     max_instances: int = 5000  # instances per series
     max_files: int = 20_000  # files in one input (folder or archive)
     max_file_bytes: int = 2 * 1024**3
-    max_archive_members: int = 20_000
-    max_archive_bytes: int = 4 * 1024**3  # total uncompressed size
-    max_compression_ratio: float = 200.0  # per member, zip-bomb guard
+    max_archive_members: int = 20_000  # all archives of one input together
+    max_archive_bytes: int = 4 * 1024**3  # uncompressed size, all archives of one input together
+    max_compression_ratio: float = 200.0  # per member >= 64 KiB and over the whole input: zip-bomb guard
 
     @classmethod
     def from_env(cls) -> Limits:

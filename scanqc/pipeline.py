@@ -9,15 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from scanqc.cancel import CheckCancelled, checkpoint
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.checks.deidentification import DeidentificationCheck
 from scanqc.checks.integrity import IntegrityCheck
 from scanqc.checks.ml import model_checks
 from scanqc.checks.protocol import ProtocolCheck, VisitWindowCheck
-from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.guideline import Guideline
 from scanqc.limits import DEFAULT_LIMITS, Limits
 from scanqc.series import Series, load_series
@@ -51,13 +53,16 @@ def check_series(series: Series, guideline: Guideline | None = None, *, visit: s
     results: dict[str, CheckResult] = {}
     timings = base["timings_ms"]
     for check in checks if checks is not None else default_checks():
+        checkpoint()
         t = time.perf_counter()
         try:
             results[check.name] = check(series, ctx)
+        except CheckCancelled:
+            raise
         except ScanQCError as exc:
             results[check.name] = CheckResult.skipped(f"could not run: {exc.code.value}: {exc.message}")
         except Exception as exc:  # a bug in one check must not cost the others their verdict
-            log.exception("check %s crashed", check.name)
+            _log_crash(f"check {check.name} crashed", exc)
             results[check.name] = CheckResult.skipped(f"internal error in {check.name}: {type(exc).__name__}")
         timings[check.name] = (time.perf_counter() - t) * 1000
     vol = series.volume
@@ -79,16 +84,26 @@ def check_path(path: str | Path, guideline: Guideline | None = None, *, limits: 
         return [Verdict.from_error(str(path), ErrorCode.TOO_LARGE.value, f"{path}: {type(exc).__name__}",
                                    (time.perf_counter() - t0) * 1000)]
     except Exception as exc:
-        log.exception("reading %s failed", path)
+        _log_crash(f"reading {path} failed", exc)
         return [Verdict.from_error(str(path), ErrorCode.INTERNAL.value,
                                    f"{path}: unexpected {type(exc).__name__} while reading (please report)",
                                    (time.perf_counter() - t0) * 1000)]
     read_share = (time.perf_counter() - t0) / max(len(series), 1)
     out = []
-    for s in series:
-        # Each verdict's elapsed time includes its share of reading the input.
-        out.append(check_series(s, guideline, started=time.perf_counter() - read_share, **kw))
+    try:
+        for s in series:
+            # Each verdict's elapsed time includes its share of reading the input.
+            out.append(check_series(s, guideline, started=time.perf_counter() - read_share, **kw))
+    except CheckCancelled as exc:  # the series not yet checked get one error verdict together
+        out.append(Verdict.from_error(str(path), exc.code.value, exc.message, (time.perf_counter() - t0) * 1000))
     return out
+
+
+def _log_crash(what: str, exc: BaseException) -> None:
+    """A bug report for the log: the stack and the exception with quoted values masked (they can be header
+    values, i.e. patient data), never the raw exception text."""
+    stack = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s: %s\n%s", what, exc_summary(exc), stack)
 
 
 def check_paths(paths: Iterable[str | Path], guideline: Guideline | None = None, **kw) -> Iterator[Verdict]:

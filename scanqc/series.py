@@ -19,7 +19,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 
-from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.cancel import CheckCancelled, checkpoint
+from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.io.dicom import (
     FrameGeometry,
     check_image_size,
@@ -258,6 +259,7 @@ def build_volume(
     bad: list[str] = []
     keep_rows: list[int] = []
     for z, f in enumerate(frames):
+        checkpoint()
         key = id(f.ds)
         if key not in decoded:
             try:
@@ -314,6 +316,8 @@ def _assemble_dicom(group: list[tuple[InputFile, Dataset]], input_name: str, lim
             for i, g in enumerate(frame_geometries(ds)):
                 frames.append(_Frame(ds, f, i, g))
         vol, issues, more_notes, used = build_volume(frames, name, limits)
+    except CheckCancelled:
+        raise
     except ScanQCError as exc:
         series.error = exc
         series.header = _strip_pixels(group[0][1])
@@ -321,7 +325,7 @@ def _assemble_dicom(group: list[tuple[InputFile, Dataset]], input_name: str, lim
     except _MALFORMED_HEADER as exc:
         # Header values of the wrong type or shape (fuzzing finds these): name them, don't crash.
         series.error = ScanQCError(ErrorCode.INCONSISTENT_SERIES,
-                                   f"{name}: cannot build a volume from the headers ({type(exc).__name__}: {exc})")
+                                   f"{name}: cannot build a volume from the headers ({exc_summary(exc)})")
         series.header = _strip_pixels(group[0][1])
         return series
     series.volume = vol
@@ -384,6 +388,7 @@ def load_series(path: str | Path, limits: Limits = DEFAULT_LIMITS,
         skipped: dict[str, int] = defaultdict(int)
         errors: list[ScanQCError] = []
         for f in files:
+            checkpoint()
             if is_nifti_name(f.name):
                 try:
                     nifti.append(_nifti_series(f, input_name, limits))
@@ -400,7 +405,7 @@ def load_series(path: str | Path, limits: Limits = DEFAULT_LIMITS,
                 key = str(ds.get("SeriesInstanceUID", "")) or f"__file__{f.name}"
             except _MALFORMED_HEADER as exc:
                 errors.append(ScanQCError(ErrorCode.UNREADABLE, f"{f.name}: malformed header "
-                                                                f"({type(exc).__name__}: {exc})"))
+                                                                f"({exc_summary(exc)})"))
                 continue
             if reason:
                 skipped[reason] += 1

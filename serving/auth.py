@@ -271,6 +271,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 async def _upload(state: Any, scope: dict[str, Any], guard: _BodyGuard) -> None:
     """POST /api/check: parse the multipart body here (bounded, spooled to disk) and hand it to the service."""
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
     from starlette.requests import ClientDisconnect, Request
 
@@ -290,12 +291,15 @@ async def _upload(state: Any, scope: dict[str, Any], guard: _BodyGuard) -> None:
         form = await request.form(max_files=limits.max_files, max_fields=len(_UPLOAD_FIELDS) + 10,
                                   max_part_size=64 * 1024)
     except MultiPartException as exc:
-        await answer(400, bad(f"malformed multipart body ({exc.message})"))
+        await _drain_then(guard, answer, 400, bad(f"malformed multipart body ({exc.message})"))
+        return
+    except HTTPException as exc:  # Starlette wraps the parser's MultiPartException in HTTPException(400)
+        await _drain_then(guard, answer, 400, bad(f"malformed multipart body ({str(exc.detail)[:200]})"))
         return
     except ClientDisconnect:
         return  # the guard has answered (413/408) or the client went away
-    except (ValueError, UnicodeDecodeError, KeyError) as exc:
-        await answer(400, bad(f"malformed multipart body ({type(exc).__name__})"))
+    except (ValueError, UnicodeDecodeError, KeyError, AssertionError) as exc:
+        await _drain_then(guard, answer, 400, bad(f"malformed multipart body ({type(exc).__name__})"))
         return
     try:
         files, fields = [], {}
@@ -320,6 +324,20 @@ async def _upload(state: Any, scope: dict[str, Any], guard: _BodyGuard) -> None:
         await answer(status, body)
     finally:
         await form.close()
+
+
+async def _drain_then(guard: _BodyGuard, answer: Any, status: int, body: dict[str, Any]) -> None:
+    """Read (and drop) what is left of a refused request body, then answer: the connection then stays
+    usable for the client's next request (keep-alive) instead of being reset mid-body."""
+    try:
+        while not guard.body_done and not guard.aborted:
+            msg = await guard.receive()
+            if msg.get("type") != "http.request":
+                break
+    except Exception:  # the body is being refused anyway; answering is what matters
+        pass
+    if not guard.aborted:
+        await answer(status, body)
 
 
 def _token_from_header_only(scope: dict[str, Any]) -> str | None:

@@ -54,6 +54,9 @@ class Settings:
     salt: str = _DEFAULT_SALT  # per-deployment secret for hashing patient identifiers
     workers: int = 1  # BentoML API workers; keep 1 on SQLite
     concurrency: int = 4  # series checked at once per worker (HTTP) and by the DICOM receiver
+    # HTTP checks one site may run at once (0: concurrency - 1, at least 1), so one site's burst of slow
+    # uploads always leaves a check thread to the other sites (scanqc.serving.pool.FairPool).
+    site_concurrency: int = 0
     max_batch_size: int = 16
     max_latency_ms: int = 1000
     keep_uploads: bool = True  # keep received files under data_dir/incoming after the verdict
@@ -64,9 +67,11 @@ class Settings:
     max_upload_bytes: int = 2 * 1024**3  # HTTP request body, enforced while streaming (413 TOO_LARGE)
     max_instances: int = 5000  # instances per series
     max_voxels: int = 600_000_000  # voxels per series volume
-    max_archive_members: int = 20_000  # zip members
-    max_archive_bytes: int = 4 * 1024**3  # zip uncompressed total
-    check_timeout_s: float = 120.0  # an upload's check taking longer answers 504 CHECK_TIMEOUT (kept, finished later)
+    max_archive_members: int = 20_000  # zip members of one upload, all its archives together
+    max_archive_bytes: int = 4 * 1024**3  # zip uncompressed total of one upload, all its archives together
+    # an upload's check taking longer is stopped and answers 504 CHECK_TIMEOUT (the upload is kept, its error
+    # verdict stored); also the limit for uploads checked again after a restart
+    check_timeout_s: float = 120.0
     request_idle_timeout_s: float = 30.0  # no request-body bytes for this long: 408 REQUEST_TIMEOUT
 
     def __post_init__(self) -> None:
@@ -87,10 +92,21 @@ class Settings:
         return self.default_study
 
     def guideline_ref(self, study_id: str | None) -> str | None:
-        """Guideline file/name for a study id; an unconfigured id may name a shipped guideline directly."""
+        """Guideline file/name of a configured study; an unconfigured id may name a shipped guideline
+        (``abdomen_ct``...), never a file: study ids arrive in requests. None when neither."""
         if not study_id:
             return None
-        return self.studies.get(study_id, study_id)
+        if study_id in self.studies:
+            return self.studies[study_id]
+        from scanqc.guideline import shipped_guideline_path
+
+        return study_id if shipped_guideline_path(study_id) is not None else None
+
+    @property
+    def checks_per_site(self) -> int:
+        """HTTP checks one site may run at once (``site_concurrency``; 0 = all threads but one)."""
+        n = max(1, self.concurrency)
+        return max(1, min(self.site_concurrency, n)) if self.site_concurrency > 0 else max(1, n - 1)
 
     def hash_identifier(self, value: object) -> str | None:
         """Keyed hash (HMAC-SHA256) of a patient identifier; never store or log the clear value."""
@@ -163,6 +179,17 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
         raise ScanQCError(ErrorCode.USAGE, f"setting {name}={raw!r} is invalid ({exc})") from None
 
 
+def _register_guideline_files(settings: Settings) -> None:
+    """``default_study`` / ``site_studies`` naming a guideline file (``scanqc serve --study my.yaml``) is the
+    operator's configuration: register the path as a study of that id. Ids sent in requests never name
+    files (``Settings.guideline_ref``)."""
+    from scanqc.guideline import shipped_guideline_path
+
+    for sid in [settings.default_study, *settings.site_studies.values()]:
+        if sid and sid not in settings.studies and shipped_guideline_path(sid) is None and Path(sid).is_file():
+            settings.studies[sid] = sid
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then the YAML file (``path`` or ``$SCANQC_CONFIG``), ``SCANQC_*`` env, overrides."""
     defaults = Settings(db_url="unset")
@@ -197,6 +224,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             else:
                 kwargs[f.name] = _coerce(f.name, values[f.name], default)
     settings = Settings(**kwargs)
+    _register_guideline_files(settings)
     if settings.auth not in AUTH_MODES:
         raise ScanQCError(ErrorCode.USAGE, f"setting auth={settings.auth!r} must be one of {list(AUTH_MODES)}")
     if settings.auth == "off" and not settings.loopback_only:

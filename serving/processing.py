@@ -19,9 +19,11 @@ from typing import Any
 from scanqc.serving.config import Settings
 from scanqc.serving.store import Store
 
+from scanqc.cancel import CancelToken, cancel_scope
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.errors import ErrorCode, ScanQCError
-from scanqc.guideline import Guideline, load_guideline, parse_guideline
+from scanqc.guideline import Guideline, load_guideline, parse_guideline, shipped_guideline_path
+from scanqc.io.dicom import valid_uid
 from scanqc.limits import Limits
 from scanqc.pipeline import apply_required_series, check_path, default_checks
 from scanqc.series import Series
@@ -127,19 +129,26 @@ class Processor:
     def guideline_for(self, study_id: str | None) -> Guideline | None:
         """The acquisition guideline of a study (cached); ``None`` when no study applies.
 
-        Raises ScanQCError(BAD_GUIDELINE) when the study's guideline is unknown or invalid.
+        A study is one of the settings file's ``studies``, one set through the admin API, or the name of a
+        guideline shipped with scanqc; any other id (a file path included: ids arrive in requests) raises
+        ScanQCError(BAD_GUIDELINE), as does an invalid guideline.
         """
-        ref = self.settings.guideline_ref(study_id)
-        if ref is None:
+        if not study_id:
             return None
-        if study_id and study_id not in self.settings.studies:
+        if study_id not in self.settings.studies:
             managed = self._managed(study_id)
             if managed is not None:
                 return managed
+        ref = self.settings.guideline_ref(study_id)
+        if ref is None:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE,
+                              f"study {study_id[:64]!r} is not configured (settings 'studies', or "
+                              "PUT /api/admin/studies/{id})")
         with self._lock:
             g = self._guidelines.get(ref)
         if g is None:
-            g = load_guideline(ref)
+            # The settings file's entries may be paths (the operator's); a shipped name loads from the package.
+            g = load_guideline(ref if study_id in self.settings.studies else shipped_guideline_path(ref) or ref)
             with self._lock:
                 self._guidelines[ref] = g
             try:
@@ -190,14 +199,25 @@ class Processor:
     # -- the one entry point ---------------------------------------------------------------------
     def process_folder(self, folder: Path | str, *, site_id: str | None, station: str, source: str,
                        received_at: dt.datetime, study_id: str | None = None, visit: str | None = None,
-                       modality_hint: str | None = None, complete_study: bool = False) -> list[Verdict]:
+                       modality_hint: str | None = None, complete_study: bool = False,
+                       cancel: CancelToken | None = None) -> list[Verdict]:
         """Check every series under ``folder`` (a folder, file, zip or NIfTI) and store the verdicts.
 
         Never raises for bad input: an unreadable input or a study with a broken guideline becomes an
         ``error`` verdict, stored like any other so the technologist console shows it.
         ``complete_study`` adds the study-level ``required_series`` check (only meaningful when the input
         holds a whole visit; series arriving one by one over DICOM would otherwise all be "missing" the rest).
+        ``cancel`` stops the check (an error verdict ``CHECK_TIMEOUT`` is stored) once it is cancelled.
         """
+        return [v for v, _ in self.check_folder(
+            folder, site_id=site_id, station=station, source=source, received_at=received_at, study_id=study_id,
+            visit=visit, modality_hint=modality_hint, complete_study=complete_study, cancel=cancel)]
+
+    def check_folder(self, folder: Path | str, *, site_id: str | None, station: str, source: str,
+                     received_at: dt.datetime, study_id: str | None = None, visit: str | None = None,
+                     modality_hint: str | None = None, complete_study: bool = False,
+                     cancel: CancelToken | None = None) -> list[tuple[Verdict, int | None]]:
+        """:meth:`process_folder` with each verdict's stored id (None where storing failed)."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         if received_at.tzinfo is None:
@@ -215,8 +235,10 @@ class Processor:
                 taps: dict[str, Series] = {}
                 checks = self.checks if self.checks is not None else default_checks()
                 tapped: list[Check] = [_HeaderTap(checks[0], taps), *checks[1:]] if checks else []
-                verdicts = check_path(folder, guideline, limits=self.limits, modality_hint=modality_hint,
-                                      visit=visit, models=self.models, infer=self.infer, checks=tapped)
+                with cancel_scope(cancel):
+                    verdicts = check_path(folder, guideline, limits=self.limits, modality_hint=modality_hint,
+                                          visit=visit, models=self.models, infer=self.infer, checks=tapped)
+                verdicts = [_checked_uids(v) for v in verdicts]
                 if complete_study:
                     apply_required_series(verdicts, guideline, visit, taps)
                 return self._record(verdicts, taps, site=site, station=station, source=source, study=study,
@@ -227,8 +249,17 @@ class Processor:
             with self._lock:
                 self._in_flight[source] -= 1
 
+    def record_error(self, folder: Path | str, code: str, message: str, *, site_id: str | None, station: str,
+                     source: str, received_at: dt.datetime, study_id: str | None = None
+                     ) -> list[tuple[Verdict, int | None]]:
+        """Store an error verdict for an input that is not checked (a quarantined upload), like any other."""
+        site = site_id or self.settings.default_site
+        return self._record([Verdict.from_error(str(folder), code, message)], {}, site=site, station=station,
+                            source=source, study=study_id, received_at=received_at)
+
     def _record(self, verdicts: list[Verdict], taps: dict[str, Series], *, site: str, station: str,
-                source: str, study: str | None, received_at: dt.datetime) -> list[Verdict]:
+                source: str, study: str | None, received_at: dt.datetime) -> list[tuple[Verdict, int | None]]:
+        out: list[tuple[Verdict, int | None]] = []
         for v in verdicts:
             series = taps.get(v.series_uid or v.input)
             patient = accession = None
@@ -246,7 +277,9 @@ class Processor:
                 # Storage down: the verdict is still the scanner's answer; say so in it rather than hide it.
                 log.error("storing verdict for series %s failed: %s", v.series_uid, type(exc).__name__)
                 v.notes.append(f"{ErrorCode.INTERNAL.value}: verdict not stored ({type(exc).__name__})")
+                out.append((v, None))
                 continue
+            out.append((v, vid))
             event = Processed(v, vid, site, station, source, study, received_at,
                               dt.datetime.now(dt.timezone.utc))
             for listener in list(self.listeners):
@@ -254,4 +287,19 @@ class Processor:
                     listener(event)
                 except Exception:
                     log.warning("verdict listener failed", exc_info=True)
-        return verdicts
+        return out
+
+
+def _checked_uids(v: Verdict) -> Verdict:
+    """A series whose SeriesInstanceUID is not a DICOM UID gets an error verdict without it: the UID names
+    the series in URLs, file names and the SR download's Content-Disposition (issue 15: ``1.2.3"; filename=
+    "evil.exe`` was stored and sent back as a header parameter). An invalid StudyInstanceUID is dropped."""
+    if v.study_uid is not None and valid_uid(v.study_uid) is None:
+        v.study_uid = None
+        v.notes.append("StudyInstanceUID is not a valid DICOM UID; not recorded")
+    if v.series_uid is None or valid_uid(v.series_uid) == v.series_uid:
+        return v
+    return Verdict.from_error(v.input, ErrorCode.BAD_UID.value,
+                              "SeriesInstanceUID is not a valid DICOM UID (digits and dots, at most 64 "
+                              "characters); fix the export and resend", v.elapsed_ms, modality=v.modality,
+                              study_uid=v.study_uid, n_instances=v.n_instances, notes=v.notes)

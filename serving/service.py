@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,13 @@ import numpy as np
 import pydicom.config
 from scanqc.serving import auth, patches, web
 from scanqc.serving.config import Settings, load_settings
+from scanqc.serving.pool import FairPool
 from scanqc.serving.processing import Processed, Processor
 from scanqc.serving.store import Store
 
-from scanqc.errors import ScanQCError
+from scanqc.cancel import CancelToken
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.io.sources import cleanup_stale_extractions
 
 log = logging.getLogger("scanqc.serving")
 
@@ -162,6 +165,9 @@ def _fsync_tree(folder: Path) -> None:
 _KEPT_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".ima")
 UPLOAD_META = ".upload.json"
 UPLOAD_DONE = ".verdict"
+UPLOAD_ATTEMPTS = ".attempts"  # checks started so far; written from the second on (the first is the upload's)
+UPLOAD_QUARANTINED = ".quarantined"
+MAX_ATTEMPTS = 2  # an upload whose check the service did not survive this often is quarantined, not re-run
 
 
 def _original_name(tmp: Path, index: int) -> str:
@@ -221,8 +227,8 @@ class QCService:
         self.processor.listeners.append(self._observe)
         self._concurrency = max(1, self.settings.concurrency)
         # Own pool for pipelines: long checks must not occupy the event loop's default executor, which the
-        # read API, auth lookups and the console's SSE polls use.
-        self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="scanqc-http")
+        # read API, auth lookups and the console's SSE polls use. Shared fairly between sites.
+        self._pool = FairPool(self._concurrency, self.settings.checks_per_site, name="scanqc-http")
         self._count_lock = threading.Lock()
         self._waiting = 0
         self.receiver: Any = None
@@ -230,6 +236,11 @@ class QCService:
         web.bind(web.AppState(settings=self.settings, store=self.store, processor=self.processor,
                               service=self))
         self._start_receiver()
+        if bentoml.server_context.worker_index in (None, 1):
+            # Extractions of processes killed mid-check (their `finally` never ran) would stay forever.
+            removed = cleanup_stale_extractions()
+            if removed:
+                log.warning("removed %d stale zip extraction folder(s) from %s", removed, tempfile.gettempdir())
         self._recover_uploads()
         log.warning("scanqc service ready in %.2f s (db %s)", time.perf_counter() - t0,
                     self.settings.public()["db_url"])
@@ -256,12 +267,15 @@ class QCService:
             log.error("DICOM receiver failed: %s", self.receiver_error)
 
     def _recover_uploads(self) -> None:
-        """Check again HTTP uploads that were persisted but never got a verdict (killed mid-check, or
-        answered 504 and the process stopped before the check ended)."""
+        """Check again HTTP uploads that were persisted but never got a verdict (the service stopped
+        mid-check). One whose check the service already failed to finish ``MAX_ATTEMPTS`` times is
+        quarantined instead: kept on disk for the operator, an error verdict ``QUARANTINED`` stored, never
+        re-run (an input that kills the worker would otherwise do so at every start)."""
         if bentoml.server_context.worker_index not in (None, 1):
             return
         root = self.settings.incoming_dir / "http"
-        todo = [f for f in sorted(root.glob("*")) if (f / UPLOAD_META).is_file() and not (f / UPLOAD_DONE).exists()]
+        todo = [f for f in sorted(root.glob("*")) if (f / UPLOAD_META).is_file() and not (f / UPLOAD_DONE).exists()
+                and not (f / UPLOAD_QUARANTINED).exists()]
         for folder in todo:
             try:
                 meta = json.loads((folder / UPLOAD_META).read_text())
@@ -269,16 +283,44 @@ class QCService:
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("upload %s: unreadable upload record (%s); skipped", folder.name, type(exc).__name__)
                 continue
-            log.warning("restart: upload %s has no verdict yet; checking it again", folder.name)
+            attempts = _read_attempts(folder)
+            if attempts >= MAX_ATTEMPTS:
+                self._quarantine(folder, received, meta, attempts)
+                continue
+            log.warning("restart: upload %s has no verdict yet; checking it again (attempt %d of %d)",
+                        folder.name, attempts + 1, MAX_ATTEMPTS)
             self._enter()
-            self._pool.submit(self._run_upload, folder, received, meta)
+            # No client waits for it, so the check's time limit runs from when it starts.
+            token = CancelToken(self.settings.check_timeout_s, start=False)
+            self._pool.submit(meta.get("site_id") or self.settings.default_site, self._run_upload, folder,
+                              received, meta, token, attempts + 1)
+
+    def _quarantine(self, folder: Path, received: dt.datetime, meta: dict[str, Any], attempts: int) -> None:
+        log.error("upload %s: the service stopped %d times while checking it; quarantined (kept in %s, "
+                  "not checked again)", folder.name, attempts, folder)
+        message = (f"the service stopped {attempts} times while checking this upload; it is kept for the "
+                   "operator and not checked again (send the series again, split if it is very large)")
+        try:
+            pairs = self.processor.record_error(folder, ErrorCode.QUARANTINED.value, message,
+                                                site_id=meta.get("site_id"), station=str(meta.get("station") or
+                                                                                         "http"),
+                                                source="http", received_at=received, study_id=meta.get("study_id"))
+        except Exception as exc:  # the marker below still stops the re-runs
+            log.error("upload %s: storing its quarantine verdict failed (%s)", folder.name, type(exc).__name__)
+            pairs = []
+        at = dt.datetime.now(dt.timezone.utc).isoformat()
+        _write_json(folder / UPLOAD_QUARANTINED, {"attempts": attempts, "at": at})
+        _write_json(folder / UPLOAD_DONE, {"series_uids": [v.series_uid for v, _ in pairs],
+                                           "verdict_ids": [vid for _, vid in pairs],
+                                           "statuses": [v.status for v, _ in pairs],
+                                           "site_id": meta.get("site_id") or self.settings.default_site, "at": at})
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        self._pool.shutdown(wait=True)
         self.store.close()
 
     # -- model inference seam ---------------------------------------------------------------------
@@ -382,17 +424,23 @@ class QCService:
         await asyncio.to_thread(self._persist, files, folder, {**meta, "received_at": received_at.isoformat()})
         # Acknowledged from here on: the files and the request are on disk; a restart finishes the check.
         self._enter()
-        fut = asyncio.wrap_future(self._pool.submit(self._run_upload, folder, received_at, meta))
+        token = CancelToken()
+        site_key = site_id or self.settings.default_site
+        fut = asyncio.wrap_future(self._pool.submit(site_key, self._run_upload, folder, received_at, meta, token))
         try:
-            verdicts = await asyncio.wait_for(asyncio.shield(fut), timeout=self.settings.check_timeout_s)
+            pairs = await asyncio.wait_for(asyncio.shield(fut), timeout=self.settings.check_timeout_s)
         except asyncio.TimeoutError:
-            return 504, {"upload_id": upload_id, "station": station,
-                         "site_id": site_id or self.settings.default_site,
+            # Stop the work too (issue 15: a zip bomb's check went on for an hour after its 504); the check
+            # stores an error verdict CHECK_TIMEOUT and marks the upload done, so no restart re-runs it.
+            limit = self.settings.check_timeout_s
+            token.cancel(f"the check took longer than {limit:g} s and was stopped")
+            return 504, {"upload_id": upload_id, "station": station, "site_id": site_key,
                          **web.error_body("CHECK_TIMEOUT",
-                                          f"the check took longer than {self.settings.check_timeout_s:g} s; the "
-                                          f"upload is stored and its verdict will be at /api/uploads/{upload_id} "
-                                          "(and on the console); no need to send it again")}
-        out = [v.to_dict() for v in verdicts]
+                                          f"the check took longer than {limit:g} s and was stopped; its error "
+                                          f"verdict will be at /api/uploads/{upload_id} (and on the console); "
+                                          "send a smaller series or retry later")}
+        verdicts = [v for v, _ in pairs]
+        out = [{"verdict_id": vid, **v.to_dict()} for v, vid in pairs]
         body: dict[str, Any] = {"upload_id": upload_id, "station": station,
                                 "site_id": site_id or self.settings.default_site, "study_id": study_id,
                                 "received_at": received_at.isoformat().replace("+00:00", "Z"), "verdicts": out}
@@ -423,23 +471,42 @@ class QCService:
 
         fsync_dir(folder.parent)
 
-    def _run_upload(self, folder: Path, received_at: dt.datetime, meta: dict[str, Any]) -> list:
-        """Check a persisted upload, store the verdicts (before anyone is told), then mark it done."""
+    def _run_upload(self, folder: Path, received_at: dt.datetime, meta: dict[str, Any],
+                    token: CancelToken | None = None, attempt: int = 1) -> list[tuple[Any, int | None]]:
+        """Check a persisted upload, store the verdicts (before anyone is told), then mark it done.
+
+        Returns (verdict, verdict id) pairs. ``token`` stops the check (an error verdict CHECK_TIMEOUT).
+        ``attempt`` > 1 (a check again after a restart) is recorded on disk before the check starts.
+        """
         try:
-            verdicts = self.processor.process_folder(folder, source="http", received_at=received_at, **meta)
-            ids = [v.to_dict().get("series_uid") for v in verdicts]
-            _write_json(folder / UPLOAD_DONE, {"series_uids": ids, "statuses": [v.status for v in verdicts],
+            if attempt > 1:
+                _write_json(folder / UPLOAD_ATTEMPTS, {"attempts": attempt})
+            if token is not None:
+                token.start()
+            pairs = self.processor.check_folder(folder, source="http", received_at=received_at, cancel=token,
+                                                **meta)
+            _write_json(folder / UPLOAD_DONE, {"series_uids": [v.series_uid for v, _ in pairs],
+                                               "verdict_ids": [vid for _, vid in pairs],
+                                               "statuses": [v.status for v, _ in pairs],
                                                "site_id": meta.get("site_id") or self.settings.default_site,
                                                "at": dt.datetime.now(dt.timezone.utc).isoformat()})
             if not self.settings.keep_uploads:  # keep the small records, drop the images
                 for p in folder.iterdir():
                     if not p.name.startswith("."):
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
-            return verdicts
+            return pairs
         finally:
             with self._count_lock:
                 self._waiting -= 1
             self._set_depth()
+
+
+def _read_attempts(folder: Path) -> int:
+    """Checks of this upload started so far: the one at upload time, plus those recorded after restarts."""
+    try:
+        return max(1, int(json.loads((folder / UPLOAD_ATTEMPTS).read_text())["attempts"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
 
 
 # Authentication, streaming body limits and coded errors in front of every route (scanqc.serving.auth).

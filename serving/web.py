@@ -32,7 +32,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from scanqc.errors import ScanQCError
+from scanqc.errors import ScanQCError, exc_summary
+from scanqc.io.dicom import valid_uid
 
 log = logging.getLogger("scanqc.serving")
 
@@ -221,12 +222,35 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     return v
 
 
+# Row ids are 32-bit in PostgreSQL (INTEGER) and 64-bit in SQLite: anything beyond cannot name a row, and
+# handing it to the database driver raised OverflowError (a 500).
+MAX_ROW_ID = 2**31 - 1
+
+
 def _path_int(request: Request, name: str) -> int:
-    raw = request.path_params[name]
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(404, "NOT_FOUND", f"{name} {raw!r} is not a number") from None
+    raw = str(request.path_params[name])
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or not 1 <= int(raw) <= MAX_ROW_ID:
+        raise ApiError(404, "NOT_FOUND", f"{name} {raw[:20]!r} is not a known id")
+    return int(raw)
+
+
+def _body_int(data: dict[str, Any], name: str) -> int:
+    """An id in a JSON/form body: an integer (or a string of digits) within the row id range."""
+    raw = data.get(name)
+    if raw is None or raw == "":
+        raise ApiError(400, "BAD_REQUEST", f"{name} (integer) is required")
+    text = "" if isinstance(raw, bool) or not isinstance(raw, (int, str)) else str(raw).strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 10 or not 1 <= int(text) <= MAX_ROW_ID:
+        raise ApiError(400, "BAD_REQUEST", f"{name} must be an integer within 1..{MAX_ROW_ID}")
+    return int(text)
+
+
+def _uid_param(request: Request) -> str:
+    """A series UID from the path: digits and dots, at most 64 characters (PS3.5 9.1), else 404."""
+    uid = str(request.path_params["uid"])
+    if valid_uid(uid) != uid:
+        raise ApiError(404, "NOT_FOUND", "no such series (a series UID is digits and dots, at most 64 characters)")
+    return uid
 
 
 async def _db(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -282,7 +306,7 @@ async def _series_records(request: Request, uid: str) -> list[dict[str, Any]]:
 
 
 async def api_series(request: Request) -> Response:
-    uid = request.path_params["uid"]
+    uid = _uid_param(request)
     records = await _series_records(request, uid)
     latest = records[0]
     return _json({"series_uid": uid, **latest, "history": [
@@ -327,7 +351,7 @@ def _reference_header(verdict: dict[str, Any]) -> Any:
 
 
 async def api_series_sr(request: Request) -> Response:
-    uid = request.path_params["uid"]
+    uid = _uid_param(request)
     records = await _series_records(request, uid)
     verdict = records[0]["verdict"]
     try:
@@ -344,11 +368,14 @@ async def api_series_sr(request: Request) -> Response:
         ds.save_as(buf, enforce_file_format=True)
     except ScanQCError as exc:
         raise ApiError(422, exc.code.value, exc.message) from None
-    except Exception as exc:
-        log.exception("SR for %s failed", uid)
+    except Exception as exc:  # the exception text can quote header values (patient data): masked
+        log.error("SR for %s failed: %s", uid, exc_summary(exc))
         raise ApiError(500, "INTERNAL", f"building the SR failed ({type(exc).__name__})") from None
+    # The file name is built from the validated UID's digits and dots only: nothing a client sent can add a
+    # header parameter (issue 15: a stored UID `1.2.3"; filename="evil.exe` did).
+    safe = "".join(c for c in uid if c.isascii() and (c.isdigit() or c == "."))[-32:] or "series"
     return Response(buf.getvalue(), media_type="application/dicom",
-                    headers={"Content-Disposition": f'attachment; filename="scanqc-sr-{uid[-32:]}.dcm"'})
+                    headers={"Content-Disposition": f'attachment; filename="scanqc-sr-{safe}.dcm"'})
 
 
 async def api_upload(request: Request) -> Response:
@@ -371,9 +398,17 @@ async def api_upload(request: Request) -> Response:
         raise ApiError(404, "NOT_FOUND", f"no upload {uid}")
     site = meta.get("site_id") or _st().settings.default_site
     _own(request, site, f"upload {uid}")
+    state = "quarantined" if (folder / ".quarantined").exists() else "done" if done else "pending"
     out: dict[str, Any] = {"upload_id": uid, "site_id": site, "station": meta.get("station"),
-                           "state": "done" if done else "pending", "verdicts": []}
-    for series_uid in (done or {}).get("series_uids") or []:
+                           "state": state, "verdicts": []}
+    ids = (done or {}).get("verdict_ids")
+    if isinstance(ids, list):  # every verdict of the upload, error verdicts without a series included
+        for vid in ids:
+            rec = await _db(_st().store.get_verdict, vid) if isinstance(vid, int) else None
+            if rec is not None and rec["site_id"] == site:
+                out["verdicts"].append({"verdict_id": rec["id"], **rec["verdict"]})
+        return _json(out)
+    for series_uid in (done or {}).get("series_uids") or []:  # markers written before verdict_ids existed
         if series_uid:
             recs = [r for r in await _db(_st().store.verdicts_for_series, series_uid) if r["site_id"] == site]
             if recs:
@@ -444,10 +479,7 @@ async def api_queries(request: Request) -> Response:
 async def api_query_open(request: Request) -> Response:
     _need(request, roles=("monitor", "admin"))  # queries are opened by the central team
     data = await _body(request)
-    try:
-        vid = int(data.get("verdict_id"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ApiError(400, "BAD_REQUEST", "verdict_id (integer) is required") from None
+    vid = _body_int(data, "verdict_id")
     check = str(data.get("check") or "").strip()
     if not check:
         raise ApiError(400, "BAD_REQUEST", "check (the check the query is about) is required")
@@ -513,9 +545,20 @@ async def api_dashboard(request: Request) -> Response:
 
 
 async def api_studies(request: Request) -> Response:
+    """Studies and their guidelines. A site token sees only its own site's study (and never guideline file
+    paths, which name files on the server); monitor and admin see all."""
     st = _st()
-    return _json({"configured": st.settings.studies, "site_studies": st.settings.site_studies,
-                  "default_study": st.settings.default_study, "seen": await _db(st.store.list_studies)})
+    p = principal_of(request)
+    seen = await _db(st.store.list_studies)
+    if p.sees_all_sites:
+        return _json({"configured": st.settings.studies, "site_studies": st.settings.site_studies,
+                      "default_study": st.settings.default_study, "seen": seen})
+    site = p.site_id or st.settings.default_site
+    mine = await _db(st.processor.study_for, site, None)
+    own = {mine} if mine else set()
+    return _json({"configured": {s: "(configured)" for s in st.settings.studies if s in own},
+                  "site_studies": {site: mine} if mine else {}, "default_study": mine,
+                  "seen": [{k: v for k, v in r.items() if k != "guideline"} for r in seen if r["id"] in own]})
 
 
 # -- admin: sites, studies/guidelines, tokens ----------------------------------------------------------

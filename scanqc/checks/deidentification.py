@@ -11,12 +11,11 @@ Results list offending tags by keyword and number, never their values.
 
 from __future__ import annotations
 
-import re
-
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from scanqc.checks.base import CheckContext
+from scanqc.guideline import pattern_matches
 from scanqc.series import Series
 from scanqc.verdict import CheckResult
 
@@ -68,7 +67,7 @@ def scan_dataset(ds: Dataset, subject_pattern: str | None) -> tuple[set[str], se
             continue
         value = str(ds[kw].value)
         if subject_pattern:
-            if not re.fullmatch(subject_pattern, value):
+            if not pattern_matches(subject_pattern, value, full=True, where="subject_id_pattern"):
                 found.add(kw)
         elif not removed:
             found.add(kw)

@@ -55,8 +55,11 @@ def _num(v: Any) -> float | None:
 def measured(series: Series) -> dict[str, float | None]:
     """Acquisition parameters from the header, falling back on the volume geometry."""
     vol = series.volume
-    ps = series.get("PixelSpacing")
-    ps_vals = [float(x) for x in ps] if ps is not None and len(list(ps)) == 2 else None
+    try:  # a malformed value is "not measured", and never quoted (it could be patient data)
+        ps = series.get("PixelSpacing")
+        ps_vals = [float(x) for x in ps] if ps is not None and len(list(ps)) == 2 else None
+    except (TypeError, ValueError, OverflowError):
+        ps_vals = None
     if ps_vals is None and vol is not None:
         ps_vals = [vol.spacing[1], vol.spacing[2]]
     rows = _num(series.get("Rows")) or (vol.shape[1] if vol is not None else None)
@@ -113,7 +116,10 @@ def deviations(series: Series, rule: SeriesRule, study_modality: str | None = No
     if rule.body_part:
         bp = str(series.get("BodyPartExamined") or "").upper()
         if bp and bp not in rule.body_part:
-            add("body_part", rule.body_part, bp, f"Confirm the scanned region ({'/'.join(rule.body_part)}) "
+            # Body part terms hold no digits; a value with some is more likely a misplaced identifier, and
+            # header values that may be patient data are named, never quoted.
+            shown = "(not a body part term)" if any(c.isdigit() for c in bp) else bp
+            add("body_part", rule.body_part, shown, f"Confirm the scanned region ({'/'.join(rule.body_part)}) "
                 "and correct BodyPartExamined", "warn")
     values = measured(series)
     for field, (lo, hi) in rule.ranges.items():

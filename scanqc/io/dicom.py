@@ -7,6 +7,7 @@ go wrong into coded :class:`~scanqc.errors.ScanQCError`s.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,46 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.limits import DEFAULT_LIMITS, Limits
 
 # SOP classes / modalities that carry no image volume to check (skipped with a note).
 NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "KO", "PR", "REG", "SEG",
                         "ECG", "HD", "AU", "DOC", "PLAN", "FID", "RWV", "OT_PDF"}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT",
+                "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "HSV", "ARGB", "CMYK"}
+
+
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def valid_uid(value: object) -> str | None:
+    """The UID if it follows PS3.5 9.1 (digits and dots, at most 64 characters), else None."""
+    s = str(value or "").strip().rstrip("\0")
+    return s if len(s) <= 64 and _UID_RE.fullmatch(s) else None
+
+
+class HeaderValueError(ValueError):
+    """A header attribute that is not the number it must be. Names the attribute, never its value: a
+    misplaced identifier (a PatientID in SliceThickness) must not reach a verdict or a log."""
+
+    def __init__(self, keyword: str) -> None:
+        super().__init__(f"{keyword} is not a valid number")
+        self.keyword = keyword
+
+
+def header_number(ds: Dataset | None, keyword: str, default: float | None = None, kind: type = float,
+                  value: object = None) -> float | int | None:
+    """``ds.keyword`` (or ``value``) as ``kind``; ``default`` when absent or empty; HeaderValueError when not
+    a number (pydicom converts lazily, so reading the element can fail too)."""
+    try:
+        v = value if value is not None or ds is None else ds.get(keyword)
+        if v is None or v == "":
+            return default
+        return kind(v)
+    except (TypeError, ValueError, OverflowError, AttributeError, IndexError):
+        raise HeaderValueError(keyword) from None
 
 
 def read_file(path: Path, name: str | None = None) -> Dataset:
@@ -45,9 +79,9 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
     except ScanQCError:
         raise
     except (EOFError, BufferError) as exc:
-        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: file ends early ({exc})") from None
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: file ends early ({exc_summary(exc)})") from None
     except Exception as exc:  # pydicom raises many types on malformed input
-        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: DICOM parse failed ({type(exc).__name__}: {exc})") from None
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: DICOM parse failed ({exc_summary(exc)})") from None
     if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData", "SeriesInstanceUID")):
         raise ScanQCError(ErrorCode.NOT_DICOM, f"{name}: not a DICOM file (no SOPClassUID, Modality or PixelData)")
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
@@ -79,11 +113,12 @@ def non_image_reason(ds: Dataset) -> str | None:
 def check_image_size(ds: Dataset, name: str, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int, int]:
     """(frames, rows, columns) after sanity limits; raise before any decoding allocates memory."""
     try:
-        rows = int(ds.get("Rows", 0) or 0)
-        cols = int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError) as exc:
-        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: bad Rows/Columns/NumberOfFrames ({exc})") from None
+        rows = int(header_number(ds, "Rows", 0, int) or 0)
+        cols = int(header_number(ds, "Columns", 0, int) or 0)
+        frames = int(header_number(ds, "NumberOfFrames", 1, int) or 1)
+        spp = int(header_number(ds, "SamplesPerPixel", 1, int) or 1)
+    except HeaderValueError as exc:
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: {exc}") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise ScanQCError(ErrorCode.NO_PIXEL_DATA, f"{name}: image object has no Pixel Data (7FE0,0010)")
     if rows <= 0 or cols <= 0 or frames <= 0:
@@ -93,9 +128,9 @@ def check_image_size(ds: Dataset, name: str, limits: Limits = DEFAULT_LIMITS) ->
             raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: {label}={v} exceeds limit {limits.max_dimension}")
     if rows * cols * frames > limits.max_voxels:
         raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: {rows}x{cols}x{frames} voxels exceeds {limits.max_voxels}")
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
-        pi = ds.get("PhotometricInterpretation", "?")
+        pi = str(ds.get("PhotometricInterpretation", "?"))
+        pi = pi if pi in _PHOTOMETRIC else "unknown PhotometricInterpretation"
         raise ScanQCError(
             ErrorCode.UNSUPPORTED_IMAGE,
             f"{name}: colour image (SamplesPerPixel={spp}, {pi}); CT/MR volumes are greyscale",
@@ -135,7 +170,7 @@ class FrameGeometry:
 
 def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
     """Per-frame geometry and rescale, from classic headers or enhanced functional groups."""
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = int(header_number(ds, "NumberOfFrames", 1, int) or 1)
     shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
 
@@ -150,27 +185,28 @@ def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
             pos = _float_list(lookup(fg, "PlanePositionSequence", "ImagePositionPatient"), 3)
             ori = _float_list(lookup(fg, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
             ps = _spacing(lookup(fg, "PixelMeasuresSequence", "PixelSpacing"))
-            st = lookup(fg, "PixelMeasuresSequence", "SliceThickness")
-            slope = lookup(fg, "PixelValueTransformationSequence", "RescaleSlope")
-            inter = lookup(fg, "PixelValueTransformationSequence", "RescaleIntercept")
+            st = header_number(None, "SliceThickness", value=lookup(fg, "PixelMeasuresSequence", "SliceThickness"))
+            slope = header_number(None, "RescaleSlope",
+                                  value=lookup(fg, "PixelValueTransformationSequence", "RescaleSlope"))
+            inter = header_number(None, "RescaleIntercept",
+                                  value=lookup(fg, "PixelValueTransformationSequence", "RescaleIntercept"))
             out.append(FrameGeometry(
-                pos, ori, ps, float(st) if st not in (None, "") else None,
-                float(slope) if slope not in (None, "") else float(ds.get("RescaleSlope", 1) or 1),
-                float(inter) if inter not in (None, "") else float(ds.get("RescaleIntercept", 0) or 0),
+                pos, ori, ps, st,
+                slope if slope is not None else float(header_number(ds, "RescaleSlope", 1) or 1),
+                inter if inter is not None else float(header_number(ds, "RescaleIntercept", 0) or 0),
             ))
         return out
     pos = _float_list(ds.get("ImagePositionPatient"), 3)
     ori = _float_list(ds.get("ImageOrientationPatient"), 6)
     ps = _spacing(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
-    st_raw = ds.get("SliceThickness")
-    st = float(st_raw) if st_raw not in (None, "") else None
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    inter = float(ds.get("RescaleIntercept", 0) or 0)
+    st = header_number(ds, "SliceThickness")
+    slope = float(header_number(ds, "RescaleSlope", 1) or 1)
+    inter = float(header_number(ds, "RescaleIntercept", 0) or 0)
     if frames == 1:
         return [FrameGeometry(pos, ori, ps, st, slope, inter)]
     # Classic multi-frame: frame positions from a frame offset vector along the normal.
     offsets = _float_list(ds.get("GridFrameOffsetVector"), frames)
-    step = ds.get("SpacingBetweenSlices") or st
+    step = header_number(ds, "SpacingBetweenSlices") or st
     if offsets is None and step:
         offsets = [i * float(step) for i in range(frames)]
     for i in range(frames):
@@ -229,25 +265,26 @@ def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except (EOFError, BufferError) as exc:
-        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data truncated ({exc})") from None
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data truncated ({exc_summary(exc)})") from None
     except (NotImplementedError, RuntimeError) as exc:
         ts_name = getattr(ts, "name", ts)
-        raise ScanQCError(ErrorCode.DECODE_FAILED, f"{name}: cannot decode {ts_name} pixel data ({exc})") from None
+        raise ScanQCError(ErrorCode.DECODE_FAILED,
+                          f"{name}: cannot decode {ts_name} pixel data ({exc_summary(exc)})") from None
     except ValueError as exc:
         msg = str(exc)
         low = msg.lower()
         truncated = any(w in low for w in ("length", "shorter", "less than expected", "truncat"))
         code = ErrorCode.TRUNCATED if truncated else ErrorCode.DECODE_FAILED
-        raise ScanQCError(code, f"{name}: pixel data unusable ({msg})") from None
+        raise ScanQCError(code, f"{name}: pixel data unusable ({exc_summary(exc)})") from None
     except Exception as exc:
-        msg = f"{name}: pixel decoding failed ({type(exc).__name__}: {exc})"
+        msg = f"{name}: pixel decoding failed ({exc_summary(exc)})"
         raise ScanQCError(ErrorCode.DECODE_FAILED, msg) from None
     except BaseException as exc:
         # Rust decoders (pylibjpeg-rle via pyo3) raise PanicException, a BaseException, on corrupt
         # streams; found by fuzzing. Interrupts still propagate.
         if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
-        msg = f"{name}: pixel decoder crashed on corrupt data ({type(exc).__name__}: {exc})"
+        msg = f"{name}: pixel decoder crashed on corrupt data ({exc_summary(exc)})"
         raise ScanQCError(ErrorCode.DECODE_FAILED, msg) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if arr.ndim == 2:

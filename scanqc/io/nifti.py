@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.limits import DEFAULT_LIMITS, Limits
 from scanqc.volume import Volume
 
@@ -27,7 +27,7 @@ def read_nifti(path: Path, name: str | None = None, limits: Limits = DEFAULT_LIM
     except MemoryError:
         raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: voxel data does not fit in memory") from None
     except Exception as exc:  # nibabel raises many types on corrupt headers (fuzzing found several)
-        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: NIfTI unreadable ({type(exc).__name__}: {exc})") from None
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: NIfTI unreadable ({exc_summary(exc)})") from None
 
 
 def _read_nifti(path: Path, name: str, limits: Limits) -> tuple[Volume, dict]:
@@ -37,23 +37,31 @@ def _read_nifti(path: Path, name: str, limits: Limits) -> tuple[Volume, dict]:
     try:
         img = nib.load(str(path))
     except (ImageFileError, OSError, EOFError, ValueError) as exc:
-        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: NIfTI header unreadable ({exc})") from None
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: NIfTI header unreadable ({exc_summary(exc)})") from None
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 3:
         shape = shape + (1,) * (3 - len(shape))
-    if any(s > limits.max_dimension for s in shape[:3]) or int(np.prod(shape[:3])) > limits.max_voxels:
-        raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: dimensions {shape} exceed limits")
+    # Every axis counts, not only the first three: a 64^3 x 4096 file is 2 MiB gzipped and 2 GiB in memory.
+    # Python ints, so a product of huge header dimensions cannot overflow.
+    total = 1
+    for s in shape:
+        total *= s
+    if any(s > limits.max_dimension for s in shape) or total > limits.max_voxels:
+        raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: dimensions {shape} ({total} voxels) exceed the limits "
+                                               f"({limits.max_dimension} per axis, {limits.max_voxels} voxels)")
     notes = []
     try:
-        data = np.asanyarray(img.dataobj)
+        if len(shape) > 3:
+            # Only the first volume is checked: read just it (the proxy slices the file, no full load).
+            data = np.asanyarray(img.dataobj[(slice(None),) * 3 + (0,) * (len(shape) - 3)])
+            notes.append(f"{len(shape)}D NIfTI with {total // (shape[0] * shape[1] * shape[2])} volumes; "
+                         "checked the first")
+        else:
+            data = np.asanyarray(img.dataobj)
     except (EOFError, OSError, ValueError, MemoryError) as exc:
-        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: voxel data unreadable ({exc})") from None
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: voxel data unreadable ({exc_summary(exc)})") from None
     if data.ndim == 2:
         data = data[:, :, None]
-    if data.ndim > 3:
-        extra = int(np.prod(data.shape[3:]))
-        notes.append(f"{data.ndim}D NIfTI with {extra} volumes; checked the first")
-        data = data.reshape(data.shape[:3] + (-1,))[..., 0]
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise ScanQCError(ErrorCode.UNSUPPORTED_IMAGE, f"{name}: voxel type {data.dtype} is not real scalar")
     arr = np.ascontiguousarray(np.transpose(data.astype(np.float32, copy=False), (2, 1, 0)))

@@ -1,7 +1,6 @@
 """Issue 7.3: acknowledged = on disk. kill -9 of the whole service mid-series, restart, every acknowledged
 instance is still there, every complete series gets exactly one verdict, re-sent SOPInstanceUIDs are not
-duplicated; HTTP uploads persisted before their check are checked after a restart; a check over the time
-limit answers 504 CHECK_TIMEOUT and its verdict still arrives."""
+duplicated; HTTP uploads persisted before their check are checked after a restart."""
 
 from __future__ import annotations
 
@@ -69,7 +68,6 @@ def test_kill_9_mid_series_then_restart(tmp_path: Path) -> None:
         "site_id": "site02", "station": "HTTPY", "study_id": None, "visit": None, "modality_hint": None,
         "complete_study": False, "received_at": dt.datetime.now(dt.timezone.utc).isoformat()}))
 
-    srv.env["SCANQC_CHECK_TIMEOUT_S"] = "0.001"  # every upload now outlasts its time limit
     srv.start()
     try:
         resend = [*b[6:], b[0], b[1]]  # the rest of B, plus two instances it already has
@@ -85,13 +83,8 @@ def test_kill_9_mid_series_then_restart(tmp_path: Path) -> None:
             done = _wait(c, "/api/uploads/20990101T000000-pending0001", lambda d: d["state"] == "done")
             assert done["verdicts"][0]["series_uid"] == series_uid(p_files) and done["site_id"] == "site02"
             assert len(c.get(f"/api/series/{http_uid}").json()["history"]) == 1  # not re-checked
-            # Over the check time limit: coded 504, the upload kept, its verdict stored anyway.
-            parts = [("files", (p.name, p.read_bytes(), "application/octet-stream"))
-                     for p in ct_series(tmp_path / "t", seed=5)]
-            r = c.post("/api/check", files=parts, data={"station": "HTTPT"})
-            assert r.status_code == 504 and r.json()["error"]["code"] == "CHECK_TIMEOUT", r.text
-            done = _wait(c, f"/api/uploads/{r.json()['upload_id']}", lambda d: d["state"] == "done")
-            assert done["verdicts"][0]["status"] == "pass"
+            # A check over its time limit (504 CHECK_TIMEOUT, the check stopped, its error verdict stored) and
+            # the quarantine of uploads the service failed to check twice: tests/reliability/test_attack_server.py
         # Nothing was lost across the kill: the recovered DICOM series have their .verdict markers.
         time.sleep(0.5)
         for files in (a, b):
