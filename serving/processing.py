@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scanqc.serving.config import Settings
-from scanqc.serving.store import Store
+from scanqc.serving.store import ScannerRegistry, Store
 
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.errors import ErrorCode, ScanQCError
@@ -216,7 +216,8 @@ class Processor:
                 checks = self.checks if self.checks is not None else default_checks()
                 tapped: list[Check] = [_HeaderTap(checks[0], taps), *checks[1:]] if checks else []
                 verdicts = check_path(folder, guideline, limits=self.limits, modality_hint=modality_hint,
-                                      visit=visit, models=self.models, infer=self.infer, checks=tapped)
+                                      visit=visit, models=self.models, infer=self.infer, checks=tapped,
+                                      station=station, scanners=ScannerRegistry(self.store))
                 if complete_study:
                     apply_required_series(verdicts, guideline, visit, taps)
                 return self._record(verdicts, taps, site=site, station=station, source=source, study=study,

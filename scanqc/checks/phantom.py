@@ -22,7 +22,9 @@ DeviceSerialNumber and SoftwareVersions: a software upgrade makes a new record t
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
+import json
 import re
 from typing import Any, Protocol
 
@@ -86,6 +88,12 @@ def scanner_identity(series: Series, station: str | None) -> dict[str, str]:
     return {"station": station or _text(series.get("StationName")), "manufacturer": _text(series.get("Manufacturer")),
             "model": _text(series.get("ManufacturerModelName")), "serial": _text(series.get("DeviceSerialNumber")),
             "software": _text(series.get("SoftwareVersions"))}
+
+
+def scanner_key(identity: dict[str, Any]) -> str:
+    """Stable key of a scanner record: a hash of the five identity fields (what the store indexes)."""
+    fields = {k: str(identity.get(k) or "") for k in ("station", "manufacturer", "model", "serial", "software")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def scanner_label(s: dict[str, Any]) -> str:
