@@ -185,3 +185,12 @@ def test_drift_rules() -> None:
     snr = default_criteria("mr_uniform")["snr"]
     assert evaluate_drift([60, 70, 80, 90, 100, 110], snr, rules) == []
     assert evaluate_drift([110, 100, 90, 80, 70, 60], snr, rules)[0]["direction"] == "falling"
+
+
+def test_documented_phantom_section_parses() -> None:
+    import yaml
+
+    text = (Path(__file__).parents[2] / "docs" / "guidelines.md").read_text().split("```yaml")[1].split("```")[0]
+    g = parse_guideline(yaml.safe_load(text))
+    assert g.phantom is not None and g.phantom.required and g.phantom.stations == ["QA_CT1"]
+    assert g.phantom.tolerances["low_contrast_cnr"] == (1.0, None)
