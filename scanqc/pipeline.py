@@ -125,7 +125,7 @@ def apply_required_series(verdicts: list[Verdict], guideline: Guideline | None, 
         return
     by_study: dict[str | None, list[Verdict]] = {}
     for v in verdicts:
-        if v.status != "error":
+        if v.status != "error" and v.kind == "patient":  # a phantom is no visit series
             by_study.setdefault(v.study_uid, []).append(v)
     for study_verdicts in by_study.values():
         names = {visit} if visit else set()

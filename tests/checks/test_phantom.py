@@ -194,3 +194,12 @@ def test_documented_phantom_section_parses() -> None:
     g = parse_guideline(yaml.safe_load(text))
     assert g.phantom is not None and g.phantom.required and g.phantom.stations == ["QA_CT1"]
     assert g.phantom.tolerances["low_contrast_cnr"] == (1.0, None)
+
+
+def test_phantom_is_not_a_visit_series(tmp_path: Path) -> None:
+    from scanqc.pipeline import apply_required_series
+
+    g = load_guideline("abdomen_ct")
+    v = run(tmp_path, "ct_water", PhantomFaults(), guideline=g)
+    apply_required_series([v], g, visit="screening")
+    assert "required_series" not in v.checks and v.status == "pass"
