@@ -126,3 +126,31 @@ def test_qualification_expiry_failure_and_patient_warnings(proc: Processor, tmp_
     with proc.store.session() as s:
         assert s.scalar(select(func.count(Scanner.id))) == 3  # the VB30 patient series made no scanner record
         assert s.scalar(select(func.count(PhantomResult.id))) == 3
+
+
+def test_migration_phantom_0001_downgrades_and_upgrades(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from scanqc.serving import store as store_mod
+    from sqlalchemy import inspect
+
+    st = Store(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    here = Path(store_mod.__file__).parent
+    cfg = Config(str(here / "alembic.ini"))
+    cfg.set_main_option("script_location", str(here / "migrations"))
+
+    def tables() -> tuple[set[str], set[str]]:
+        insp = inspect(st.engine)
+        return set(insp.get_table_names()), {c["name"] for c in insp.get_columns("verdicts")}
+
+    t, cols = tables()
+    assert {"scanners", "phantom_results"} <= t and "kind" in cols
+    with st.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    t, cols = tables()
+    assert not {"scanners", "phantom_results"} & t and "kind" not in cols
+    store_mod.migrate(st.engine)
+    t, cols = tables()
+    assert {"scanners", "phantom_results"} <= t and "kind" in cols
+    st.close()
