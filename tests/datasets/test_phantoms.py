@@ -3,8 +3,6 @@ tests/checks/test_phantom.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +33,13 @@ def test_bad_arguments_are_coded_errors(tmp_path: Path, bad: dict) -> None:
 
 
 def test_cli_writes_a_failing_phantom(tmp_path: Path) -> None:
+    from scanqc.datasets.cli import app
+    from typer.testing import CliRunner
+
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "scanqc.cli", "data", "phantom", "ct_water", "--out", str(out),
-                        "--hu-offset", "12"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = CliRunner().invoke(app, ["phantom", "ct_water", "--out", str(out), "--hu-offset", "12"])
+    assert r.exit_code == 0, r.output
     [v] = check_path(out)
     assert v.kind == "phantom" and v.status == "fail" and "water CT number" in v.checks["phantom"].message
-    r = subprocess.run([sys.executable, "-m", "scanqc.cli", "data", "phantom", "nope", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "USAGE" in r.stderr and all(k in r.stderr for k in KINDS)
+    r = CliRunner().invoke(app, ["phantom", "nope", "--out", str(out)])
+    assert r.exit_code == 2 and "USAGE" in r.output and all(k in r.output for k in KINDS)

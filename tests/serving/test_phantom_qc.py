@@ -4,6 +4,8 @@ ten simulated weeks, expiry, patient-series warnings, and phantoms kept out of p
 from __future__ import annotations
 
 import datetime as dt
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +43,31 @@ def week_date(week: int, today: dt.date | None = None) -> dt.datetime:
     return dt.datetime.combine(d, dt.time(7, 30))
 
 
-@pytest.fixture()
-def proc(tmp_path: Path) -> Any:
+PG_URL = os.environ.get("SCANQC_TEST_PG_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def proc(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A Processor on SQLite, and on PostgreSQL when SCANQC_TEST_PG_URL is set (a shared database: every
+    site and station name carries this run's ``proc.tag``)."""
+    if request.param == "postgresql" and not PG_URL:
+        pytest.skip("SCANQC_TEST_PG_URL not set")
+    tag = uuid.uuid4().hex[:8]
     g = tmp_path / "qa.yaml"
     g.write_text(GUIDELINE)
     settings = Settings(data_dir=tmp_path / "data", salt="s", studies={"QA-ST": str(g)},
-                        site_studies={"van1": "QA-ST", "site9": "QA-ST"})
+                        site_studies={f"van1-{tag}": "QA-ST", f"site9-{tag}": "QA-ST"},
+                        db_url=PG_URL if request.param == "postgresql" else "")
     store = Store(settings.db_url)
-    yield Processor(settings, store)
+    p = Processor(settings, store)
+    p.tag = tag  # type: ignore[attr-defined]
+    yield p
     store.close()
 
 
 def send(proc: Processor, folder: Path, station: str, site: str = "van1") -> Verdict:
-    [v] = proc.process_folder(folder, site_id=site, station=station, source="dicom",
+    tag = proc.tag  # type: ignore[attr-defined]
+    [v] = proc.process_folder(folder, site_id=f"{site}-{tag}", station=f"{station}-{tag}", source="dicom",
                               received_at=dt.datetime.now(dt.timezone.utc))
     return v
 
@@ -77,7 +91,7 @@ def test_drift_warning_at_the_expected_week(proc: Processor, tmp_path: Path) -> 
     assert finding["measurement"] == "water_hu" and finding["direction"] == "rising"
     assert "water CT number rising over 6 phantoms" in first.message and first.action.startswith("Schedule service")
     assert all(v.kind == "phantom" and set(v.checks) == {"integrity", "phantom"} for v in verdicts)
-    [sc] = proc.store.scanner_overview(site_id="van1")
+    [sc] = proc.store.scanner_overview(site_id=f"van1-{proc.tag}")  # type: ignore[attr-defined]
     assert sc["state"] == "drift" and sc["phantoms"] == len(DRIFT_HU) and sc["serial"] == "SN-VAN-1"
     pts = sc["measurements"]["water_hu"]["points"]
     assert [p["status"] for p in pts].index("warn") == EXPECTED_DRIFT_WEEK - 1
@@ -97,8 +111,10 @@ def test_qualification_expiry_failure_and_patient_warnings(proc: Processor, tmp_
                   acquired=today - dt.timedelta(days=1), **SCANNER)
     bad = send(proc, tmp_path / "bad", "CT_BAD", "site9")
     assert bad.status == "fail" and "water CT number" in bad.checks["phantom"].action
-    states = {s["station"]: s["state"] for s in proc.store.scanner_overview(site_id="site9")}
-    assert states == {"CT_OLD": "expired", "CT_OK": "qualified", "CT_BAD": "failed"}
+    tag = proc.tag  # type: ignore[attr-defined]
+    site = f"site9-{tag}"
+    states = {s["station"]: s["state"] for s in proc.store.scanner_overview(site_id=site)}
+    assert states == {f"CT_OLD-{tag}": "expired", f"CT_OK-{tag}": "qualified", f"CT_BAD-{tag}": "failed"}
 
     def patient(station: str, **hdr: Any) -> Verdict:
         folder = tmp_path / f"patient-{station}"
@@ -120,12 +136,13 @@ def test_qualification_expiry_failure_and_patient_warnings(proc: Processor, tmp_
     assert q.status == "warn" and "no qualification phantom on record" in q.message
 
     # Phantoms never count in patient QC figures and open no series queries.
-    m = proc.store.site_metrics(site_id="site9")["sites"]["site9"]
+    m = proc.store.site_metrics(site_id=site)["sites"][site]
     assert m["series"] == 4 and m["verdicts"] == 4 and "phantom" not in m["deviation_rate"]
-    assert all(q["check"] != "phantom" for q in proc.store.list_queries(site_id="site9"))
+    assert all(q["check"] != "phantom" for q in proc.store.list_queries(site_id=site))
     with proc.store.session() as s:
-        assert s.scalar(select(func.count(Scanner.id))) == 3  # the VB30 patient series made no scanner record
-        assert s.scalar(select(func.count(PhantomResult.id))) == 3
+        # the VB30 patient series made no scanner record
+        assert s.scalar(select(func.count(Scanner.id)).where(Scanner.site_id == site)) == 3
+        assert s.scalar(select(func.count(PhantomResult.id)).where(PhantomResult.site_id == site)) == 3
 
 
 def test_migration_phantom_0001_downgrades_and_upgrades(tmp_path: Path) -> None:
