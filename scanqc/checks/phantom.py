@@ -251,6 +251,16 @@ class PhantomCheck:
                                    f"{valid_until.date().isoformat()}", extra=extra)
 
 
+def _naive(v: Any) -> dt.datetime | None:
+    if not v:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.replace(tzinfo=None)
+
+
 def _drift_text(d: dict[str, Any]) -> str:
     if d["rule"] == "trend":
         return (f"{d['label']} {d['direction']} over {d['points']} phantoms in a row ({d['from']:g} -> {d['to']:g}, "
@@ -284,8 +294,11 @@ class ScannerQualificationCheck:
                                "Call service and repeat the qualification phantom; these images are accepted with "
                                "a warning", extra)
         when = acquired_at(series) or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        until = q.get("valid_until")
-        if not until or when > dt.datetime.fromisoformat(str(until)):
+        # This study's interval decides, whatever the study the phantom was sent under said.
+        last = _naive(q.get("acquired_at"))
+        until = (last + dt.timedelta(days=spec.interval_days)).isoformat() if last else None
+        extra["valid_until"] = until
+        if not until or when > dt.datetime.fromisoformat(until):
             return CheckResult("warn", f"scanner {name}: qualification expired {str(until)[:10]} (last phantom "
                                        f"{str(q.get('acquired_at'))[:10]})", None, send, extra)
         note = "; drift warning on record" if q.get("status") == "warn" else ""

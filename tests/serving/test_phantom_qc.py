@@ -131,13 +131,20 @@ def test_qualification_expiry_failure_and_patient_warnings(proc: Processor, tmp_
     assert q.status == "warn" and "expired" in q.message and "qualification phantom" in q.action
     q = patient("CT_BAD").checks["scanner_qualification"]
     assert q.status == "warn" and "failed" in q.message
+    # A phantom sent without a study (default interval 30 days) 20 days ago: qualified on the dashboard, but this
+    # study asks for one every 14 days, so its patient series warn.
+    write_phantom("ct_water", tmp_path / "mid", seed=4, acquired=today - dt.timedelta(days=20), **SCANNER)
+    assert send(proc, tmp_path / "mid", "CT_MID", "nostudy").status == "pass"
+    assert [s["state"] for s in proc.store.scanner_overview(site_id=f"nostudy-{tag}")] == ["qualified"]
+    q = patient("CT_MID").checks["scanner_qualification"]
+    assert q.status == "warn" and "expired" in q.message and "every 14 days" in q.action
     # Same station, upgraded software: a new scanner record that has not qualified yet.
     q = patient("CT_OK", SoftwareVersions="VB30").checks["scanner_qualification"]
     assert q.status == "warn" and "no qualification phantom on record" in q.message
 
     # Phantoms never count in patient QC figures and open no series queries.
     m = proc.store.site_metrics(site_id=site)["sites"][site]
-    assert m["series"] == 4 and m["verdicts"] == 4 and "phantom" not in m["deviation_rate"]
+    assert m["series"] == 5 and m["verdicts"] == 5 and "phantom" not in m["deviation_rate"]
     assert all(q["check"] != "phantom" for q in proc.store.list_queries(site_id=site))
     with proc.store.session() as s:
         # the VB30 patient series made no scanner record
