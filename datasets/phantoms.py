@@ -239,7 +239,7 @@ def scanner_header(kind: str, *, acquired: dt.datetime, station: str = "QA_CT1",
 
 def write_phantom(kind: str, folder: Path | str, faults: PhantomFaults = PhantomFaults(), *, seed: int = 0,
                   acquired: dt.datetime | None = None, header: Mapping[str, Any] | None = None,
-                  **scanner: Any) -> list[Path]:
+                  build: Mapping[str, Any] | None = None, **scanner: Any) -> list[Path]:
     """Build phantom ``kind`` with ``faults`` and write it as a DICOM series into ``folder``.
 
     Args:
@@ -248,12 +248,13 @@ def write_phantom(kind: str, folder: Path | str, faults: PhantomFaults = Phantom
         seed: noise seed.
         acquired: acquisition date/time (default now, UTC).
         header: extra or overriding DICOM attributes.
+        build: keyword arguments for the builder (``matrix``, ``fov_mm``, ``n_slices``...).
         scanner: ``station``, ``manufacturer``, ``model``, ``serial``, ``software``, ``field_strength_t``
             for :func:`scanner_header`.
     """
     if kind not in BUILDERS:
         raise ScanQCError(ErrorCode.USAGE, f"phantom kind {kind!r} not one of {list(KINDS)}")
-    vol = BUILDERS[kind](faults, seed=seed)
+    vol = BUILDERS[kind](faults, seed=seed, **dict(build or {}))
     acquired = acquired or dt.datetime.now(dt.timezone.utc)
     hdr = scanner_header(kind, acquired=acquired, **scanner)
     hdr.update(header or {})
