@@ -18,6 +18,7 @@ import regex
 import yaml
 
 from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.measure.criteria import MEASUREMENT_NAMES
 
 PHASES = ("non_contrast", "arterial", "portal_venous", "delayed")
 COVERAGE_REGIONS = ("whole_brain", "liver_dome_to_kidneys")
@@ -140,6 +141,103 @@ class SeriesRule:
         return True
 
 
+# Header conventions for phantom series: SeriesDescription, ProtocolName, PatientName, PatientID or
+# StudyDescription containing one of these words.
+DEFAULT_PHANTOM_MATCH = r"(?i)\bphantom\b|\bACR\b|\bQA\b|\bqualification\b"
+
+
+@dataclass
+class DriftRules:
+    """Westgard/Shewhart-style rules over a scanner's phantom history (docs/phantom-qc.md).
+
+    - ``trend_points`` consecutive results each higher (or each lower) than the one before -> warn
+      (Nelson rule 3 uses six);
+    - ``warn_points`` consecutive results beyond ``warn_fraction`` of the tolerance half-width from its
+      centre, on the same side -> warn (Westgard 2-2s with the warning limit at 2/3 of the tolerance).
+    One result outside the tolerance is the phantom check's own fail.
+    """
+
+    trend_points: int = 6
+    warn_points: int = 2
+    warn_fraction: float = 2.0 / 3.0
+
+
+@dataclass
+class PhantomSpec:
+    """The guideline's ``phantom:`` section: how phantom series are recognised and judged."""
+
+    match: str = DEFAULT_PHANTOM_MATCH
+    stations: list[str] = field(default_factory=list)  # AE titles / stations whose every series is a phantom
+    all_series: bool = False  # a qualification-only study: every series is a phantom
+    interval_days: int = 30  # qualification valid this long after a passing phantom
+    required: bool = False  # patient series from a scanner not qualified carry a warning
+    drift: DriftRules = field(default_factory=DriftRules)
+    tolerances: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+
+def _open_range(value: Any, where: str) -> tuple[float | None, float | None]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
+    if ok and value[0] is not None and value[1] is not None and value[0] > value[1]:
+        ok = False
+    if not ok or (value[0] is None and value[1] is None):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: expected [min, max] (either may be null), got {value!r}")
+    return (None if value[0] is None else float(value[0])), (None if value[1] is None else float(value[1]))
+
+
+def parse_phantom(data: Any, source: str) -> PhantomSpec:
+    where = f"{source}: phantom"
+    if not isinstance(data, dict):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: must be a mapping, got {type(data).__name__}")
+    unknown = set(data) - {"match", "stations", "all_series", "interval_days", "required", "drift", "tolerances"}
+    if unknown:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}: unknown field(s) {sorted(unknown)}")
+    spec = PhantomSpec(required=True)
+    if "match" in data:
+        try:
+            re.compile(str(data["match"]))
+        except re.error as exc:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.match: bad regex {data['match']!r} ({exc})") from None
+        spec.match = str(data["match"])
+    stations = data.get("stations") or []
+    if not isinstance(stations, list) or not all(isinstance(x, str) for x in stations):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.stations: expected a list of AE titles, got {stations!r}")
+    spec.stations = [x.strip() for x in stations]
+    for key in ("all_series", "required"):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.{key}: expected true/false, got {data[key]!r}")
+            setattr(spec, key, data[key])
+    if "interval_days" in data:
+        v = data["interval_days"]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE,
+                              f"{where}.interval_days: expected a whole number >= 1, got {v!r}")
+        spec.interval_days = v
+    drift = data.get("drift") or {}
+    if not isinstance(drift, dict) or set(drift) - {"trend_points", "warn_points", "warn_fraction"}:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.drift: fields are trend_points, warn_points, "
+                                                   f"warn_fraction; got {drift!r}")
+    for key in ("trend_points", "warn_points"):
+        v = drift.get(key, getattr(spec.drift, key))
+        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+            raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.drift.{key}: expected a whole number >= 2, got {v!r}")
+        setattr(spec.drift, key, v)
+    frac = drift.get("warn_fraction", spec.drift.warn_fraction)
+    if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 < frac < 1:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.drift.warn_fraction: expected 0 < x < 1, got {frac!r}")
+    spec.drift.warn_fraction = float(frac)
+    tol = data.get("tolerances") or {}
+    if not isinstance(tol, dict):
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.tolerances: must be a mapping")
+    bad = set(tol) - MEASUREMENT_NAMES
+    if bad:
+        raise ScanQCError(ErrorCode.BAD_GUIDELINE, f"{where}.tolerances: unknown measurement(s) {sorted(bad)} "
+                                                   f"(known: {sorted(MEASUREMENT_NAMES)})")
+    spec.tolerances = {k: _open_range(v, f"{where}.tolerances.{k}") for k, v in tol.items()}
+    return spec
+
+
 @dataclass
 class Visit:
     name: str
@@ -158,6 +256,7 @@ class Guideline:
     subject_id_pattern: str | None = None
     source: str | None = None  # file it was read from
     raw: dict[str, Any] = field(default_factory=dict)
+    phantom: PhantomSpec | None = None  # the ``phantom:`` section; None = header conventions and defaults
 
     def rule_for(self, modality: str | None, description: str | None) -> SeriesRule | None:
         """First rule matching modality and description; a lone rule of the modality otherwise."""
@@ -234,8 +333,10 @@ def parse_guideline(data: dict[str, Any], source: str = "<dict>") -> Guideline:
     pattern = data.get("subject_id_pattern")
     if pattern:
         validate_pattern(pattern, f"{source}: subject_id_pattern")
+    phantom = parse_phantom(data["phantom"], source) if data.get("phantom") is not None else None
     return Guideline(study=str(data["study"]), title=str(data.get("title", "")), modality=default_modality,
-                     series=rules, visits=visits, subject_id_pattern=pattern, source=source, raw=data)
+                     series=rules, visits=visits, subject_id_pattern=pattern, source=source, raw=data,
+                     phantom=phantom)
 
 
 def shipped_guideline_path(name: str) -> Path | None:

@@ -18,6 +18,7 @@ from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.checks.deidentification import DeidentificationCheck
 from scanqc.checks.integrity import IntegrityCheck
 from scanqc.checks.ml import model_checks
+from scanqc.checks.phantom import PHANTOM_CHECK_NAMES, PhantomCheck, ScannerQualificationCheck, phantom_route
 from scanqc.checks.protocol import ProtocolCheck, VisitWindowCheck
 from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.guideline import Guideline
@@ -29,16 +30,29 @@ log = logging.getLogger("scanqc")
 
 HEADER_CHECKS: list[Check] = [IntegrityCheck(), ProtocolCheck(), DeidentificationCheck(), VisitWindowCheck()]
 MODEL_CHECKS: list[Check] = [*model_checks()]
+# Phantom QC: the phantom check runs only on phantom series, scanner_qualification only on patient series of
+# studies that require qualified scanners (each says so through ``applies``).
+PHANTOM_CHECKS: list[Check] = [PhantomCheck(), ScannerQualificationCheck()]
 
 
 def default_checks() -> list[Check]:
-    return [*HEADER_CHECKS, *MODEL_CHECKS]
+    return [*HEADER_CHECKS, *PHANTOM_CHECKS, *MODEL_CHECKS]
 
 
 def check_series(series: Series, guideline: Guideline | None = None, *, visit: str | None = None,
                  baseline_date: dt.date | None = None, models: object = None, infer: InferFn | None = None,
-                 checks: Sequence[Check] | None = None, started: float | None = None) -> Verdict:
-    """Run every check on one assembled series and return its verdict."""
+                 checks: Sequence[Check] | None = None, started: float | None = None, station: str | None = None,
+                 scanners: object = None) -> Verdict:
+    """Run every check on one assembled series and return its verdict.
+
+    Args:
+        station: the calling AE title / station, when known (phantom routing, scanner identity).
+        scanners: a :class:`scanqc.checks.phantom.ScannerRegistry` (the service's store): phantom drift
+            rules and the patient series' ``scanner_qualification`` need it; offline it is None.
+
+    A phantom series (:func:`scanqc.checks.phantom.phantom_route`) gets only the checks named in
+    ``PHANTOM_CHECK_NAMES`` and a verdict of ``kind`` "phantom".
+    """
     t0 = started if started is not None else time.perf_counter()
     base = dict(study_uid=series.study_uid, series_description=series.description,
                 series_number=series.series_number, n_instances=series.n_instances,
@@ -47,13 +61,19 @@ def check_series(series: Series, guideline: Guideline | None = None, *, visit: s
         return Verdict.from_error(series.input, series.error.code.value, series.error.message,
                                   (time.perf_counter() - t0) * 1000, series_uid=series.series_uid,
                                   modality=series.modality, **base)
-    rule = guideline.rule_for(series.modality, series.description) if guideline else None
+    phantom = phantom_route(series, guideline, station)
+    rule = guideline.rule_for(series.modality, series.description) if guideline and not phantom else None
     ctx = CheckContext(guideline=guideline, rule=rule, visit=visit, baseline_date=baseline_date,
-                       models=models, infer=infer)
+                       models=models, infer=infer, station=station, scanners=scanners, phantom=phantom)
     results: dict[str, CheckResult] = {}
     timings = base["timings_ms"]
     for check in checks if checks is not None else default_checks():
         checkpoint()
+        if phantom and check.name not in PHANTOM_CHECK_NAMES:
+            continue  # no patient checks (motion, coverage, protocol...) on a phantom
+        applies = getattr(check, "applies", None)
+        if applies is not None and not applies(series, ctx):
+            continue
         t = time.perf_counter()
         try:
             results[check.name] = check(series, ctx)
@@ -69,7 +89,8 @@ def check_series(series: Series, guideline: Guideline | None = None, *, visit: s
     return Verdict(input=series.input, series_uid=series.series_uid, modality=series.modality,
                    status=overall_status(results), checks=results, elapsed_ms=(time.perf_counter() - t0) * 1000,
                    shape=vol.shape if vol is not None else None, spacing_mm=vol.spacing if vol is not None else None,
-                   **{k: v for k, v in base.items() if k != "timings_ms"}, timings_ms=timings)
+                   **{k: v for k, v in base.items() if k != "timings_ms"}, timings_ms=timings,
+                   kind="phantom" if phantom else "patient")
 
 
 def check_path(path: str | Path, guideline: Guideline | None = None, *, limits: Limits = DEFAULT_LIMITS,
@@ -119,7 +140,7 @@ def apply_required_series(verdicts: list[Verdict], guideline: Guideline | None, 
         return
     by_study: dict[str | None, list[Verdict]] = {}
     for v in verdicts:
-        if v.status != "error":
+        if v.status != "error" and v.kind == "patient":  # a phantom is no visit series
             by_study.setdefault(v.study_uid, []).append(v)
     for study_verdicts in by_study.values():
         names = {visit} if visit else set()

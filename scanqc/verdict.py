@@ -87,6 +87,7 @@ class Verdict:
     spacing_mm: tuple[float, float, float] | None = None
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    kind: Literal["patient", "phantom"] = "patient"  # phantom series never count in patient QC figures
 
     @property
     def actions(self) -> list[str]:
@@ -119,6 +120,7 @@ class Verdict:
             actions=self.actions,
             notes=self.notes,
             timings_ms={k: round(v, 2) for k, v in self.timings_ms.items()},
+            kind=self.kind,
         )
         return d
 
@@ -140,6 +142,7 @@ class Verdict:
             spacing_mm=tuple(d["spacing_mm"]) if d.get("spacing_mm") else None,
             notes=list(d.get("notes", [])),
             timings_ms=dict(d.get("timings_ms", {})),
+            kind=d.get("kind", "patient"),
         )
 
     @classmethod

@@ -159,6 +159,98 @@ def svg_lines(series: dict[str, list[tuple[str, float]]], *, title: str, css_id:
     return "".join(parts)
 
 
+def svg_trend(scanner: dict[str, Any], *, css_id: str = "", cols: int = 3) -> str:
+    """Small multiples: each phantom measurement of one scanner over time, with its tolerance (dashed red)
+    and, for two-sided tolerances, the drift warning limits at 2/3 of the half-width (dotted amber)."""
+    meas: dict[str, Any] = scanner.get("measurements") or {}
+    pw, ph, pad = 170, 86, 8
+    rows = max(1, -(-len(meas) // cols))
+    w, h = cols * (pw + pad) + pad, 22 + rows * (ph + pad)
+    title = f"{scanner.get('station') or '?'}: phantom results"
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot trend" id="{_e(css_id)}" width="{w}" height="{h}" '
+             f'role="img" aria-label="{_e(title)}"><text x="4" y="15" font-weight="600">{_e(title)}</text>']
+    colours = {"pass": "#1a73e8", "warn": STATUS_COLOURS["warn"], "fail": STATUS_COLOURS["fail"]}
+    for i, (name, m) in enumerate(meas.items()):
+        x0, y0 = pad + (i % cols) * (pw + pad), 22 + (i // cols) * (ph + pad)
+        pts = m.get("points") or []
+        lo, hi = (m.get("tolerance") or [None, None]) + [None, None][len(m.get("tolerance") or []):]
+        vals = [float(p["value"]) for p in pts]
+        bounds = [b for b in (lo, hi) if b is not None]
+        vmin, vmax = min(vals + bounds), max(vals + bounds)
+        span = (vmax - vmin) or 1.0
+        vmin, vmax = vmin - 0.12 * span, vmax + 0.12 * span
+        top, bottom, left, right = y0 + 16, y0 + ph - 4, x0 + 4, x0 + pw - 4
+
+        def y(v: float, top: float = top, bottom: float = bottom, vmin: float = vmin, vmax: float = vmax) -> float:
+            return bottom - (bottom - top) * (v - vmin) / (vmax - vmin)
+
+        def x(k: int, n: int = len(pts), left: float = left, right: float = right) -> float:
+            return left + (right - left) * (k / (n - 1) if n > 1 else 0.5)
+
+        parts.append(f'<g class="panel" data-measurement="{_e(name)}"><rect x="{x0}" y="{y0}" width="{pw}" '
+                     f'height="{ph}" fill="#fff" stroke="#e0e0e0"/><text x="{x0 + 4}" y="{y0 + 12}" '
+                     f'font-size="11">{_e(m.get("label") or name)}</text>')
+        for b in bounds:
+            parts.append(f'<line class="limit" x1="{left}" x2="{right}" y1="{y(b):.1f}" y2="{y(b):.1f}" '
+                         f'stroke="{STATUS_COLOURS["fail"]}" stroke-dasharray="4 3"/>')
+        if lo is not None and hi is not None:
+            c, half = (lo + hi) / 2, (hi - lo) / 2
+            for v in (c - 2 / 3 * half, c + 2 / 3 * half):
+                parts.append(f'<line class="warn-limit" x1="{left}" x2="{right}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                             f'stroke="{STATUS_COLOURS["warn"]}" stroke-dasharray="1 3"/>')
+        if pts:
+            coords = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, v in enumerate(vals))
+            parts.append(f'<polyline fill="none" stroke="#5f6368" stroke-width="1.5" points="{coords}"/>')
+        for k, (p, v) in enumerate(zip(pts, vals)):
+            st = p.get("status") or "pass"
+            parts.append(f'<circle class="pt" data-status="{_e(st)}" cx="{x(k):.1f}" cy="{y(v):.1f}" r="3" '
+                         f'fill="{colours.get(st, "#1a73e8")}"><title>{_e(str(p.get("acquired_at"))[:10])}: '
+                         f'{v:.3g} ({_e(st)})</title></circle>')
+        parts.append("</g>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_STATE_TEXT = {"failed": "phantom failed", "expired": "qualification expired", "drift": "drift warning",
+               "qualified": "qualified"}
+
+
+def _scanner_findings(sc: dict[str, Any]) -> str:
+    if sc["state"] == "failed":
+        return "; ".join(f"{m.get('label')} {m.get('value'):.3g} (tolerance {m.get('tolerance_text')})"
+                         for m in sc.get("failed") or [])
+    if sc["state"] == "drift" or sc.get("drift"):
+        return "; ".join(f"{d.get('label')} {d.get('direction')} over {d.get('points')} phantoms"
+                         if d.get("rule") == "trend" else
+                         f"{d.get('label')} beyond the {d.get('side')} warning limit on {d.get('points')} phantoms"
+                         for d in sc.get("drift") or [])
+    return ""
+
+
+def scanners_section(scanners: list[dict[str, Any]]) -> str:
+    """Scanner qualification: one row and one small trend plot per scanner."""
+    if not scanners:
+        return ('<h2>Scanner qualification</h2><p id="no-scanners">No phantom results yet. Sites send their '
+                "qualification phantom like any series (see docs/phantom-qc.md).</p>")
+    rows, plots = [], []
+    for sc in scanners:
+        name = " ".join(x for x in (sc.get("manufacturer"), sc.get("model")) if x) or "-"
+        rows.append(
+            f'<tr class="scanner {_e(sc["state"])}" data-scanner="{sc["id"]}" data-state="{_e(sc["state"])}">'
+            f'<td>{_e(sc.get("site_id"))}</td><td><b>{_e(sc.get("station"))}</b></td><td>{_e(name)}</td>'
+            f'<td>{_e(sc.get("serial"))}</td><td>{_e(sc.get("software"))}</td>'
+            f'<td>{_e(str(sc.get("last_phantom_at") or "")[:10])}</td>'
+            f'<td class="state">{_e(_STATE_TEXT.get(sc["state"], sc["state"]))}</td>'
+            f'<td>{_e(str(sc.get("valid_until") or "")[:10]) or "-"}</td>'
+            f'<td class="findings">{_e(_scanner_findings(sc)) or "-"}</td></tr>')
+        trend = svg_trend(sc, css_id=f"trend-{sc['id']}")
+        plots.append(f'<div class="chart">{trend}</div>')
+    return f"""<section id="scanner-section"><h2>Scanner qualification</h2><table id="scanners"><thead><tr>
+<th>site</th><th>station</th><th>scanner</th><th>serial</th><th>software</th><th>last phantom</th><th>state</th>
+<th>valid until</th><th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<div class="charts" id="scanner-trends">{"".join(plots)}</div></section>"""
+
+
 # -- dashboard --------------------------------------------------------------------------------------
 def _hours(h: float | None) -> str:
     if h is None:
@@ -166,9 +258,23 @@ def _hours(h: float | None) -> str:
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} d"
 
 
-def dashboard_page(data: dict[str, Any]) -> str:
+def _site_scanner_badges(site: str, scanners: list[dict[str, Any]]) -> str:
+    return "".join(f'<span class="badge scanner-flag" data-state="{_e(sc["state"])}">{_e(sc.get("station"))} '
+                   f'{_e(_STATE_TEXT.get(sc["state"], sc["state"]))}</span>'
+                   for sc in scanners if sc.get("site_id") == site and sc["state"] != "qualified")
+
+
+def dashboard_page(data: dict[str, Any], scanners: list[dict[str, Any]] | None = None) -> str:
     sites: dict[str, Any] = data["sites"]
+    scanners = scanners or []
     rows, charts = [], []
+    for site in sorted({sc["site_id"] for sc in scanners if sc.get("site_id")} - set(sites)):
+        # a site that has sent only phantoms so far still gets its row (and its scanner flags)
+        flags = _site_scanner_badges(site, scanners)
+        rows.append(f'<tr class="site{" scanner-flagged" if flags else ""}" data-site="{_e(site)}"><td><b>'
+                    f'{_e(site)}</b></td><td class="num">0</td><td class="num fpa">-</td><td class="num">-</td>'
+                    f'<td class="num">-</td><td class="num open-queries">0</td><td class="num">-</td><td>-</td>'
+                    f'<td class="scanner-flags">{flags or "-"}</td></tr>')
     for site, m in sites.items():
         rec = m["recurring_deviations"]
         badges = "".join(f'<span class="badge">{_e(r["kind"])} x{r["series"]}</span>' for r in rec)
@@ -179,12 +285,14 @@ def dashboard_page(data: dict[str, Any]) -> str:
         med_s = "-" if ta["median"] is None else f"{ta['median']:.1f} s"
         p95_s = "-" if ta["p95"] is None else f"{ta['p95']:.1f} s"
         cls = "site recurring" if rec else "site"
+        flags = _site_scanner_badges(site, scanners)
+        cls += " scanner-flagged" if flags else ""
         rows.append(
             f'<tr class="{cls}" data-site="{_e(site)}"><td><b>{_e(site)}</b></td>'
             f'<td class="num">{m["series"]}</td><td class="num fpa">{fpa_s}</td>'
             f'<td class="num">{med_s}</td><td class="num">{p95_s}</td>'
             f'<td class="num open-queries">{oq["count"]}</td><td class="num">{_hours(oq["oldest_hours"])}</td>'
-            f"<td>{badges or '-'}</td></tr>")
+            f"<td>{badges or '-'}</td><td class=\"scanner-flags\">{flags or '-'}</td></tr>")
         lines = {check: [(wk, cell["rate"]) for wk, cell in weeks.items()]
                  for check, weeks in m["deviation_rate"].items()}
         chart = svg_lines(lines, title=f"{site}: deviation rate by check", css_id=f"dev-{site}")
@@ -207,19 +315,23 @@ def dashboard_page(data: dict[str, Any]) -> str:
         f'<tr data-query="{q["id"]}"><td>{q["id"]}</td><td>{_e(q["site_id"])}</td><td>{_e(q["station"])}</td>'
         f'<td>{_e(q["check"])}</td><td>{_e(q["state"])}</td><td>{_e(q["message"])}</td><td>{_e(q["action"])}</td>'
         f'<td class="num">{_hours(q["age_hours"])}</td></tr>' for q in queries[:100])
-    empty = "" if sites else "<p id=\"empty\">No verdicts in this window yet.</p>"
+    empty = "" if sites or scanners else "<p id=\"empty\">No verdicts in this window yet.</p>"
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>scanqc dashboard</title>
 <meta http-equiv="refresh" content="60"><style>{_BASE_CSS}
 tr.recurring td{{background:#fce8e6}} .badge{{background:#d93025;color:#fff;border-radius:3px;padding:1px 6px;
 margin-right:4px;font-size:.85em;white-space:nowrap}} .charts{{display:flex;flex-wrap:wrap;gap:12px}}
+.badge.scanner-flag[data-state=drift]{{background:#f29900}} tr.scanner.failed td.state,tr.scanner.expired td.state
+{{color:#d93025;font-weight:600}} tr.scanner.drift td.state{{color:#b06000;font-weight:600}}
 .plot{{background:#fff;border:1px solid #e0e0e0}} .plot text{{font-size:12px;font-family:inherit}}</style></head>
 <body><header><strong>scanqc central dashboard</strong><span>last {data["days"]} days, until {_e(data["until"])}
 </span><a href="/console">consoles</a><a href="/api/dashboard">JSON</a><a href="/">API docs</a></header><main>
 {empty}<h2>Sites</h2><table id="sites"><thead><tr><th>site</th><th>series</th><th>first-pass acceptance</th>
 <th>turnaround median</th><th>p95</th><th>open queries</th><th>oldest</th>
-<th>recurring deviations (&ge;{data["recurring_min"]} series)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<th>recurring deviations (&ge;{data["recurring_min"]} series)</th><th>scanners</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
 <h2>Overview</h2><div class="charts" id="overview">{overview}</div>
 <h2>Deviation rate by check over time</h2><div class="charts" id="deviation-charts">{"".join(charts)}</div>
+{scanners_section(scanners)}
 <h2>Open queries</h2><table id="queries"><thead><tr><th>#</th><th>site</th><th>station</th><th>check</th>
 <th>state</th><th>finding</th><th>action</th><th>age</th></tr></thead><tbody>{qrows}</tbody></table>
 </main></body></html>"""

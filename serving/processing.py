@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scanqc.serving.config import Settings
-from scanqc.serving.store import Store
+from scanqc.serving.store import ScannerRegistry, Store
 
 from scanqc.cancel import CancelToken, cancel_scope
 from scanqc.checks.base import Check, CheckContext, InferFn
@@ -237,7 +237,8 @@ class Processor:
                 tapped: list[Check] = [_HeaderTap(checks[0], taps), *checks[1:]] if checks else []
                 with cancel_scope(cancel):
                     verdicts = check_path(folder, guideline, limits=self.limits, modality_hint=modality_hint,
-                                          visit=visit, models=self.models, infer=self.infer, checks=tapped)
+                                          visit=visit, models=self.models, infer=self.infer, checks=tapped,
+                                          station=station, scanners=ScannerRegistry(self.store))
                 verdicts = [_checked_uids(v) for v in verdicts]
                 if complete_study:
                     apply_required_series(verdicts, guideline, visit, taps)

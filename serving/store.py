@@ -140,6 +140,7 @@ class VerdictRow(Base):
     verdict_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
     elapsed_ms: Mapped[float | None] = mapped_column(Float)  # pipeline time
     verdict: Mapped[dict] = mapped_column(JSON)  # the verdict contract, as returned to the caller
+    kind: Mapped[str | None] = mapped_column(String(16))  # "phantom", or patient (NULL on rows before phantom QC)
     checks: Mapped[list[CheckRow]] = relationship(back_populates="verdict_row", cascade="all, delete-orphan")
 
     __table_args__ = (Index("ix_verdicts_site_time", "site_id", "verdict_at"),)
@@ -178,6 +179,52 @@ class QueryRow(Base):
     resolution: Mapped[str | None] = mapped_column(Text)
     closed_by: Mapped[str | None] = mapped_column(String(100))
     closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Scanner(Base):
+    """One scanner record: station/AE, manufacturer, model, serial and software version (a software upgrade
+    is a new record). ``site_id`` is the site of its latest phantom (a mobile unit moves between sites)."""
+
+    __tablename__ = "scanners"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scanner_key: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    site_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    station: Mapped[str | None] = mapped_column(String(64))
+    manufacturer: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(128))
+    serial: Mapped[str | None] = mapped_column(String(128))
+    software: Mapped[str | None] = mapped_column(String(256))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_phantom_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class PhantomResult(Base):
+    """A phantom verdict's measurements, for the scanner's trend and drift rules."""
+
+    __tablename__ = "phantom_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scanner_id: Mapped[int] = mapped_column(ForeignKey("scanners.id"))
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"), index=True)
+    site_id: Mapped[str | None] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str | None] = mapped_column(String(16))  # ct_water | ct_acr | mr_uniform | mr_acr
+    status: Mapped[str] = mapped_column(String(16))  # the phantom check's: pass | warn (drift) | fail
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    valid_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    values: Mapped[dict] = mapped_column(JSON)  # {measurement: value}
+    measurements: Mapped[list] = mapped_column(JSON)  # the check's rows (value, unit, tolerance, status, source)
+    drift: Mapped[list] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_phantom_results_scanner_time", "scanner_id", "acquired_at"),)
+
+
+def _parse_iso(v: Any) -> dt.datetime | None:
+    if not v:
+        return None
+    try:
+        return to_utc_naive(dt.datetime.fromisoformat(str(v).replace("Z", "+00:00")))
+    except ValueError:
+        return None
 
 
 def _check_kinds(name: str, check: dict[str, Any]) -> str:
@@ -380,6 +427,7 @@ class Store:
                 n_instances=verdict.n_instances, patient_hash=patient_hash, accession_hash=accession_hash,
                 acquired_at=to_utc_naive(acquired_at), received_at=to_utc_naive(received_at), verdict_at=now,
                 elapsed_ms=verdict.elapsed_ms, verdict=json.loads(json.dumps(d, default=str)),
+                kind="phantom" if verdict.kind == "phantom" else None,
             )
             for name, c in d["checks"].items():
                 row.checks.append(CheckRow(name=name, status=c["status"], score=c.get("score"),
@@ -388,13 +436,124 @@ class Store:
                                            else None))
             s.add(row)
             s.flush()
-            if open_queries:
+            if verdict.kind == "phantom":
+                # A failed phantom is the scanner's problem, not a series query: it flags the scanner instead.
+                self._record_phantom(s, row, d["checks"].get("phantom"), acquired_at or now)
+            elif open_queries:
                 for name, c in d["checks"].items():
                     if c["status"] == "fail":
                         s.add(QueryRow(verdict_id=row.id, site_id=site_id, station=station,
                                        series_uid=verdict.series_uid, check_name=name, state="open",
                                        message=c.get("message"), action=c.get("action"), opened_at=now))
             return row.id
+
+    # -- scanners and phantom results -------------------------------------------------------------
+    def _scanner_row(self, s: Session, identity: dict[str, Any], site_id: str | None) -> Scanner:
+        from scanqc.checks.phantom import scanner_key
+
+        key = scanner_key(identity)
+        row = s.scalars(select(Scanner).where(Scanner.scanner_key == key)).first()
+        if row is None:
+            row = Scanner(scanner_key=key, site_id=site_id, first_seen_at=utcnow(),
+                          **{k: (str(identity.get(k) or "")[:n] or None) for k, n in
+                             (("station", 64), ("manufacturer", 128), ("model", 128), ("serial", 128),
+                              ("software", 256))})
+            s.add(row)
+            s.flush()
+        return row
+
+    def _record_phantom(self, s: Session, v: VerdictRow, check: dict[str, Any] | None,
+                        fallback_time: dt.datetime) -> None:
+        if not check or not isinstance(check.get("scanner"), dict) or not check.get("measurements"):
+            return  # not analysable: nothing to trend
+        acquired = _parse_iso(check.get("acquired_at")) or to_utc_naive(fallback_time) or utcnow()
+        sc = self._scanner_row(s, check["scanner"], v.site_id)
+        sc.site_id = v.site_id
+        sc.last_phantom_at = max(sc.last_phantom_at or acquired, acquired)
+        rows = [m for m in check["measurements"] if isinstance(m, dict)]
+        s.add(PhantomResult(scanner_id=sc.id, verdict_id=v.id, site_id=v.site_id, series_uid=v.series_uid,
+                            kind=(check.get("phantom") or {}).get("kind"), status=check["status"],
+                            acquired_at=acquired, valid_until=_parse_iso(check.get("valid_until")),
+                            values={m["name"]: m["value"] for m in rows}, measurements=rows,
+                            drift=list(check.get("drift") or [])))
+
+    def phantom_history(self, identity: dict[str, Any], *, before: dt.datetime | None = None,
+                        exclude_series: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """A scanner's phantom results acquired before ``before``, oldest first (the last ``limit``)."""
+        from scanqc.checks.phantom import scanner_key
+
+        with self.session() as s:
+            q = (select(PhantomResult).join(Scanner, PhantomResult.scanner_id == Scanner.id)
+                 .where(Scanner.scanner_key == scanner_key(identity)))
+            if before is not None:
+                q = q.where(PhantomResult.acquired_at < to_utc_naive(before))
+            if exclude_series:
+                q = q.where(or_(PhantomResult.series_uid.is_(None), PhantomResult.series_uid != exclude_series))
+            rows = list(s.scalars(q.order_by(PhantomResult.acquired_at.desc(), PhantomResult.id.desc())
+                                  .limit(limit)))
+            return [{"acquired_at": iso(r.acquired_at), "status": r.status, "values": dict(r.values)}
+                    for r in reversed(rows)]
+
+    def qualification(self, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """The scanner's latest phantom result (by acquisition time), or None when it never sent one."""
+        from scanqc.checks.phantom import scanner_key
+
+        with self.session() as s:
+            r = s.scalars(select(PhantomResult).join(Scanner, PhantomResult.scanner_id == Scanner.id)
+                          .where(Scanner.scanner_key == scanner_key(identity))
+                          .order_by(PhantomResult.acquired_at.desc(), PhantomResult.id.desc()).limit(1)).first()
+            if r is None:
+                return None
+            return {"status": r.status, "acquired_at": iso(r.acquired_at), "kind": r.kind,
+                    "valid_until": r.valid_until.isoformat() if r.valid_until else None, "drift": r.drift}
+
+    def scanner_overview(self, *, site_id: str | None = None, now: dt.datetime | None = None,
+                         points: int = 20) -> list[dict[str, Any]]:
+        """Every scanner (of a site) with its qualification state and the last ``points`` results per measurement.
+
+        ``state``: ``failed`` (latest phantom failed), ``expired`` (no passing phantom within the interval: the
+        latest result's ``valid_until`` is past), ``drift`` (latest within tolerance but a drift rule fired), or
+        ``qualified``.
+        """
+        now = to_utc_naive(now) or utcnow()
+        out = []
+        with self.session() as s:
+            q = select(Scanner).order_by(Scanner.site_id, Scanner.station, Scanner.id)
+            if site_id:
+                q = q.where(Scanner.site_id == site_id)
+            for sc in s.scalars(q):
+                results = list(s.scalars(select(PhantomResult).where(PhantomResult.scanner_id == sc.id)
+                                         .order_by(PhantomResult.acquired_at.desc(), PhantomResult.id.desc())
+                                         .limit(points)))[::-1]
+                if not results:
+                    continue
+                last = results[-1]
+                if last.status == "fail":
+                    state = "failed"
+                elif last.valid_until is None or last.valid_until < now:
+                    state = "expired"
+                elif last.status == "warn":
+                    state = "drift"
+                else:
+                    state = "qualified"
+                series: dict[str, dict[str, Any]] = {}
+                for r in results:
+                    for m in r.measurements:
+                        e = series.setdefault(m["name"], {"label": m.get("label", m["name"]), "unit": m.get("unit"),
+                                                          "tolerance": m.get("tolerance"), "points": []})
+                        e["tolerance"] = m.get("tolerance") or e["tolerance"]
+                        drifting = any(d.get("measurement") == m["name"] for d in r.drift or [])
+                        e["points"].append({"acquired_at": iso(r.acquired_at), "value": m["value"],
+                                            "status": "warn" if drifting and m.get("status") == "pass"
+                                            else m.get("status", "pass")})
+                out.append({"id": sc.id, "site_id": sc.site_id, "station": sc.station,
+                            "manufacturer": sc.manufacturer, "model": sc.model, "serial": sc.serial,
+                            "software": sc.software, "state": state, "last_status": last.status,
+                            "last_phantom_at": iso(last.acquired_at), "kind": last.kind,
+                            "valid_until": iso(last.valid_until), "drift": last.drift,
+                            "failed": [m for m in last.measurements if m.get("status") == "fail"],
+                            "phantoms": len(results), "measurements": series})
+        return out
 
     @staticmethod
     def _verdict_out(r: VerdictRow) -> dict[str, Any]:
@@ -535,7 +694,8 @@ class Store:
             "turnaround_s": array("d"), "deviation_by_check": defaultdict(lambda: defaultdict(lambda: [0, 0])),
             "open_queries": [],
         })
-        in_window = [VerdictRow.verdict_at >= since]
+        # Phantom verdicts are the scanners' record (scanner_overview), never patient QC figures.
+        in_window = [VerdictRow.verdict_at >= since, or_(VerdictRow.kind.is_(None), VerdictRow.kind != "phantom")]
         if site_id:
             in_window.append(VerdictRow.site_id == site_id)
         has_uid = and_(VerdictRow.series_uid.is_not(None), VerdictRow.series_uid != "")
@@ -613,6 +773,20 @@ class Store:
             }
         return {"since": iso(since), "until": iso(now), "days": days, "recurring_min": recurring_min,
                 "sites": out}
+
+
+class ScannerRegistry:
+    """The store as :class:`scanqc.checks.phantom.ScannerRegistry` for the checks (drift history, qualification)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def phantom_history(self, scanner: dict[str, str], *, before: dt.datetime | None,
+                        exclude_series: str | None) -> list[dict[str, Any]]:
+        return self.store.phantom_history(scanner, before=before, exclude_series=exclude_series)
+
+    def qualification(self, scanner: dict[str, str]) -> dict[str, Any] | None:
+        return self.store.qualification(scanner)
 
 
 class QueryStateError(ScanQCError):

@@ -6,6 +6,7 @@ Swagger UI at ``/``); this app adds:
 - ``GET /console/{station}``: the technologist console; ``GET /api/stations/{station}/events`` is its
   server-sent-event stream (a new verdict is pushed as soon as it is stored, in this process or another);
 - ``GET /dashboard``: the central dashboard (inline SVG plots + tables), ``GET /api/dashboard`` its data;
+- ``GET /api/scanners``: scanner qualification (state, drift, recent phantom results per scanner);
 - ``GET /api/series/{uid}`` (+ ``/sr``: the verdict as a DICOM Structured Report), ``GET /api/verdicts``;
 - queries: ``GET /api/queries``, ``POST /api/queries``, ``POST /api/queries/{id}/answer|close``.
 
@@ -538,10 +539,18 @@ async def api_query_close(request: Request) -> Response:
 
 
 async def api_dashboard(request: Request) -> Response:
+    site = _site_scope(request, request.query_params.get("site") or None)
     data = await _db(_st().store.site_metrics, days=_int_param(request, "days", 90, 1, 3650),
-                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000),
-                     site_id=_site_scope(request, request.query_params.get("site") or None))
+                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000), site_id=site)
+    data["scanners"] = await _db(_st().store.scanner_overview, site_id=site)
     return _json(data)
+
+
+async def api_scanners(request: Request) -> Response:
+    """Scanner qualification: each scanner's state and its recent phantom results (docs/phantom-qc.md)."""
+    site = _site_scope(request, request.query_params.get("site") or None)
+    return _json({"scanners": await _db(_st().store.scanner_overview, site_id=site,
+                                        points=_int_param(request, "points", 20, 1, 500))})
 
 
 async def api_studies(request: Request) -> Response:
@@ -695,10 +704,11 @@ async def page_console_index(request: Request) -> Response:
 
 
 async def page_dashboard(request: Request) -> Response:
+    site = _site_scope(request, None)
     data = await _db(_st().store.site_metrics, days=_int_param(request, "days", 90, 1, 3650),
-                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000),
-                     site_id=_site_scope(request, None))
-    return HTMLResponse(pages.dashboard_page(data))
+                     recurring_min=_int_param(request, "recurring_min", 3, 1, 1000), site_id=site)
+    scanners = await _db(_st().store.scanner_overview, site_id=site)
+    return HTMLResponse(pages.dashboard_page(data, scanners))
 
 
 async def page_home(request: Request) -> Response:
@@ -726,6 +736,7 @@ app = Starlette(
         Route("/api/queries/{id}/answer", api_query_answer, methods=["POST"]),
         Route("/api/queries/{id}/close", api_query_close, methods=["POST"]),
         Route("/api/dashboard", api_dashboard),
+        Route("/api/scanners", api_scanners),
         Route("/api/studies", api_studies),
         Route("/console", page_console_index),
         Route("/console/{station}", page_console),

@@ -27,9 +27,15 @@ class CheckContext:
     models: Any = None  # scanqc.models registry of loaded models; None = load the installed defaults
     infer: InferFn | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # per-series scratch (preprocessed arrays...)
+    station: str | None = None  # calling AE title / station the series came from, when known
+    scanners: Any = None  # scanqc.checks.phantom.ScannerRegistry (the service's store); None offline
+    phantom: str | None = None  # why the series is a phantom (scanqc.checks.phantom.phantom_route), else None
 
 
 class Check(Protocol):
+    """A check; it may also define ``applies(series, ctx) -> bool`` to leave series it does not concern out
+    of the verdict (the phantom checks do)."""
+
     name: str
 
     def __call__(self, series: Series, ctx: CheckContext) -> CheckResult: ...
