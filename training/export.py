@@ -25,6 +25,7 @@ from scanqc.training.config import TrainConfig
 from scanqc.training.ensemble import load_run_net
 from scanqc.training.train import library_versions, load_case, read_rows
 
+from scanqc.checks.ml import DEFAULT_DOMAINS
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.inference import TASK_OUTPUTS, OnnxModel
 from scanqc.preprocessing import PreprocessSpec
@@ -157,6 +158,8 @@ def build_metadata(summary: dict[str, Any], cfg: TrainConfig, version: str, chan
         "preprocessing": spec.to_dict(),
         "calibration": summary["calibration"],
         "thresholds": summary["thresholds"],
+        # What the training data covered; the checks skip series outside it (scanqc.checks.ml.outside_domain).
+        "domain": DEFAULT_DOMAINS[task],
         "metrics": {"validation": summary["validation_metrics"]},
         "training": portable_training({
             "command": summary["command"], "seed": summary["seed"], "config": summary["config"],
