@@ -69,7 +69,8 @@ def evaluate(
     for r in res["tasks"]:
         pm = r["primary_metric"]
         summary.append({"task": r["task"], "n": r["n"], "metric": pm,
-                        **{w: r[w]["task_metrics"].get(pm) for w in ("CNN", "baseline") if w in r}})
+                        **{w: r[w]["task_metrics"].get(pm) for w in ("CNN", "baseline") if w in r},
+                        **({"QI2_auc_any": r["classical"]["qi2"]["auc_any"]} if r.get("classical") else {})})
     typer.echo(json.dumps({"report": res["report"], "summary": summary}, indent=2, default=str))
 
 

@@ -199,6 +199,14 @@ def breakdown(task: str, rows: list[dict[str, str]], outcomes: dict[str, dict[st
 
 # -- one task --------------------------------------------------------------------------------------
 
+def _native_array(r: dict[str, str]) -> np.ndarray:
+    from scanqc.preprocessing import canonicalize
+    from scanqc.series import load_series
+
+    series, _ = load_series(r["path"], modality_hint=r.get("modality") or None)
+    return canonicalize(series[0].volume)[0]
+
+
 def evaluate_task(task: str, manifests: list[Path], split: str, model: Any, baseline: dict[str, Any] | None,
                   limit: int | None = None, progress: Callable | None = None) -> dict[str, Any]:
     """All figures for one task; ``_curves`` / ``_matrices`` / ``_rows`` (in-memory) feed the plots."""
@@ -239,6 +247,16 @@ def evaluate_task(task: str, manifests: list[Path], split: str, model: Any, base
         outputs["baseline"] = B.predict(task, baseline, xf)
         thresholds["baseline"] = dict(B.BASELINE_THRESHOLDS)
         timing["baseline_s"] = time.perf_counter() - t0
+    if task == "motion":
+        # The classical peer, alone and threshold-free: MRIQC's QI2-style background index (no fitting, no labels).
+        t0 = time.perf_counter()
+        _log(f"[{task}] QI2-style index of {len(rows)} cases (native resolution)")
+        q = np.array([B.qi2(_native_array(r)) for r in (progress(rows) if progress else rows)])
+        y = (targets[:, 0] > 0).astype(int)
+        if 0 < y.sum() < len(y):
+            auc = float(M.roc_auc(y, q))
+            res["classical"] = {"qi2": {"auc_any": auc, "auc_any_ci95": M.bootstrap_ci(M.roc_auc, y, q)}}
+        timing["qi2_s"] = time.perf_counter() - t0
     res["seconds"] = {k: round(v, 1) for k, v in timing.items()}
     res["warnings"] = [w for who, outs in outputs.items() if (w := constant_output_warning(who, outs))]
     for w in res["warnings"]:
@@ -349,6 +367,8 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, extra: 
                f"- CNN: {task} {(r.get('model') or {}).get('version', 'none installed')} "
                f"({(r.get('model') or {}).get('source', '')}); baseline: {r.get('baseline_source', '–')}",
                f"- seconds (read + preprocess + run): {r.get('seconds')}",
+               *(f"- classical peer, alone: QI2-style background index (Mortamet et al. 2009), any-motion ROC AUC "
+                 f"{_ci(q['auc_any'], q.get('auc_any_ci95'))}" for q in [(r.get("classical") or {}).get("qi2")] if q),
                *(f"- **warning**: {w}" for w in r.get("warnings", [])), ""]
         who = [w for w in ("CNN", "baseline") if w in r]
         if not who:
