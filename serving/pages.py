@@ -163,7 +163,7 @@ def svg_trend(scanner: dict[str, Any], *, css_id: str = "", cols: int = 3) -> st
     """Small multiples: each phantom measurement of one scanner over time, with its tolerance (dashed red)
     and, for two-sided tolerances, the drift warning limits at 2/3 of the half-width (dotted amber)."""
     meas: dict[str, Any] = scanner.get("measurements") or {}
-    pw, ph, pad = 170, 86, 8
+    pw, ph, pad = 205, 86, 8
     rows = max(1, -(-len(meas) // cols))
     w, h = cols * (pw + pad) + pad, 22 + rows * (ph + pad)
     title = f"{scanner.get('station') or '?'}: phantom results"
@@ -189,7 +189,8 @@ def svg_trend(scanner: dict[str, Any], *, css_id: str = "", cols: int = 3) -> st
 
         parts.append(f'<g class="panel" data-measurement="{_e(name)}"><rect x="{x0}" y="{y0}" width="{pw}" '
                      f'height="{ph}" fill="#fff" stroke="#e0e0e0"/><text x="{x0 + 4}" y="{y0 + 12}" '
-                     f'font-size="11">{_e(m.get("label") or name)}</text>')
+                     f'font-size="11">{_e(m.get("label") or name)}'
+                     f'<tspan class="last" fill="#5f6368"> {f"{vals[-1]:.3g}" if vals else ""}</tspan></text>')
         for b in bounds:
             parts.append(f'<line class="limit" x1="{left}" x2="{right}" y1="{y(b):.1f}" y2="{y(b):.1f}" '
                          f'stroke="{STATUS_COLOURS["fail"]}" stroke-dasharray="4 3"/>')
