@@ -174,7 +174,10 @@ def watch(
     except KeyboardInterrupt:
         pass
     finally:
+        counts = ob.counts()
         ob.close()
+    console.print(f"checked {len(statuses)} series; outbox: {counts['pending']} to sync, {counts['synced']} synced"
+                  " (`scanqc sync` when online)")
     raise typer.Exit(_exit_code(statuses) if once else 0)
 
 

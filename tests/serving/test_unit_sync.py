@@ -129,6 +129,13 @@ def test_sync_is_idempotent_and_resumes_after_a_lost_answer(central: Central, tm
     again = sync(ob, _client(central, "vanA"))
     assert (again.synced, again.already, again.files_sent) == (0, 2, 0)
     assert len(central.unit_verdicts()) == 2
+    # a commit repeated (its answer lost on the way back) stores nothing more
+    key = ob.records()[0].key
+    for _ in range(2):
+        status, body = central.call("POST", f"/api/sync/records/{key}/commit", "vanA", {})
+        assert status == 200 and body["created"] is False
+    assert central.store.sync_commit(key)[1] is False  # the store's own once-only gate (parallel commits)
+    assert len(central.unit_verdicts()) == 2
     # and a third run has nothing to do
     assert sync(ob, _client(central, "vanA")).to_dict()["already"] == 0
     status, units = central.call("GET", "/api/units", "monitor")
