@@ -271,3 +271,35 @@ def test_unreachable_server_is_a_coded_error_and_keeps_the_backlog(tmp_path: Pat
         sync(ob, client)
     assert exc.value.code.value == "SYNC_UNREACHABLE" and ob.counts()["pending"] == 1
     assert len(sleeps) == 3 and sleeps[0] < sleeps[1] < sleeps[2]  # exponential backoff
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_parallel_commits_of_one_record_store_one_verdict(tmp_path: Path, backend: str) -> None:
+    """Two syncs of the same unit racing (two laptops restored from one backup...): the conditional UPDATE lets
+    exactly one commit store the verdict, on SQLite and on PostgreSQL (row lock)."""
+    import os
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scanqc.sync.outbox import series_key
+    from scanqc.verdict import CheckResult, Verdict
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if backend == "sqlite" else os.environ.get("SCANQC_TEST_PG_URL")
+    if not url:
+        pytest.skip("SCANQC_TEST_PG_URL not set")
+    store = Store(url)
+    try:
+        uid = f"1.2.826.0.1.{uuid.uuid4().int % 10**20}"
+        v = Verdict(input="x", series_uid=uid, modality="CT", status="pass",
+                    checks={"integrity": CheckResult("pass", "ok")})
+        key = series_key("VAN-P", uid, [], "a" * 64)
+        m = {"key": key, "series_uid": uid, "sop_uids": [], "content_hash": "a" * 64, "files": [],
+             "verdict": v.to_dict(), "model_versions": {}, "checked_at": dt.datetime.now(dt.timezone.utc),
+             "acquired_at": None, "clock_offset_s": 0.5}
+        with ThreadPoolExecutor(8) as pool:
+            opened = list(pool.map(lambda _: store.sync_open(m, unit_id="VAN-P", site_id="siteP"), range(8)))
+            created = list(pool.map(lambda _: store.sync_commit(key)[1], range(8)))
+        assert {o["key"] for o in opened} == {key} and created.count(True) == 1
+        assert len(store.verdicts_for_series(uid)) == 1
+    finally:
+        store.close()
