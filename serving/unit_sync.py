@@ -221,6 +221,10 @@ async def api_file_put(request: Request) -> Response:
             await asyncio.to_thread(os.fsync, out.fileno())
         os.replace(tmp, final)
         await asyncio.to_thread(fsync_dir, folder)
+        for stale in folder.glob(f".{sha}.*.part"):  # left by an upload cut off by a server crash
+            if stale != tmp:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
     except ClientDisconnect:
         return Response(status_code=499)  # the unit will send the file again
     except zlib.error:

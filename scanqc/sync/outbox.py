@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,8 +304,7 @@ class Outbox:
             return
         parent = final.parent
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{key}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = parent / f".{key}.{uuid.uuid4().hex[:8]}.partial"  # per writer: `unit watch` and `unit check` may race
         tmp.mkdir()
         for src, sha in digests:
             dst = tmp / (sha + file_suffix(src.name))
@@ -315,7 +315,12 @@ class Outbox:
                 fo.flush()
                 os.fsync(fo.fileno())
         fsync_dir(tmp)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another writer kept the same series first: same key, same bytes
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not final.is_dir():
+                raise
         fsync_dir(parent)
 
     def stored_file(self, key: str, sha: str, suffix: str) -> Path:
