@@ -185,7 +185,8 @@ def units_table(units: list[dict[str, Any]], stale_hours: float) -> str:
         offset = "-" if u["clock_offset_s"] is None else f"{u['clock_offset_s']:+.0f} s"
         rows.append(
             f'<tr class="unit{" stale" if u["stale"] else ""}" data-unit="{_e(u["unit_id"])}" '
-            f'data-site="{_e(u["site_id"])}"><td>{_e(u["site_id"])}</td><td><b>{_e(u["unit_id"])}</b> {flag}</td>'
+            f'data-site="{_e(u["site_id"])}"><td>{_e(u["site_id"])}</td>'
+            f'<td><a href="/console/{_e(u["unit_id"])}"><b>{_e(u["unit_id"])}</b></a> {flag}</td>'
             f'<td class="last-sync">{_e(last)}</td><td class="num backlog">{_e(backlog)}</td>'
             f'<td class="num in-transit">{u["in_transit"]}</td><td class="num series">{u["records"]}</td>'
             f'<td class="num acceptance">{acc}</td><td>{qc}</td><td class="num acq-receipt">{med}</td>'

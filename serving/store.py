@@ -702,6 +702,17 @@ class Store:
             s.flush()
             return self._record_out(r)
 
+    def unit_records(self, unit_id: str, *, limit: int = 200,
+                     disagreements_only: bool = False) -> list[dict[str, Any]]:
+        """A unit's synced records, newest first (what it decided offline, with which models, and the re-check)."""
+        with self.session() as s:
+            q = select(UnitRecord).where(UnitRecord.unit_id == unit_id)
+            if disagreements_only:
+                q = q.where(UnitRecord.disagreement.is_(True))
+            rows = s.scalars(q.order_by(UnitRecord.id.desc()).limit(max(1, min(limit, 5000))))
+            return [{k: v for k, v in self._record_out(r).items() if k != "files"} | {"n_files": len(r.files)}
+                    for r in rows]
+
     def unit_metrics(self, *, now: dt.datetime | None = None, stale_hours: float = 24.0,
                      site_id: str | None = None, days: int = 90) -> list[dict[str, Any]]:
         """Per unit: last sync, backlog, acquisition-to-receipt time, QC figures, disagreements, stale flag."""
@@ -768,7 +779,9 @@ class Store:
             "turnaround_s": array("d"), "deviation_by_check": defaultdict(lambda: defaultdict(lambda: [0, 0])),
             "open_queries": [],
         })
-        in_window = [VerdictRow.verdict_at >= since]
+        # A central re-check of a unit's series sits next to the unit's verdict; counting it would count the
+        # series twice (unit_metrics reports the disagreements).
+        in_window = [VerdictRow.verdict_at >= since, VerdictRow.source != "recheck"]
         if site_id:
             in_window.append(VerdictRow.site_id == site_id)
         has_uid = and_(VerdictRow.series_uid.is_not(None), VerdictRow.series_uid != "")

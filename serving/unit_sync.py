@@ -10,7 +10,9 @@ Routes (mounted by :mod:`scanqc.serving.web`; a ``unit`` token may call nothing 
   UPDATE), then optionally re-checks the series with the central models (``sync_recheck``); a different
   status is flagged as a disagreement, and both verdicts stay;
 - ``POST /api/sync/done`` ``{backlog, clock_offset_s}``: the unit's last sync and backlog for the dashboard;
-- ``GET /api/units``: units as stations of their site (monitor/admin: all; site token: its own).
+- ``GET /api/units``: units as stations of their site (monitor/admin: all; site token: its own);
+  ``GET /api/units/{unit}/records?disagreements=1``: its records (offline verdict, model versions, laptop
+  time, clock offset, re-check).
 
 Identity: a unit token is bound to one site and one unit id (``scanqc tokens create --role unit --site S
 --unit U``); a manifest naming another unit is 403 ``WRONG_UNIT``, another site 403 ``WRONG_SITE``; revoking
@@ -297,6 +299,21 @@ async def api_units(request: Request) -> Response:
     return _json({"stale_hours": st.settings.unit_stale_hours, "units": units})
 
 
+async def api_unit_records(request: Request) -> Response:
+    st = _st()
+    unit = request.path_params["unit"]
+    site = await _db(st.store.unit_site, unit)
+    if site is None:
+        raise ApiError(404, "NOT_FOUND", f"no unit {unit}")
+    _site_scope(request, site)  # a site token reads its own units only (403 WRONG_SITE)
+    limit = request.query_params.get("limit", "200")
+    if not limit.isdigit():
+        raise ApiError(400, "BAD_REQUEST", f"limit={limit!r} is not a number")
+    rows = await _db(st.store.unit_records, unit, limit=int(limit),
+                     disagreements_only=request.query_params.get("disagreements") in ("1", "true"))
+    return _json({"unit_id": unit, "site_id": site, "records": rows})
+
+
 ROUTES = [
     Route("/api/sync/hello", api_hello, methods=["POST"]),
     Route("/api/sync/records/{key}", api_record_put, methods=["PUT"]),
@@ -304,4 +321,5 @@ ROUTES = [
     Route("/api/sync/records/{key}/commit", api_commit, methods=["POST"]),
     Route("/api/sync/done", api_done, methods=["POST"]),
     Route("/api/units", api_units),
+    Route("/api/units/{unit}/records", api_unit_records),
 ]

@@ -244,6 +244,15 @@ def test_recheck_flags_a_disagreement_and_keeps_both_verdicts(tmp_path: Path) ->
             assert sources == {"unit": 1, "recheck": 1}
         _, units = central.call("GET", "/api/units", "monitor")
         assert {u["unit_id"]: u["disagreements"] for u in units["units"]}["VAN-A"] == 1
+        status, body = central.call("GET", "/api/units/VAN-A/records?disagreements=1", "monitor")
+        (listed,) = body["records"]
+        assert status == 200 and listed["recheck_status"] == "fail" and listed["unit_status"] == v.status
+        assert listed["checked_at"] and listed["clock_offset_s"] is not None and listed["n_files"] == 12
+        assert set(listed["model_versions"]) == {n for n, c in v.to_dict()["checks"].items() if c.get("model_version")}
+        assert central.call("GET", "/api/units/VAN-A/records", "siteB")[1]["error"]["code"] == "WRONG_SITE"
+        # the site's figures count the series once (the re-check is not a second series verdict)
+        site = central.store.site_metrics()["sites"]["siteA"]
+        assert (site["series"], site["verdicts"]) == (1, 1)
         ob2.close()
     finally:
         with pytest.raises(StopIteration):
