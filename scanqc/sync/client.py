@@ -202,6 +202,11 @@ def _sync(outbox: Outbox, client: SyncClient, progress: Callable[[str, Record | 
             outbox.mark_failed(rec.key, f"{exc.code}: {exc.message}")
             report.failed.append((rec.key, f"{exc.code}: {exc.message}"))
             progress(f"refused {rec.key[:12]}: {exc.code}: {exc.message}", rec)
+        except OSError as exc:  # a kept file was deleted on the laptop: say so, send the others
+            msg = f"{ErrorCode.NOT_FOUND.value}: kept file unreadable ({type(exc).__name__}: {exc.strerror})"
+            outbox.mark_failed(rec.key, msg)
+            report.failed.append((rec.key, msg))
+            progress(f"skipped {rec.key[:12]}: {msg}", rec)
     report.backlog = outbox.counts()["pending"]
     with contextlib.suppress(HttpError):
         client.request("POST", "/api/sync/done", json_body={"unit_id": unit, "backlog": report.backlog,

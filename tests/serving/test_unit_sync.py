@@ -312,3 +312,43 @@ def test_parallel_commits_of_one_record_store_one_verdict(tmp_path: Path, backen
         assert len(store.verdicts_for_series(uid)) == 1
     finally:
         store.close()
+
+
+def test_sync_killed_mid_upload_resumes_without_duplicates(central: Central, tmp_path: Path) -> None:
+    """kill -9 of `scanqc sync` itself while a file is on the wire: the next run finishes, nothing twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ob = _unit(tmp_path, "vanA", "VAN-A", 2)
+    ob.configure(server=central.base)
+    ob.set_token(central.tokens["vanA"])
+    ob.close()
+    env = {**os.environ, "SCANQC_UNIT_DIR": str(tmp_path / "vanA")}
+    env.pop("SCANQC_UNIT_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "scanqc.cli", "sync", "--max-kbps", "8"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    received = central.settings.incoming_dir / "sync" / "VAN-A"
+    deadline = time.monotonic() + 60
+    while not any(received.glob("*/*.dcm")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    ob = Outbox(tmp_path / "vanA")
+    assert ob.counts()["pending"] == 2 and central.unit_verdicts() == []
+    report = sync(ob, _client(central, "vanA"))
+    assert report.synced == 2 and report.files_sent < 24  # what had arrived is not sent again
+    assert len(central.unit_verdicts()) == 2 and ob.counts()["pending"] == 0
+
+
+def test_a_kept_file_deleted_on_the_laptop_fails_that_record_only(central: Central, tmp_path: Path) -> None:
+    ob = _unit(tmp_path, "vanA", "VAN-A", 2)
+    first = ob.pending()[0]
+    f = first.files[0]
+    ob.stored_file(first.key, f["sha256"], f["suffix"]).unlink()
+    report = sync(ob, _client(central, "vanA"))
+    assert report.synced == 1 and [k for k, _ in report.failed] == [first.key]
+    assert "NOT_FOUND" in report.failed[0][1] and ob.record_for(first.key).state == "pending"  # type: ignore[union-attr]
+    assert len(central.unit_verdicts()) == 1
