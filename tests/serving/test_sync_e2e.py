@@ -51,9 +51,10 @@ def _cli(unit_dir: Path, *args: str, timeout: float = 180) -> subprocess.Complet
 
 
 def _pending(unit_dir: Path) -> int:
-    r = _cli(unit_dir, "unit", "status", "--json")
-    assert r.returncode == 0, r.stderr
-    return int(json.loads(r.stdout)["pending"])
+    from scanqc.sync.outbox import Outbox
+
+    with Outbox(unit_dir) as ob:
+        return ob.counts()["pending"]
 
 
 def test_offline_unit_syncs_through_a_server_kill_without_loss_or_duplicates(tmp_path: Path) -> None:
@@ -162,22 +163,25 @@ def _dashboard_shows_the_unit(base: str, token: str) -> None:
 
 def _revoked_and_cross_site_tokens_cannot_sync(base: str, tokens: dict[str, str], tmp_path: Path,
                                                land: Path) -> None:
-    # unit B (site B) configured as if it were at site A: refused at the first call, records kept
-    unit_b = tmp_path / "unitB"
-    assert _cli(unit_b, "unit", "init", "--unit", "VAN-B", "--server", base, "--token", tokens["vanB"],
-                "--site", "siteA").returncode == 0
-    assert _cli(unit_b, "unit", "check", str(land / "series0")).returncode in (0, 1)
-    r = _cli(unit_b, "sync", "--retries", "1")
-    assert r.returncode == 2 and "SYNC_REFUSED" in r.stderr and "WRONG_SITE" in r.stderr
-    assert _pending(unit_b) == 1
+    from scanqc.sync.client import SyncClient, SyncError, sync
+    from scanqc.sync.outbox import Outbox, check_and_record
+
+    # unit B (site B) configured as if it were at site A: refused at the first call, its record kept
+    with Outbox(tmp_path / "unitB") as ob:
+        ob.configure(unit_id="VAN-B", site="siteA")
+        check_and_record(ob, land / "series0")
+        with pytest.raises(SyncError) as exc:
+            sync(ob, SyncClient(base, tokens["vanB"], retries=1))
+        assert exc.value.code.value == "SYNC_REFUSED" and "WRONG_SITE" in exc.value.message
+        assert ob.counts()["pending"] == 1
     # unit A's token revoked: a new offline verdict stays in the outbox
     admin: dict[str, Any] = {"Authorization": f"Bearer {tokens['admin']}"}
     with httpx.Client(base_url=base, headers=admin, timeout=30) as c:
         (tid,) = [t["id"] for t in c.get("/api/admin/tokens").json()["tokens"] if t["unit_id"] == "VAN-A"]
         assert c.delete(f"/api/admin/tokens/{tid}").status_code == 200
-    unit = tmp_path / "unit"
-    extra = ct_series(tmp_path / "after" / "series3", size=64, seed=99)
-    assert _cli(unit, "unit", "check", str(extra[0].parent)).returncode in (0, 1)
-    r = _cli(unit, "sync", "--retries", "1")
-    assert r.returncode == 2 and "SYNC_REFUSED" in r.stderr and "BAD_TOKEN" in r.stderr
-    assert _pending(unit) == 1
+    with Outbox(tmp_path / "unit") as ob:
+        check_and_record(ob, ct_series(tmp_path / "after" / "series3", size=64, seed=99)[0].parent)
+        with pytest.raises(SyncError) as exc:
+            sync(ob, SyncClient(base, ob.token(), retries=1))
+        assert exc.value.code.value == "SYNC_REFUSED" and "BAD_TOKEN" in exc.value.message
+        assert ob.counts()["pending"] == 1

@@ -4,10 +4,7 @@ series, durable kept files, the stability rule, and the `scanqc unit` commands."
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -143,25 +140,27 @@ def test_watcher_waits_for_a_series_to_settle(write_series, tmp_path: Path) -> N
     assert w.poll() == [] and w.waiting() == []
 
 
-def test_unit_watch_once_checks_each_series_and_records_it(write_series, tmp_path: Path) -> None:
+def test_unit_watch_once_checks_each_series_and_records_it(write_series, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from scanqc.cli import app
+
     land = tmp_path / "land"
     for i in range(2):
         shutil.copytree(write_series(f"s{i}", shape=(6, 32, 32), seed=i), land / f"series{i}")
-    env = {**os.environ, "SCANQC_UNIT_DIR": str(tmp_path / "unit"), "COLUMNS": "160"}
-    env.pop("SCANQC_UNIT_TOKEN", None)
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "scanqc.cli", *args], capture_output=True, text=True,
-                              timeout=120, env=env)
-
-    r = cli("unit", "watch", str(land), "--once")
-    assert r.returncode == 2 and "scanqc unit init" in r.stderr  # no unit id yet: a coded usage error
-    assert cli("unit", "init", "--unit", "VAN1", "--keep", "verdicts").returncode == 0
-    r = cli("unit", "watch", str(land), "--once", "--stable-s", "0.3", "--poll-s", "0.1")
-    assert r.returncode in (0, 1), r.stdout + r.stderr
-    assert "series0" in r.stdout and "series1" in r.stdout and "outbox: 2 to sync" in r.stdout
+    monkeypatch.setenv("SCANQC_UNIT_DIR", str(tmp_path / "unit"))
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.delenv("SCANQC_UNIT_TOKEN", raising=False)
+    runner = CliRunner()
+    r = runner.invoke(app, ["unit", "watch", str(land), "--once"])
+    assert r.exit_code == 2 and "scanqc unit init" in r.output  # no unit id yet: a coded usage error
+    assert runner.invoke(app, ["unit", "init", "--unit", "VAN1", "--keep", "verdicts"]).exit_code == 0
+    r = runner.invoke(app, ["unit", "watch", str(land), "--once", "--stable-s", "0.3", "--poll-s", "0.1"])
+    assert r.exit_code in (0, 1), r.output
+    assert "series0" in r.output and "series1" in r.output and "outbox: 2 to sync" in r.output
     # a restarted watcher does not check the same folders again
-    r = cli("unit", "watch", str(land), "--once", "--stable-s", "0.3", "--poll-s", "0.1")
-    assert r.returncode == 0 and "checked 0 series" in r.stdout
-    status = json.loads(cli("unit", "status", "--json").stdout)
+    r = runner.invoke(app, ["unit", "watch", str(land), "--once", "--stable-s", "0.3", "--poll-s", "0.1"])
+    assert r.exit_code == 0 and "checked 0 series" in r.output
+    status = json.loads(runner.invoke(app, ["unit", "status", "--json"]).output)
     assert (status["unit_id"], status["pending"], status["synced"]) == ("VAN1", 2, 0)
