@@ -352,3 +352,27 @@ def test_a_kept_file_deleted_on_the_laptop_fails_that_record_only(central: Centr
     assert report.synced == 1 and [k for k, _ in report.failed] == [first.key]
     assert "NOT_FOUND" in report.failed[0][1] and ob.record_for(first.key).state == "pending"  # type: ignore[union-attr]
     assert len(central.unit_verdicts()) == 1
+
+
+def test_a_laptop_clock_two_hours_slow_is_recorded_and_corrected(central: Central, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import scanqc.sync.client as client_mod
+    import scanqc.sync.outbox as outbox_mod
+
+    def slow_clock() -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+
+    monkeypatch.setattr(outbox_mod, "utc_now", slow_clock)  # the laptop's clock, at check and at sync
+    monkeypatch.setattr(client_mod, "utc_now", slow_clock)
+    ob = _unit(tmp_path, "vanA", "VAN-A", 1, keep="verdicts")
+    report = sync(ob, _client(central, "vanA"))
+    assert abs(report.clock_offset_s - 7200) < 30
+    (row,) = central.unit_verdicts()
+    (rec,) = central.store.unit_records("VAN-A")
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    laptop = dt.datetime.fromisoformat(rec["checked_at"].replace("Z", ""))
+    assert abs((now - laptop).total_seconds() - 7200) < 60  # kept as the laptop said
+    assert abs((now - row.verdict_at).total_seconds()) < 60  # placed on the server's time line
+    assert abs(rec["clock_offset_s"] - 7200) < 30
+    (u,) = central.store.unit_metrics(site_id="siteA")
+    assert abs(u["clock_offset_s"] - 7200) < 30
