@@ -146,12 +146,15 @@ def _register_subcommands() -> None:
     from scanqc.evaluation.cli import app as evaluation_app
     from scanqc.models.cli import app as models_app
     from scanqc.serving.cli import app as serving_app
+    from scanqc.sync.cli import app as unit_app
+    from scanqc.sync.cli import sync_app
     from scanqc.training.cli import app as training_app
 
     app.add_typer(data_app, name="data", help="Generate and preview training data; manifests.")
     app.add_typer(models_app, name="models", help="List, evaluate and promote installed model versions.")
+    app.add_typer(unit_app, name="unit", help="Mobile unit: check offline into a local outbox (docs/mobile.md).")
     # Single-command groups are merged at top level: `scanqc train`, `scanqc export`, `scanqc serve`...
-    for sub in (training_app, serving_app, evaluation_app):
+    for sub in (training_app, serving_app, evaluation_app, sync_app):
         for cmd in sub.registered_commands:
             app.registered_commands.append(cmd)
         app.registered_groups.extend(sub.registered_groups)  # e.g. `scanqc evaluate [crosssim]`

@@ -34,6 +34,8 @@ class ErrorCode(str, Enum):
     BAD_GUIDELINE = "BAD_GUIDELINE"  # acquisition guideline file invalid
     BAD_MODEL = "BAD_MODEL"  # model artifact missing metadata or unreadable
     USAGE = "USAGE"
+    SYNC_UNREACHABLE = "SYNC_UNREACHABLE"  # mobile unit: the central service did not answer (retried)
+    SYNC_REFUSED = "SYNC_REFUSED"  # mobile unit: the central service refused the sync (token, site, unit)
     INTERNAL = "INTERNAL"  # a bug: reported as an error object, still never a traceback
 
 

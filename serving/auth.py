@@ -4,7 +4,8 @@
   HMAC-SHA256(deployment salt, token), so a copy of the database cannot be used to call the API.
 - Roles: ``site`` (bound to one site: submit and read that site's data only), ``monitor`` (central team:
   reads every site, the dashboard and queries, opens/closes queries, cannot submit), ``admin`` (everything,
-  plus sites, studies/guidelines and tokens).
+  plus sites, studies/guidelines and tokens), ``unit`` (a mobile unit, bound to one site and one unit id:
+  ``/api/sync/*`` only, docs/mobile.md).
 - Clients send ``Authorization: Bearer <token>``; browsers log in once at ``/login`` (the token goes into an
   HttpOnly, SameSite=Strict cookie; never into a URL, where access logs would record it).
 - ``auth: auto`` (default) requires a token as soon as one exists or when HTTP listens beyond loopback, so
@@ -27,9 +28,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from scanqc.errors import ScanQCError
+
 log = logging.getLogger("scanqc.serving")
 
-ROLES = ("site", "monitor", "admin")
+ROLES = ("site", "monitor", "admin", "unit")
 TOKEN_PREFIX = "sqc_"
 COOKIE = "scanqc_token"
 JSON_BODY_LIMIT = 1 << 20  # every body except an upload is a small JSON/form document
@@ -41,6 +44,12 @@ _PUBLIC_EXACT = {"/readyz", "/livez", "/healthz", "/metrics", "/", "/docs.json",
                  "/logout", "/favicon.ico"}
 _PUBLIC_PREFIX = ("/static_content/", "/assets/")
 _PAGES = ("/console", "/dashboard", "/ui")
+SYNC_PREFIX = "/api/sync/"
+
+
+def _is_sync_file(path: str) -> bool:
+    """``PUT /api/sync/records/{key}/files/{sha256}``: one file of a unit's series (upload-sized body)."""
+    return path.startswith(SYNC_PREFIX + "records/") and "/files/" in path
 
 
 def new_token() -> str:
@@ -59,6 +68,7 @@ class Principal:
     site_id: str | None = None
     token_id: int | None = None
     anonymous: bool = False
+    unit_id: str | None = None  # role "unit": the mobile unit this token identifies
 
     @property
     def can_submit(self) -> bool:
@@ -119,7 +129,8 @@ class Gate:
         if hit is not None and time.monotonic() - hit[0] < _CACHE_TTL_S:
             return hit[1]
         row = self.store.token_by_hash(h)
-        p = None if row is None else Principal(role=row["role"], site_id=row["site_id"], token_id=row["id"])
+        p = None if row is None else Principal(role=row["role"], site_id=row["site_id"], token_id=row["id"],
+                                               unit_id=row.get("unit_id"))
         if len(self._tokens) >= _CACHE_MAX:
             self._tokens.clear()
         self._tokens[h] = (time.monotonic(), p)
@@ -131,16 +142,27 @@ class Gate:
 
 
 def create_token(store: Any, settings: Any, role: str, site_id: str | None = None,
-                 label: str | None = None) -> tuple[int, str]:
+                 label: str | None = None, unit_id: str | None = None) -> tuple[int, str]:
     """Create a token; returns (id, clear token). The clear token is not stored anywhere."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {list(ROLES)}")
-    if role == "site" and not site_id:
-        raise ValueError("a site token needs --site")
-    if role != "site" and site_id:
+    if role in ("site", "unit") and not site_id:
+        raise ValueError(f"a {role} token needs --site")
+    if role not in ("site", "unit") and site_id:
         raise ValueError(f"a {role} token is not bound to a site (leave out --site)")
+    if role == "unit" and not unit_id:
+        raise ValueError("a unit token needs --unit (the mobile unit's id)")
+    if role != "unit" and unit_id:
+        raise ValueError(f"a {role} token is not bound to a unit (leave out --unit)")
+    if unit_id and (len(unit_id) > 64 or unit_id.startswith(".")
+                    or not all(c.isascii() and (c.isalnum() or c in "._-") for c in unit_id)):
+        raise ValueError(f"unit id {unit_id!r} must be 1-64 letters, digits, '.', '_', '-'")
     token = new_token()
-    tid = store.add_token(hash_token(token, settings.salt), token[len(TOKEN_PREFIX):][:8], role, site_id, label)
+    try:
+        tid = store.add_token(hash_token(token, settings.salt), token[len(TOKEN_PREFIX):][:8], role, site_id, label,
+                              unit_id=unit_id)
+    except ScanQCError as exc:  # the unit is registered to another site
+        raise ValueError(exc.message) from None
     return tid, token
 
 
@@ -214,10 +236,14 @@ class SecurityMiddleware:
                     for m in coded(exc.status, exc.code, exc.message, hdr):
                         await send(m)
                 return
+            if principal.role == "unit" and not path.startswith(SYNC_PREFIX):
+                for m in coded(403, "FORBIDDEN", f"a unit token can only sync ({SYNC_PREFIX}...)"):
+                    await send(m)
+                return
             scope.setdefault("state", {})["principal"] = principal
         # -- body limits ------------------------------------------------------------------------
         settings = state.settings
-        limit = settings.max_upload_bytes if path == "/api/check" else JSON_BODY_LIMIT
+        limit = settings.max_upload_bytes if path == "/api/check" or _is_sync_file(path) else JSON_BODY_LIMIT
         length = _header(scope, b"content-length")
         if length is not None:
             try:

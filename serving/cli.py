@@ -75,8 +75,10 @@ def _token_store(config: Path | None, data_dir: Path | None, db_url: str | None)
 def tokens(
     action: Annotated[str, typer.Argument(help="create | list | revoke")],
     token_id: Annotated[int | None, typer.Argument(help="for revoke: the token id (see list)")] = None,
-    role: Annotated[str | None, typer.Option(help="create: site | monitor | admin")] = None,
-    site: Annotated[str | None, typer.Option(help="create: the site a site token is bound to")] = None,
+    role: Annotated[str | None, typer.Option(help="create: site | monitor | admin | unit")] = None,
+    site: Annotated[str | None, typer.Option(help="create: the site a site or unit token is bound to")] = None,
+    unit: Annotated[str | None, typer.Option(help="create: the mobile unit a unit token identifies "
+                                                  "(docs/mobile.md)")] = None,
     label: Annotated[str | None, typer.Option(help="create: who holds it, e.g. 'CT1 upload script'")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="settings YAML (as for serve)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="data dir [./scanqc-data]")] = None,
@@ -93,17 +95,19 @@ def tokens(
     try:
         if action == "create":
             try:
-                tid, token = create_token(store, settings, role or "", site, label)
+                tid, token = create_token(store, settings, role or "", site, label, unit_id=unit)
             except ValueError as exc:
                 typer.echo(f"USAGE: {exc}", err=True)
                 raise typer.Exit(2) from None
-            typer.echo(f"token {tid} ({role}{' for site ' + site if site else ''}); store it now, "
+            typer.echo(f"token {tid} ({role}{' for site ' + site if site else ''}"
+                       f"{', unit ' + unit if unit else ''}); store it now, "
                        "it is not shown again:", err=True)
             typer.echo(token)
         elif action == "list":
             for t in store.list_tokens():
                 state = "revoked " + t["revoked_at"] if t["revoked_at"] else "active"
                 typer.echo(f"{t['id']:>4}  {t['prefix']}...  {t['role']:<8} {t['site_id'] or '-':<12} "
+                           f"{t['unit_id'] or '':<8} "
                            f"{t['created_at']}  {state}  {t['label'] or ''}")
         else:
             if token_id is None or not store.revoke_token(token_id):

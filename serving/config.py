@@ -73,6 +73,9 @@ class Settings:
     # verdict stored); also the limit for uploads checked again after a restart
     check_timeout_s: float = 120.0
     request_idle_timeout_s: float = 30.0  # no request-body bytes for this long: 408 REQUEST_TIMEOUT
+    # -- mobile units (docs/mobile.md) --
+    sync_recheck: bool = False  # re-check synced series with the central models; disagreements are flagged
+    unit_stale_hours: float = 24.0  # the dashboard flags a unit that has not synced for this long
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

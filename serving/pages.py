@@ -259,6 +259,37 @@ def _hours(h: float | None) -> str:
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} d"
 
 
+def units_table(units: list[dict[str, Any]], stale_hours: float) -> str:
+    """Mobile units as stations of their site: last sync, backlog, acquisition-to-receipt, QC figures."""
+    if not units:
+        return ""
+    rows = []
+    for u in units:
+        counts = u["status_counts"]
+        qc = " ".join(f'<span class="st-{_e(k)}">{_e(k)} {n}</span>' for k, n in sorted(counts.items())) or "-"
+        acc = "-" if u["acceptance"] is None else f"{u['acceptance']:.0%}"
+        ta = u["acq_to_receipt_s"]
+        med = "-" if ta["median"] is None else _hours(ta["median"] / 3600)
+        last = "never" if u["last_sync_at"] is None else f"{_hours(u['hours_since_sync'])} ago"
+        flag = (f'<span class="badge stale-badge">not synced for &gt; {stale_hours:g} h</span>'
+                if u["stale"] else "")
+        dis = u["disagreements"]
+        backlog = "-" if u["backlog"] is None else u["backlog"]
+        offset = "-" if u["clock_offset_s"] is None else f"{u['clock_offset_s']:+.0f} s"
+        rows.append(
+            f'<tr class="unit{" stale" if u["stale"] else ""}" data-unit="{_e(u["unit_id"])}" '
+            f'data-site="{_e(u["site_id"])}"><td>{_e(u["site_id"])}</td>'
+            f'<td><a href="/console/{_e(u["unit_id"])}"><b>{_e(u["unit_id"])}</b></a> {flag}</td>'
+            f'<td class="last-sync">{_e(last)}</td><td class="num backlog">{_e(backlog)}</td>'
+            f'<td class="num in-transit">{u["in_transit"]}</td><td class="num series">{u["records"]}</td>'
+            f'<td class="num acceptance">{acc}</td><td>{qc}</td><td class="num acq-receipt">{med}</td>'
+            f'<td class="num disagreements{" hot" if dis else ""}">{dis}</td><td class="num">{offset}</td></tr>')
+    return f"""<h2>Mobile units</h2><table id="units"><thead><tr><th>site</th><th>unit</th><th>last sync</th>
+<th>backlog</th><th>in transit</th><th>series synced</th><th>acceptance</th><th>verdicts</th>
+<th>acquisition to receipt (median)</th><th>disagreements with re-check</th><th>clock offset</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>"""
+
+
 def _site_scanner_badges(site: str, scanners: list[dict[str, Any]]) -> str:
     return "".join(f'<span class="badge scanner-flag" data-state="{_e(sc["state"])}">{_e(sc.get("station"))} '
                    f'{_e(_STATE_TEXT.get(sc["state"], sc["state"]))}</span>'
@@ -268,6 +299,7 @@ def _site_scanner_badges(site: str, scanners: list[dict[str, Any]]) -> str:
 def dashboard_page(data: dict[str, Any], scanners: list[dict[str, Any]] | None = None) -> str:
     sites: dict[str, Any] = data["sites"]
     scanners = scanners or []
+    units = units_table(data.get("units") or [], float(data.get("unit_stale_hours") or 24))
     rows, charts = [], []
     for site in sorted({sc["site_id"] for sc in scanners if sc.get("site_id")} - set(sites)):
         # a site that has sent only phantoms so far still gets its row (and its scanner flags)
@@ -316,13 +348,14 @@ def dashboard_page(data: dict[str, Any], scanners: list[dict[str, Any]] | None =
         f'<tr data-query="{q["id"]}"><td>{q["id"]}</td><td>{_e(q["site_id"])}</td><td>{_e(q["station"])}</td>'
         f'<td>{_e(q["check"])}</td><td>{_e(q["state"])}</td><td>{_e(q["message"])}</td><td>{_e(q["action"])}</td>'
         f'<td class="num">{_hours(q["age_hours"])}</td></tr>' for q in queries[:100])
-    empty = "" if sites or scanners else "<p id=\"empty\">No verdicts in this window yet.</p>"
+    empty = "" if sites or scanners or units else "<p id=\"empty\">No verdicts in this window yet.</p>"
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>scanqc dashboard</title>
 <meta http-equiv="refresh" content="60"><style>{_BASE_CSS}
 tr.recurring td{{background:#fce8e6}} .badge{{background:#d93025;color:#fff;border-radius:3px;padding:1px 6px;
 margin-right:4px;font-size:.85em;white-space:nowrap}} .charts{{display:flex;flex-wrap:wrap;gap:12px}}
 .badge.scanner-flag[data-state=drift]{{background:#f29900}} tr.scanner.failed td.state,tr.scanner.expired td.state
 {{color:#d93025;font-weight:600}} tr.scanner.drift td.state{{color:#b06000;font-weight:600}}
+tr.stale td{{background:#fef7e0}} .stale-badge{{background:#f29900}} td.hot{{color:#d93025;font-weight:700}}
 .plot{{background:#fff;border:1px solid #e0e0e0}} .plot text{{font-size:12px;font-family:inherit}}</style></head>
 <body><header><strong>scanqc central dashboard</strong><span>last {data["days"]} days, until {_e(data["until"])}
 </span><a href="/console">consoles</a><a href="/api/dashboard">JSON</a><a href="/">API docs</a></header><main>
@@ -330,6 +363,7 @@ margin-right:4px;font-size:.85em;white-space:nowrap}} .charts{{display:flex;flex
 <th>turnaround median</th><th>p95</th><th>open queries</th><th>oldest</th>
 <th>recurring deviations (&ge;{data["recurring_min"]} series)</th><th>scanners</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
+{units}
 <h2>Overview</h2><div class="charts" id="overview">{overview}</div>
 <h2>Deviation rate by check over time</h2><div class="charts" id="deviation-charts">{"".join(charts)}</div>
 {scanners_section(scanners)}

@@ -23,7 +23,7 @@ from scanqc.cancel import CancelToken, cancel_scope
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.guideline import Guideline, load_guideline, parse_guideline, shipped_guideline_path
-from scanqc.io.dicom import valid_uid
+from scanqc.io.dicom import acquisition_datetime, valid_uid
 from scanqc.limits import Limits
 from scanqc.pipeline import apply_required_series, check_path, default_checks
 from scanqc.series import Series
@@ -69,39 +69,8 @@ class _HeaderTap:
 
 
 def _dicom_datetime(series: Series | None) -> dt.datetime | None:
-    """Acquisition time from the header (scanner local time unless TimezoneOffsetFromUTC says otherwise)."""
-    if series is None:
-        return None
-    get = series.get
-    raw = get("AcquisitionDateTime")
-    pairs = [("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"),
-             ("ContentDate", "ContentTime")]
-    text = str(raw).strip() if raw else ""
-    if not text:
-        for d, t in pairs:
-            if get(d):
-                text = str(get(d)).strip() + (str(get(t)).strip() if get(t) else "")
-                break
-    if len(text) < 8:
-        return None
-    try:
-        date = dt.datetime.strptime(text[:8], "%Y%m%d")
-        tpart = text[8:].split("+")[0].split("-")[0]
-        hh, mm, ss = int(tpart[0:2] or 0), int(tpart[2:4] or 0), int(float(tpart[4:] or 0))
-        t = date.replace(hour=hh, minute=mm, second=ss)
-    except (ValueError, IndexError):
-        return None
-    offset = get("TimezoneOffsetFromUTC")
-    if offset:
-        try:
-            o = str(offset).strip()
-            sign = -1 if o.startswith("-") else 1
-            o = o.lstrip("+-")
-            delta = dt.timedelta(hours=int(o[:2]), minutes=int(o[2:4] or 0))
-            t = (t - sign * delta).replace(tzinfo=dt.timezone.utc)
-        except ValueError:
-            pass
-    return t
+    """Acquisition time from the header (``scanqc.io.dicom.acquisition_datetime``)."""
+    return acquisition_datetime(series)
 
 
 class Processor:

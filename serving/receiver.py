@@ -22,7 +22,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +61,8 @@ from pynetdicom.sop_class import (
     SecondaryCaptureImageStorage,
     Verification,
 )
+
+from scanqc.io.durable import atomic_write, fsync_dir
 
 log = logging.getLogger("scanqc.receiver")
 
@@ -185,28 +186,8 @@ OnSeriesComplete = Callable[[Path, SeriesArrival], Any]
 # Durable writes
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the new content, durably."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # dot: readers skip it
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+# fsync_dir / atomic_write live in scanqc.io.durable (shared with the service and the unit outbox);
+# imported above, so scanqc.serving.receiver.atomic_write keeps working.
 
 
 def _dcm_files(folder: Path) -> list[os.DirEntry]:

@@ -45,6 +45,7 @@ from scanqc.serving.store import Store
 
 from scanqc.cancel import CancelToken
 from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.io.durable import atomic_write, fsync_dir, fsync_tree
 from scanqc.io.sources import cleanup_stale_extractions
 
 log = logging.getLogger("scanqc.serving")
@@ -150,18 +151,6 @@ class InferenceService:
                 "errors": self.load_errors}
 
 
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _KEPT_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".ima")
 UPLOAD_META = ".upload.json"
 UPLOAD_DONE = ".verdict"
@@ -182,8 +171,6 @@ def _original_name(tmp: Path, index: int) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from scanqc.serving.receiver import atomic_write
-
     atomic_write(path, json.dumps(data).encode())
 
 
@@ -192,7 +179,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # labels are bounded by serving/patches.py, which labels requests by route template.)
 _UNBOUNDED_PATHS = ["/metrics", "/healthz", "/livez", "/readyz", "/api/series/", "/api/verdicts/",
                     "/api/stations/", "/api/uploads/", "/api/queries/", "/api/admin/studies/",
-                    "/api/admin/tokens/", "/console/"]
+                    "/api/admin/tokens/", "/console/", "/api/sync/records/"]
 
 
 @bentoml.service(name="scanqc", workers=_WORKERS, traffic={"timeout": 300},
@@ -465,10 +452,8 @@ class QCService:
                 with open(folder / _original_name(Path(p.filename or "upload"), i), "wb") as out:
                     p.file.seek(0)
                     shutil.copyfileobj(p.file, out, 1 << 20)
-        _fsync_tree(folder)
+        fsync_tree(folder)
         _write_json(folder / UPLOAD_META, meta)  # last: a folder without it was never acknowledged
-        from scanqc.serving.receiver import fsync_dir
-
         fsync_dir(folder.parent)
 
     def _run_upload(self, folder: Path, received_at: dt.datetime, meta: dict[str, Any],

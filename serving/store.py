@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -40,8 +41,10 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from scanqc.errors import ErrorCode, ScanQCError
@@ -95,6 +98,7 @@ class ApiToken(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    unit_id: Mapped[str | None] = mapped_column(String(64))  # role "unit": the mobile unit it identifies
 
 
 class Study(Base):
@@ -227,6 +231,60 @@ def _parse_iso(v: Any) -> dt.datetime | None:
         return None
 
 
+class Unit(Base):
+    """A mobile imaging unit (van, satellite clinic laptop): a station of its site that syncs later."""
+
+    __tablename__ = "units"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # any sync call
+    last_sync_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # a sync run that finished
+    backlog: Mapped[int | None] = mapped_column(Integer)  # unit's own count of unsynced verdicts, last reported
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)  # server minus laptop clock, last seen
+
+
+class UnitRecord(Base):
+    """One series verdict a unit made offline, as synced: the idempotency key is unique."""
+
+    __tablename__ = "unit_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    unit_id: Mapped[str] = mapped_column(ForeignKey("units.id"), index=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(128))
+    sop_uids: Mapped[list] = mapped_column(JSON)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    files: Mapped[list] = mapped_column(JSON)  # [{sha256, size, suffix}] the unit sends
+    state: Mapped[str] = mapped_column(String(16))  # receiving | complete
+    unit_status: Mapped[str] = mapped_column(String(16))
+    unit_verdict: Mapped[dict] = mapped_column(JSON)
+    model_versions: Mapped[dict] = mapped_column(JSON)
+    checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # the laptop's clock, as it said
+    acquired_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)  # server minus laptop, seen at this sync
+    first_seen_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    received_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # committed on the server
+    verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id"))  # the unit's verdict, stored
+    recheck_verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id"))  # the centre's re-check
+    recheck_status: Mapped[str | None] = mapped_column(String(16))
+    disagreement: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class SyncConflict(ScanQCError):
+    """A unit sent a different verdict under a key the server already holds: HTTP 409, nothing overwritten."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.USAGE, message)
+
+
+class UnitSiteError(ScanQCError):
+    """A unit id already registered to another site: HTTP 403."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.USAGE, message)
+
 def _check_kinds(name: str, check: dict[str, Any]) -> str:
     devs = check.get("deviations")
     if name == "protocol" and isinstance(devs, list) and devs:
@@ -354,12 +412,14 @@ class Store:
 
     # -- API tokens ------------------------------------------------------------------------------
     def add_token(self, token_hash: str, prefix: str, role: str, site_id: str | None,
-                  label: str | None = None) -> int:
+                  label: str | None = None, unit_id: str | None = None) -> int:
         with self.session(write=True) as s:
             if site_id:
                 self.ensure_site(s, site_id)
+            if unit_id:
+                self._register_unit(s, unit_id, site_id or "")
             row = ApiToken(token_hash=token_hash, prefix=prefix, role=role, site_id=site_id, label=label,
-                           created_at=utcnow())
+                           created_at=utcnow(), unit_id=unit_id)
             s.add(row)
             s.flush()
             return row.id
@@ -368,7 +428,7 @@ class Store:
         with self.session() as s:
             r = s.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash,
                                                  ApiToken.revoked_at.is_(None))).first()
-            return None if r is None else {"id": r.id, "role": r.role, "site_id": r.site_id}
+            return None if r is None else {"id": r.id, "role": r.role, "site_id": r.site_id, "unit_id": r.unit_id}
 
     def active_token_count(self) -> int:
         with self.session() as s:
@@ -376,7 +436,8 @@ class Store:
 
     def list_tokens(self) -> list[dict[str, Any]]:
         with self.session() as s:
-            return [{"id": r.id, "prefix": r.prefix, "role": r.role, "site_id": r.site_id, "label": r.label,
+            return [{"id": r.id, "prefix": r.prefix, "role": r.role, "site_id": r.site_id, "unit_id": r.unit_id,
+                     "label": r.label,
                      "created_at": iso(r.created_at), "revoked_at": iso(r.revoked_at)}
                     for r in s.scalars(select(ApiToken).order_by(ApiToken.id))]
 
@@ -407,45 +468,57 @@ class Store:
     def save_verdict(self, verdict: Verdict, *, site_id: str, station: str, source: str,
                      received_at: dt.datetime | None = None, acquired_at: dt.datetime | None = None,
                      patient_hash: str | None = None, accession_hash: str | None = None,
-                     study_id: str | None = None, open_queries: bool = True) -> int:
+                     study_id: str | None = None, open_queries: bool = True,
+                     verdict_at: dt.datetime | None = None) -> int:
         """Write a verdict, its checks and (for failed checks) queries; returns the verdict id.
 
         Called before the verdict is reported anywhere, so what the scanner saw is always on record.
+        ``verdict_at`` defaults to now (a mobile unit's verdict was made earlier, offline).
         """
+        with self.session(write=True) as s:
+            return self._add_verdict(s, verdict, site_id=site_id, station=station, source=source,
+                                     received_at=received_at, acquired_at=acquired_at, patient_hash=patient_hash,
+                                     accession_hash=accession_hash, study_id=study_id, open_queries=open_queries,
+                                     verdict_at=verdict_at)
+
+    def _add_verdict(self, s: Session, verdict: Verdict, *, site_id: str, station: str, source: str,
+                     received_at: dt.datetime | None, acquired_at: dt.datetime | None, patient_hash: str | None,
+                     accession_hash: str | None, study_id: str | None, open_queries: bool,
+                     verdict_at: dt.datetime | None) -> int:
         d = verdict.to_dict()
         now = utcnow()
-        with self.session(write=True) as s:
-            self.ensure_site(s, site_id)
-            if study_id and s.get(Study, study_id) is None:
-                s.add(Study(id=study_id, guideline_ref=study_id))
-                s.flush()
-            row = VerdictRow(
-                series_uid=verdict.series_uid, study_uid=verdict.study_uid, site_id=site_id,
-                study_id=study_id, station=station, source=source, status=verdict.status,
-                error_code=(verdict.error or {}).get("code"), modality=verdict.modality,
-                series_description=(verdict.series_description or "")[:200] or None,
-                n_instances=verdict.n_instances, patient_hash=patient_hash, accession_hash=accession_hash,
-                acquired_at=to_utc_naive(acquired_at), received_at=to_utc_naive(received_at), verdict_at=now,
-                elapsed_ms=verdict.elapsed_ms, verdict=json.loads(json.dumps(d, default=str)),
-                kind="phantom" if verdict.kind == "phantom" else None,
-            )
-            for name, c in d["checks"].items():
-                row.checks.append(CheckRow(name=name, status=c["status"], score=c.get("score"),
-                                           message=c.get("message"), action=c.get("action"),
-                                           kinds=_check_kinds(name, c) if c["status"] in ("warn", "fail")
-                                           else None))
-            s.add(row)
+        self.ensure_site(s, site_id)
+        if study_id and s.get(Study, study_id) is None:
+            s.add(Study(id=study_id, guideline_ref=study_id))
             s.flush()
-            if verdict.kind == "phantom":
-                # A failed phantom is the scanner's problem, not a series query: it flags the scanner instead.
-                self._record_phantom(s, row, d["checks"].get("phantom"), acquired_at or now)
-            elif open_queries:
-                for name, c in d["checks"].items():
-                    if c["status"] == "fail":
-                        s.add(QueryRow(verdict_id=row.id, site_id=site_id, station=station,
-                                       series_uid=verdict.series_uid, check_name=name, state="open",
-                                       message=c.get("message"), action=c.get("action"), opened_at=now))
-            return row.id
+        row = VerdictRow(
+            series_uid=verdict.series_uid, study_uid=verdict.study_uid, site_id=site_id,
+            study_id=study_id, station=station, source=source, status=verdict.status,
+            error_code=(verdict.error or {}).get("code"), modality=verdict.modality,
+            series_description=(verdict.series_description or "")[:200] or None,
+            n_instances=verdict.n_instances, patient_hash=patient_hash, accession_hash=accession_hash,
+            acquired_at=to_utc_naive(acquired_at), received_at=to_utc_naive(received_at),
+            verdict_at=to_utc_naive(verdict_at) or now,
+            elapsed_ms=verdict.elapsed_ms, verdict=json.loads(json.dumps(d, default=str)),
+            kind="phantom" if verdict.kind == "phantom" else None,
+        )
+        for name, c in d["checks"].items():
+            row.checks.append(CheckRow(name=name, status=c["status"], score=c.get("score"),
+                                       message=c.get("message"), action=c.get("action"),
+                                       kinds=_check_kinds(name, c) if c["status"] in ("warn", "fail")
+                                       else None))
+        s.add(row)
+        s.flush()
+        if verdict.kind == "phantom":
+            # A failed phantom is the scanner's problem, not a series query: it flags the scanner instead.
+            self._record_phantom(s, row, d["checks"].get("phantom"), acquired_at or now)
+        elif open_queries:
+            for name, c in d["checks"].items():
+                if c["status"] == "fail":
+                    s.add(QueryRow(verdict_id=row.id, site_id=site_id, station=station,
+                                   series_uid=verdict.series_uid, check_name=name, state="open",
+                                   message=c.get("message"), action=c.get("action"), opened_at=now))
+        return row.id
 
     # -- scanners and phantom results -------------------------------------------------------------
     def _scanner_row(self, s: Session, identity: dict[str, Any], site_id: str | None) -> Scanner:
@@ -671,6 +744,176 @@ class Store:
         """Close a query (central team), answered or not."""
         return self._transition(query_id, "closed", resolution=resolution, closed_by=by, closed_at=utcnow())
 
+    # -- mobile units (scanqc.serving.unit_sync) ----------------------------------------------------
+    def _register_unit(self, s: Session, unit_id: str, site_id: str) -> Unit:
+        """The unit row, created on first sight; a unit belongs to one site for good."""
+        u = s.get(Unit, unit_id)
+        if u is None:
+            self.ensure_site(s, site_id)
+            u = Unit(id=unit_id, site_id=site_id, created_at=utcnow())
+            s.add(u)
+            s.flush()
+        elif u.site_id != site_id:
+            raise UnitSiteError(f"unit {unit_id} belongs to site {u.site_id}, not {site_id}")
+        return u
+
+    def unit_site(self, unit_id: str) -> str | None:
+        with self.session() as s:
+            u = s.get(Unit, unit_id)
+            return u.site_id if u is not None else None
+
+    def unit_hello(self, unit_id: str, site_id: str, backlog: int | None) -> None:
+        with self.session(write=True) as s:
+            u = self._register_unit(s, unit_id, site_id)
+            u.last_seen_at = utcnow()
+            if backlog is not None:
+                u.backlog = backlog
+
+    def unit_done(self, unit_id: str, site_id: str, backlog: int | None, clock_offset_s: float | None) -> None:
+        with self.session(write=True) as s:
+            u = self._register_unit(s, unit_id, site_id)
+            u.last_seen_at = u.last_sync_at = utcnow()
+            u.backlog = backlog
+            if clock_offset_s is not None:
+                u.clock_offset_s = clock_offset_s
+
+    @staticmethod
+    def _record_out(r: UnitRecord) -> dict[str, Any]:
+        return {"key": r.key, "unit_id": r.unit_id, "site_id": r.site_id, "series_uid": r.series_uid,
+                "state": r.state, "files": r.files, "unit_status": r.unit_status,
+                "model_versions": r.model_versions, "checked_at": iso(r.checked_at),
+                "acquired_at": iso(r.acquired_at), "clock_offset_s": r.clock_offset_s,
+                "received_at": iso(r.received_at), "verdict_id": r.verdict_id,
+                "recheck_verdict_id": r.recheck_verdict_id, "recheck_status": r.recheck_status,
+                "disagreement": r.disagreement}
+
+    def sync_record(self, key: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            r = s.scalars(select(UnitRecord).where(UnitRecord.key == key)).first()
+            return None if r is None else self._record_out(r)
+
+    def sync_open(self, m: dict[str, Any], *, unit_id: str, site_id: str) -> dict[str, Any]:
+        """Record a unit's manifest once (idempotent); the same key with another verdict is a conflict."""
+        verdict = json.loads(json.dumps(m["verdict"], default=str))
+        for _attempt in range(2):  # a concurrent insert of the same key loses the race, then reads it
+            try:
+                with self.session(write=True) as s:
+                    r = s.scalars(select(UnitRecord).where(UnitRecord.key == m["key"])).first()
+                    if r is None:
+                        self._register_unit(s, unit_id, site_id)
+                        r = UnitRecord(
+                            key=m["key"], unit_id=unit_id, site_id=site_id, series_uid=m.get("series_uid"),
+                            sop_uids=list(m.get("sop_uids") or []), content_hash=m["content_hash"],
+                            files=list(m.get("files") or []), state="receiving", unit_status=verdict["status"],
+                            unit_verdict=verdict, model_versions=dict(m.get("model_versions") or {}),
+                            checked_at=to_utc_naive(m.get("checked_at")),
+                            acquired_at=to_utc_naive(m.get("acquired_at")),
+                            clock_offset_s=m.get("clock_offset_s"), first_seen_at=utcnow())
+                        s.add(r)
+                        s.flush()
+                    elif r.unit_id != unit_id:
+                        raise SyncConflict(f"record {m['key'][:12]} belongs to unit {r.unit_id}")
+                    elif _canonical(r.unit_verdict) != _canonical(verdict):
+                        raise SyncConflict(f"record {m['key'][:12]} is already held with a different verdict "
+                                           f"({r.unit_status}); the stored one is kept")
+                    return self._record_out(r)
+            except IntegrityError:
+                continue
+        raise SyncConflict(f"record {m['key'][:12]}: concurrent uploads; try again")
+
+    def sync_commit(self, key: str, *, study_id: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Store the unit's verdict exactly once; (record, created). Safe to repeat and to race."""
+        with self.session(write=True) as s:
+            now = utcnow()
+            # The conditional UPDATE is the once-only gate: a second commit (a retry, a parallel sync)
+            # matches no row in 'receiving' and stores nothing.
+            won = s.execute(update(UnitRecord).where(UnitRecord.key == key, UnitRecord.state == "receiving")
+                            .values(state="complete", received_at=now)).rowcount
+            r = s.scalars(select(UnitRecord).where(UnitRecord.key == key)).first()
+            if r is None:
+                raise ScanQCError(ErrorCode.NOT_FOUND, f"no sync record {key[:12]}")
+            if not won:
+                return self._record_out(r), False
+            verdict = Verdict.from_dict(r.unit_verdict)
+            made = r.checked_at + dt.timedelta(seconds=r.clock_offset_s or 0.0) if r.checked_at else now
+            r.verdict_id = self._add_verdict(
+                s, verdict, site_id=r.site_id, station=r.unit_id, source="unit", received_at=None,
+                acquired_at=r.acquired_at, patient_hash=None, accession_hash=None, study_id=study_id,
+                open_queries=True, verdict_at=min(made, now))
+            s.flush()
+            return self._record_out(r), True
+
+    def sync_recheck(self, key: str, verdict: Verdict, *, study_id: str | None = None) -> dict[str, Any]:
+        """Keep the centre's re-check next to the unit's verdict; a different status is flagged, both stay."""
+        with self.session(write=True) as s:
+            r = s.scalars(select(UnitRecord).where(UnitRecord.key == key)).first()
+            if r is None:
+                raise ScanQCError(ErrorCode.NOT_FOUND, f"no sync record {key[:12]}")
+            if r.recheck_verdict_id is not None:
+                return self._record_out(r)
+            r.recheck_verdict_id = self._add_verdict(
+                s, verdict, site_id=r.site_id, station=r.unit_id, source="recheck", received_at=r.received_at,
+                acquired_at=r.acquired_at, patient_hash=None, accession_hash=None, study_id=study_id,
+                open_queries=False, verdict_at=None)
+            r.recheck_status = verdict.status
+            r.disagreement = verdict.status != r.unit_status
+            s.flush()
+            return self._record_out(r)
+
+    def unit_records(self, unit_id: str, *, limit: int = 200,
+                     disagreements_only: bool = False) -> list[dict[str, Any]]:
+        """A unit's synced records, newest first (what it decided offline, with which models, and the re-check)."""
+        with self.session() as s:
+            q = select(UnitRecord).where(UnitRecord.unit_id == unit_id)
+            if disagreements_only:
+                q = q.where(UnitRecord.disagreement.is_(True))
+            rows = s.scalars(q.order_by(UnitRecord.id.desc()).limit(max(1, min(limit, 5000))))
+            return [{k: v for k, v in self._record_out(r).items() if k != "files"} | {"n_files": len(r.files)}
+                    for r in rows]
+
+    def unit_metrics(self, *, now: dt.datetime | None = None, stale_hours: float = 24.0,
+                     site_id: str | None = None, days: int = 90) -> list[dict[str, Any]]:
+        """Per unit: last sync, backlog, acquisition-to-receipt time, QC figures, disagreements, stale flag."""
+        now = to_utc_naive(now) or utcnow()
+        since = now - dt.timedelta(days=days)
+        with self.session() as s:
+            q = select(Unit).order_by(Unit.site_id, Unit.id)
+            if site_id:
+                q = q.where(Unit.site_id == site_id)
+            units = list(s.scalars(q))
+            stats: dict[str, dict[str, Any]] = {u.id: {"status_counts": {}, "records": 0, "in_transit": 0,
+                                                       "disagreements": 0, "acq_to_receipt_s": []} for u in units}
+            rows = s.execute(select(UnitRecord.unit_id, UnitRecord.state, UnitRecord.unit_status,
+                                    UnitRecord.disagreement, UnitRecord.acquired_at, UnitRecord.received_at)
+                             .where(UnitRecord.first_seen_at >= since).execution_options(yield_per=2000))
+            for unit, state, status, disagree, acquired, received in rows:
+                m = stats.get(unit)
+                if m is None:
+                    continue
+                if state != "complete":
+                    m["in_transit"] += 1
+                    continue
+                m["records"] += 1
+                m["status_counts"][status] = m["status_counts"].get(status, 0) + 1
+                m["disagreements"] += int(bool(disagree))
+                if acquired is not None and received is not None:
+                    m["acq_to_receipt_s"].append(max((received - acquired).total_seconds(), 0.0))
+            out = []
+            for u in units:
+                m = stats[u.id]
+                ta = sorted(m.pop("acq_to_receipt_s"))
+                ok = sum(n for st, n in m["status_counts"].items() if st in ("pass", "warn"))
+                since_sync = (now - u.last_sync_at).total_seconds() / 3600 if u.last_sync_at else None
+                out.append({
+                    "unit_id": u.id, "site_id": u.site_id, "last_sync_at": iso(u.last_sync_at),
+                    "last_seen_at": iso(u.last_seen_at), "hours_since_sync": None if since_sync is None
+                    else round(since_sync, 3), "backlog": u.backlog, "clock_offset_s": u.clock_offset_s,
+                    "stale": since_sync is None or since_sync > stale_hours, **m,
+                    "acceptance": round(ok / m["records"], 4) if m["records"] else None,
+                    "acq_to_receipt_s": {"n": len(ta), "median": round(statistics.median(ta), 1) if ta else None,
+                                         "max": round(ta[-1], 1) if ta else None}})
+            return out
+
     # -- dashboard -------------------------------------------------------------------------------
     def site_metrics(self, *, days: int = 90, recurring_min: int = 3, now: dt.datetime | None = None,
                      site_id: str | None = None) -> dict[str, Any]:
@@ -694,8 +937,11 @@ class Store:
             "turnaround_s": array("d"), "deviation_by_check": defaultdict(lambda: defaultdict(lambda: [0, 0])),
             "open_queries": [],
         })
-        # Phantom verdicts are the scanners' record (scanner_overview), never patient QC figures.
-        in_window = [VerdictRow.verdict_at >= since, or_(VerdictRow.kind.is_(None), VerdictRow.kind != "phantom")]
+        # Phantom verdicts are the scanners' record (scanner_overview), never patient QC figures; a central re-check
+        # of a unit's series sits next to the unit's verdict, and counting it would count the series twice
+        # (unit_metrics reports the disagreements).
+        in_window = [VerdictRow.verdict_at >= since, or_(VerdictRow.kind.is_(None), VerdictRow.kind != "phantom"),
+                     VerdictRow.source != "recheck"]
         if site_id:
             in_window.append(VerdictRow.site_id == site_id)
         has_uid = and_(VerdictRow.series_uid.is_not(None), VerdictRow.series_uid != "")
@@ -787,6 +1033,10 @@ class ScannerRegistry:
 
     def qualification(self, scanner: dict[str, str]) -> dict[str, Any] | None:
         return self.store.qualification(scanner)
+
+
+def _canonical(d: Any) -> str:
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 class QueryStateError(ScanQCError):

@@ -8,7 +8,8 @@ Swagger UI at ``/``); this app adds:
 - ``GET /dashboard``: the central dashboard (inline SVG plots + tables), ``GET /api/dashboard`` its data;
 - ``GET /api/scanners``: scanner qualification (state, drift, recent phantom results per scanner);
 - ``GET /api/series/{uid}`` (+ ``/sr``: the verdict as a DICOM Structured Report), ``GET /api/verdicts``;
-- queries: ``GET /api/queries``, ``POST /api/queries``, ``POST /api/queries/{id}/answer|close``.
+- queries: ``GET /api/queries``, ``POST /api/queries``, ``POST /api/queries/{id}/answer|close``;
+- mobile units: ``/api/sync/*`` and ``GET /api/units`` (:mod:`scanqc.serving.unit_sync`, docs/mobile.md).
 
 Every error is ``{"error": {"code", "message"}}`` with a 4xx status.
 """
@@ -643,13 +644,14 @@ async def api_admin_tokens(request: Request) -> Response:
     if role not in ROLES:
         raise ApiError(400, "BAD_REQUEST", f"role must be one of {list(ROLES)}")
     site = _ident(data["site"], "site") if data.get("site") else None
+    unit = _ident(data["unit"], "unit") if data.get("unit") else None
     try:
         tid, token = await _db(create_token, st.store, st.settings, role, site,
-                               str(data.get("label") or "")[:200] or None)
+                               str(data.get("label") or "")[:200] or None, unit_id=unit)
     except ValueError as exc:
         raise ApiError(400, "BAD_REQUEST", str(exc)) from None
     st.gate.invalidate()
-    return _json({"id": tid, "role": role, "site_id": site, "token": token,
+    return _json({"id": tid, "role": role, "site_id": site, "unit_id": unit, "token": token,
                   "note": "shown once: only a keyed hash is stored"}, 201)
 
 
@@ -707,6 +709,9 @@ async def page_dashboard(request: Request) -> Response:
     site = _site_scope(request, None)
     data = await _db(_st().store.site_metrics, days=_int_param(request, "days", 90, 1, 3650),
                      recurring_min=_int_param(request, "recurring_min", 3, 1, 1000), site_id=site)
+    # mobile units, as stations of their site (scanqc.serving.unit_sync)
+    data["units"] = await _db(_st().store.unit_metrics, stale_hours=_st().settings.unit_stale_hours, site_id=site)
+    data["unit_stale_hours"] = _st().settings.unit_stale_hours
     scanners = await _db(_st().store.scanner_overview, site_id=site)
     return HTMLResponse(pages.dashboard_page(data, scanners))
 
@@ -720,8 +725,11 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return _json(error_body(exc.code, exc.message), exc.status)
 
 
+from scanqc.serving import unit_sync  # noqa: E402  (its handlers use the helpers above)
+
 app = Starlette(
     routes=[
+        *unit_sync.ROUTES,
         Route("/api/status", api_status),
         Route("/api/series/{uid}", api_series),
         Route("/api/series/{uid}/sr", api_series_sr),

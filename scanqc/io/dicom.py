@@ -7,6 +7,7 @@ go wrong into coded :class:`~scanqc.errors.ScanQCError`s.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import warnings
 from dataclasses import dataclass
@@ -316,3 +317,43 @@ def header_value(ds: Dataset | None, keyword: str) -> object:
             if keyword in inner and inner.get(keyword) not in (None, ""):
                 return inner.get(keyword)
     return None
+
+
+def acquisition_datetime(series: object) -> dt.datetime | None:
+    """Acquisition time of a series (anything with ``.get(keyword)``, e.g. :class:`scanqc.series.Series`).
+
+    AcquisitionDateTime, else the first of Acquisition/Series/Study/Content Date+Time. Naive scanner local
+    time, unless TimezoneOffsetFromUTC is present (then aware UTC).
+    """
+    if series is None:
+        return None
+    get = series.get  # type: ignore[attr-defined]
+    raw = get("AcquisitionDateTime")
+    pairs = [("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"),
+             ("ContentDate", "ContentTime")]
+    text = str(raw).strip() if raw else ""
+    if not text:
+        for d, t in pairs:
+            if get(d):
+                text = str(get(d)).strip() + (str(get(t)).strip() if get(t) else "")
+                break
+    if len(text) < 8:
+        return None
+    try:
+        date = dt.datetime.strptime(text[:8], "%Y%m%d")
+        tpart = text[8:].split("+")[0].split("-")[0]
+        hh, mm, ss = int(tpart[0:2] or 0), int(tpart[2:4] or 0), int(float(tpart[4:] or 0))
+        t = date.replace(hour=hh, minute=mm, second=ss)
+    except (ValueError, IndexError):
+        return None
+    offset = get("TimezoneOffsetFromUTC")
+    if offset:
+        try:
+            o = str(offset).strip()
+            sign = -1 if o.startswith("-") else 1
+            o = o.lstrip("+-")
+            delta = dt.timedelta(hours=int(o[:2]), minutes=int(o[2:4] or 0))
+            t = (t - sign * delta).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            pass
+    return t
