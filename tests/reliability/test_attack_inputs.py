@@ -67,7 +67,8 @@ def test_a_slow_pattern_costs_a_bounded_time_per_value() -> None:
     t0 = time.monotonic()
     with pytest.raises(ScanQCError) as e:
         pattern_matches(r"(a|a)*", "a" * 28 + "!", full=True)
-    assert e.value.code.value == "BAD_GUIDELINE" and time.monotonic() - t0 < 1.0
+    # The match timeout is 50 ms; 5 s (vs 13.5 s unbounded) leaves room for a loaded machine.
+    assert e.value.code.value == "BAD_GUIDELINE" and time.monotonic() - t0 < 5.0
     assert pattern_matches(r"SUBJ-\d+", "x" * 10_000, full=True) is False  # over-long values never match
 
 
