@@ -214,6 +214,13 @@ def test_malformed_multipart_is_a_coded_400_and_the_connection_lives(probe: Serv
         assert headers.get("connection", "").lower() != "close"
         status, _, reply = _exchange(sock, good)  # same socket: not reset
         assert status == 200 and "verdicts" in json.loads(reply)
+    with _client(probe, "site02") as c:  # and through one httpx client: the next request reuses the connection
+        r = c.post("/api/check", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 400 and _code(r) == "BAD_REQUEST", r.text
+        port_bad = r.extensions["network_stream"].get_extra_info("client_addr")[1]
+        r = c.get("/api/verdicts?limit=1")
+        assert r.status_code == 200
+        assert r.extensions["network_stream"].get_extra_info("client_addr")[1] == port_bad
 
 
 # -- 4. integers out of range ------------------------------------------------------------------------------------
