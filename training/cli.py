@@ -70,6 +70,8 @@ def train_cmd(
         summary = train(cfg, manifest, out, command=cmd, progress=not no_progress)
     except ScanQCError as exc:
         _fail(exc)
+    if not summary:  # torchrun: only rank 0 evaluates and writes the run folder
+        return
     typer.echo(json.dumps({"out": str(out), "best_epoch": summary.get("best_epoch"),
                            "validation": summary.get("validation_metrics")}, default=str))
 

@@ -17,6 +17,7 @@ from scanqc.preprocessing import PreprocessSpec
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = sorted(p.parent for p in MODELS.glob("*/*/metadata.json"))
+SCHEMA_SHA256 = "cd64aa8a5904426f6fc6855dabe46af8c742d5bad644b4e9cfb78ebad09ad678"  # training/schema/README.md
 
 
 def test_vendored_schema_is_the_one_metadata_names():
@@ -35,7 +36,8 @@ def test_shipped_metadata_passes_the_monai_schema(folder: Path, tmp_path: Path):
     meta = json.loads((folder / "metadata.json").read_text())
     validate_metadata(meta)  # jsonschema + the channel count
     # MONAI's own validator, offline: it downloads the schema only when `filepath` does not exist yet.
-    verify_metadata(meta_file=str(folder / "metadata.json"), filepath=str(SCHEMA_FILE), create_dir=False)
+    verify_metadata(meta_file=str(folder / "metadata.json"), filepath=str(SCHEMA_FILE), create_dir=False,
+                    hash_val=SCHEMA_SHA256, hash_type="sha256")
     spec = PreprocessSpec.from_dict(meta["preprocessing"])
     image = meta["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == spec.in_channels == len(image["channel_def"])
