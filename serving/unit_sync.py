@@ -247,7 +247,7 @@ async def api_commit(request: Request) -> Response:
         missing = await asyncio.to_thread(_have, folder, rec["files"])
         if missing:
             raise ApiError(409, "INCOMPLETE", f"record {key[:12]}: {len(missing)} file(s) still missing; send them "
-                                              "first", )
+                                              "first")
         try:
             study = await asyncio.to_thread(st.processor.study_for, site, None)
         except Exception:

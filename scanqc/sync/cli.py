@@ -159,7 +159,12 @@ def watch(
                         continue
                     rows.append((entry.name, "checking", ""))
                     live.update(_view(unit, folder, rows, watcher.waiting(), ob.counts()))
-                    results = check_and_record(ob, entry, g)
+                    try:
+                        results = check_and_record(ob, entry, g)
+                    except (ScanQCError, OSError) as exc:  # e.g. the outbox disk is full: say so, keep watching
+                        rows[-1] = (entry.name, "error", f"NOT RECORDED: {exc}")
+                        statuses.append("error")
+                        continue
                     ob.mark_seen(entry, sig)
                     rows.pop()
                     for v, rec, created in results:

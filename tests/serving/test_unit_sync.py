@@ -62,13 +62,14 @@ class Central:
             return list(s.scalars(select(VerdictRow).where(VerdictRow.source == "unit")))
 
 
-def _serve(tmp_path: Path, **overrides: Any) -> Iterator[Central]:
+def _serve(tmp_path: Path, *, with_tokens: bool = True, **overrides: Any) -> Iterator[Central]:
     guideline = tmp_path / "test_st.yaml"
     guideline.write_text(GUIDELINE)
-    settings = Settings(data_dir=tmp_path / "central", salt="unit-sync-test", auth="required",
-                        studies={"TEST-ST": str(guideline)}, site_studies={"siteA": "TEST-ST"}, **overrides)
+    settings = Settings(data_dir=tmp_path / "central", salt="unit-sync-test",
+                        auth="required" if with_tokens else "auto", studies={"TEST-ST": str(guideline)},
+                        site_studies={"siteA": "TEST-ST"}, **overrides)
     store = Store(settings.db_url)
-    tokens = {
+    tokens = {} if not with_tokens else {
         "vanA": create_token(store, settings, "unit", "siteA", "van A", unit_id="VAN-A")[1],
         "vanB": create_token(store, settings, "unit", "siteB", "van B", unit_id="VAN-B")[1],
         "siteB": create_token(store, settings, "site", "siteB")[1],
@@ -376,3 +377,19 @@ def test_a_laptop_clock_two_hours_slow_is_recorded_and_corrected(central: Centra
     assert abs(rec["clock_offset_s"] - 7200) < 30
     (u,) = central.store.unit_metrics(site_id="siteA")
     assert abs(u["clock_offset_s"] - 7200) < 30
+
+
+def test_open_demo_server_accepts_a_unit_without_token(tmp_path: Path) -> None:
+    """`scanqc serve` on loopback with no tokens (the embedded demo): a unit syncs under the id it names."""
+    gen = _serve(tmp_path, with_tokens=False)
+    central = next(gen)
+    try:
+        ob = _unit(tmp_path, "van", "DEMO-VAN", 1, keep="verdicts")
+        ob.configure(site="clinic1")
+        report = sync(ob, SyncClient(central.base, None, retries=1))
+        assert (report.synced, report.site_id) == (1, "clinic1")
+        (row,) = central.unit_verdicts()
+        assert (row.station, row.site_id) == ("DEMO-VAN", "clinic1")
+    finally:
+        with pytest.raises(StopIteration):
+            next(gen)
