@@ -202,7 +202,12 @@ def run_baseline(task: str, manifest: str | Path | list, out: str | Path, test_m
         xt = np.stack([features(task, r) for r in trows])
         tt = np.stack([encode_row(task, r) for r in trows])
         res["test_manifest"] = str(test_manifest)
-        res["baseline"] = task_metrics(task, tt, predict(task, models, xt), BASELINE_THRESHOLDS)
+        outs = predict(task, models, xt)
+        res["baseline"] = task_metrics(task, tt, outs, BASELINE_THRESHOLDS)
+        from scanqc.evaluation.quality import constant_output_warning
+
+        if (w := constant_output_warning("baseline", outs)) is not None:  # too few cases for the trees to split
+            res["warnings"] = [w]
         if compare:
             from scanqc.models import default_registry
             from scanqc.models.evaluate import evaluate_model

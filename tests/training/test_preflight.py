@@ -58,6 +58,13 @@ def test_missing_case_is_one_coded_line_and_no_run_folder(tiny, tmp_path):
     assert "Traceback" not in res.output and not out.exists()  # failed before anything was made
 
 
+def test_manifest_without_rows_for_the_task_names_the_file_not_a_list(tiny, tmp_path):
+    res = CliRunner().invoke(app, ["train", "--task", "coverage", "--manifest", str(tiny), "--out",
+                                   str(tmp_path / "r"), "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 2 and res.output.startswith(f"USAGE: {tiny}: no rows for task 'coverage'"), res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_dicom_series_that_reads_as_another_modality_is_named(write_series):
     ct = write_series("ct_series", modality="CT", shape=(6, 16, 16))
     mr = write_series("mr_series", modality="MR", shape=(6, 16, 16))
