@@ -296,12 +296,13 @@ def _extent(mask: np.ndarray, axis: int) -> tuple[int, int]:
 
 
 def acquire_head(rng: np.random.Generator, variant: str = "train", artefact=None, crop_required: bool = True,
-                 ) -> tuple[Volume, np.ndarray, dict]:
+                 superior_air_mm: float | None = None) -> tuple[Volume, np.ndarray, dict]:
     """Head -> deformation -> slice orientation and voxel size -> field of view -> bias -> artefact -> noise.
 
     ``artefact(array, spacing, pe_axis, acquisition, brain_mask) -> (array, info)`` runs on the acquisition grid
     before noise, with the phase-encode axis of this acquisition. The field of view never cuts the required
-    brain when ``crop_required``; it may cut the nose, the ears or the neck (as real ones do). Returns the
+    brain when ``crop_required``; it may cut the nose, the ears or the neck (as real ones do); ``superior_air_mm``
+    fixes the air above the scalp (else drawn, 1-30 mm). Returns the
     volume (MR scanner units), the required-brain mask on its grid and the parameters (provenance).
     """
     from scanqc.datasets.bias_field import apply_bias_field, random_bias_coefficients
@@ -352,6 +353,7 @@ def acquire_head(rng: np.random.Generator, variant: str = "train", artefact=None
             # Superior end: tight (a few mm of air above the scalp) to generous; inferior end: anywhere from
             # just below the cerebellum to the whole neck.
             sup_air = float(rng.uniform(1.0, 30.0)) if rng.uniform() < 0.7 else float(rng.uniform(1.0, 8.0))
+            sup_air = sup_air if superior_air_mm is None else float(superior_air_mm)
             inf_mm = float(rng.uniform(-80.0, 20.0))
             m_lo, m_hi = (inf_mm, sup_air) if sign > 0 else (sup_air, inf_mm)
         lo = h0 - round(m_lo / s_mm)
