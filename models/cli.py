@@ -116,6 +116,7 @@ def promote_cmd(
     MANIFEST beyond noise (95 % paired bootstrap interval of the difference on the same cases)."""
     from scanqc.models import default_registry
     from scanqc.models.evaluate import (
+        held_out_sources,
         model_outputs,
         paired_difference,
         portable_path,
@@ -137,7 +138,13 @@ def promote_cmd(
         ok, why = True, "first promoted version"
         if manifest is not None:
             comparison["manifest"] = portable_path(manifest)
-            _rows, t, c_out = model_outputs(cand, manifest, split=split)
+            rows, t, c_out = model_outputs(cand, manifest, split=split)
+            comparison["held_out"] = held_out_sources(rows)
+            if not comparison["held_out"]["independent"]:
+                # A figure counts only on data its generator never produced (docs/crosssim.md).
+                typer.echo(f"note: {len(rows) - comparison['held_out']['independent_rows']} of {len(rows)} held-out "
+                           "rows come from the training generator; decide on `scanqc evaluate crosssim` data or "
+                           "real labelled scans", err=True)
             comparison["candidate"] = task_metrics(task, t, c_out, cand.thresholds)
             if current is not None:
                 _, _, o_out = model_outputs(current, manifest, split=split)

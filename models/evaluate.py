@@ -11,6 +11,7 @@ phase, enhancement, missing, body_region, split, provenance``; paths relative to
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,27 @@ def model_outputs(model: Any, manifest: str | Path, split: str = "test", batch_s
     logits = np.concatenate([model.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     targets = np.stack([encode_row(model.task, r) for r in rows])
     return rows, targets, model.postprocess(logits)
+
+
+#: The training-data generators of this project; a held-out figure on their output is not independent evidence.
+TRAINING_GENERATORS = ("scanqc.datasets.generate",)
+
+
+def held_out_sources(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Where the held-out rows come from: generator names (``real`` for labelled scans) and whether any of them
+    is independent of the training generator (the blind cross-simulator, real scans)."""
+    names: dict[str, int] = {}
+    for r in rows:
+        prov = r.get("provenance") or ""
+        gen = "real" if prov == "real" else "unknown"
+        if prov.startswith("{"):
+            try:
+                gen = str(json.loads(prov).get("generator", "unknown")).split(":")[0]
+            except ValueError:
+                pass
+        names[gen] = names.get(gen, 0) + 1
+    independent = sum(n for g, n in names.items() if g not in TRAINING_GENERATORS)
+    return {"generators": names, "independent_rows": independent, "independent": independent == len(rows) > 0}
 
 
 def evaluate_model(model: Any, manifest: str | Path, split: str = "test", batch_size: int = 8,

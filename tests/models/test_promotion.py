@@ -56,3 +56,18 @@ def test_models_list_fits_80_columns_and_says_where_figures_come_from():
     text = " ".join(res.output.split())
     assert "motion 1.1.0 validation: training's validation split, n=192, in-sample" in text
     assert "motion 1.1.0 test: bundled synthetic held-out set: data/motion-test/manifest.csv [all], n=90" in text
+
+
+def test_held_out_sources_say_whether_the_figure_is_independent_of_the_training_generator():
+    import json
+
+    from scanqc.models.evaluate import held_out_sources
+
+    own = {"provenance": json.dumps({"generator": "scanqc.datasets.generate:motion:head"})}
+    blind = {"provenance": json.dumps({"generator": "crosssim", "version": "1"})}
+    real = {"provenance": "real"}
+    assert held_out_sources([own, own]) == {"generators": {"scanqc.datasets.generate": 2}, "independent_rows": 0,
+                                            "independent": False}
+    mixed = held_out_sources([own, blind, real])
+    assert mixed["independent_rows"] == 2 and not mixed["independent"]
+    assert held_out_sources([blind, real])["independent"] is True
