@@ -87,6 +87,10 @@ class Verdict:
     spacing_mm: tuple[float, float, float] | None = None
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # False while more instances of the series may still arrive (a verdict from a fast completion signal,
+    # replaced or confirmed later; see docs/dicom.md). ``completion``: which signal decided, what it replaces.
+    final: bool = True
+    completion: dict[str, Any] | None = None
 
     @property
     def actions(self) -> list[str]:
@@ -119,7 +123,10 @@ class Verdict:
             actions=self.actions,
             notes=self.notes,
             timings_ms={k: round(v, 2) for k, v in self.timings_ms.items()},
+            final=self.final,
         )
+        if self.completion is not None:
+            d["completion"] = self.completion
         return d
 
     @classmethod
@@ -140,6 +147,8 @@ class Verdict:
             spacing_mm=tuple(d["spacing_mm"]) if d.get("spacing_mm") else None,
             notes=list(d.get("notes", [])),
             timings_ms=dict(d.get("timings_ms", {})),
+            final=bool(d.get("final", True)),
+            completion=d.get("completion"),
         )
 
     @classmethod

@@ -170,7 +170,7 @@ class Notifier:
             if _state is None:
                 continue
             try:
-                m = await asyncio.to_thread(_state.store.max_verdict_id)
+                m = await asyncio.to_thread(_state.store.change_marker)  # new verdicts and confirmations
             except Exception:
                 continue
             if self._last_max is not None and m != self._last_max:
@@ -247,7 +247,15 @@ def console_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
     actions = list(v.get("actions") or [])
     if v.get("error") and not actions:
         actions = ["Check the export and resend the series"]
+    checks = [{"check": n, "status": c["status"], "message": c.get("message"), "score": c.get("score")}
+              for n, c in v.get("checks", {}).items()]
+    completion = v.get("completion") or {}
+    final = bool(record.get("final", v.get("final", True)))
+    n_new = int(completion.get("updated_with") or 0)
     return {"verdict_id": record["id"], "status": v["status"], "station": record["station"],
+            "final": final, "provisional": not final, "completed_by": completion.get("completed_by"),
+            "update": f"updated: {n_new} more image{'s' if n_new != 1 else ''}" if n_new else None,
+            "checks": checks, "preview": v.get("preview"),
             "site_id": record["site_id"], "series_uid": v.get("series_uid"),
             "series_description": v.get("series_description"), "modality": v.get("modality"),
             "series_number": v.get("series_number"), "n_instances": v.get("n_instances"),
@@ -412,15 +420,16 @@ async def api_station_events(request: Request) -> Response:
     site = _site_scope(request, None)
 
     async def stream() -> Any:
-        last_id: int | None = -1
+        last_id: str | None = "-"
         yield "retry: 1000\n\n"
         while True:
             seen = notifier.version  # read before the query so a change during it is not lost
-            vid = await _db(store.latest_verdict_id, station, site)
-            if vid != last_id:
-                last_id = vid
-                view = console_view(await _db(store.latest_verdict, station, site)) if vid is not None else None
-                yield f"id: {vid or 0}\nevent: verdict\ndata: {json.dumps(view)}\n\n"
+            key = await _db(store.latest_verdict_key, station, site)  # "id:final": a confirmation is news too
+            if key != last_id:
+                last_id = key
+                view = console_view(await _db(store.latest_verdict, station, site)) if key is not None else None
+                vid = key.split(":")[0] if key else 0
+                yield f"id: {vid}\nevent: verdict\ndata: {json.dumps(view)}\n\n"
             if not await notifier.wait(seen, SSE_KEEPALIVE_S):
                 if await request.is_disconnected():
                     return

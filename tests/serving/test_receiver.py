@@ -100,7 +100,10 @@ def start(tmp_path: Path) -> Iterator[Callable[..., tuple[Receiver, Calls]]]:
 
     def _start(callback: Callable[[Path, SeriesArrival], Any] | None = None, **kw: Any) -> tuple[Receiver, Calls]:
         calls = Calls()
+        # adaptive=False: these tests pin the final signals (quiet period, MPPS, restart); the fast,
+        # provisional ones are tested in tests/serving/test_realtime.py.
         opts: dict[str, Any] = dict(data_dir=tmp_path, port=0, host="127.0.0.1", quiet_period_s=QUIET,
+                                    adaptive=False,
                                     ae_sites={"SCANNER1": "site-a", "SCANNER2": "site-b", "SCANNER3": "site-c"})
         opts.update(kw)
         rx = Receiver(ReceiverConfig(**opts), callback or calls).start()
@@ -327,6 +330,28 @@ class FakeProcessor:
         verdicts = check_path(folder)
         self.done.set()
         return verdicts
+
+    def process_series(self, series: Any, *, site_id: str, stations: Any, source: str = "dicom",
+                       received_at: Any = None, arrival: Any = None) -> list[Any]:
+        from scanqc.pipeline import check_series
+        from scanqc.serving.processing import Processed
+
+        self.calls.append(dict(series=series, site_id=site_id, station=stations[0], source=source,
+                               received_at=received_at, final=arrival.final))
+        v = check_series(series)
+        self.done.set()
+        return [Processed(v, len(self.calls), site_id, st, source, None, received_at, received_at)
+                for st in stations]
+
+    def finalize(self, ids: list[int], *, completed_by: str) -> list[Any]:
+        self.calls.append(dict(finalize=ids, completed_by=completed_by))
+        return [check_series_of(self.calls[0]["series"])]
+
+
+def check_series_of(series: Any) -> Any:
+    from scanqc.pipeline import check_series
+
+    return check_series(series)
 
 
 def test_processor_wiring_writes_and_sends_sr(tmp_path: Path) -> None:
