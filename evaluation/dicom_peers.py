@@ -9,6 +9,7 @@ the measured interoperability notes in docs/dicom.md), the way a site PACS route
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import socket
@@ -33,9 +34,19 @@ def missing_peers() -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (held open together, so no two calls hand out the same one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def storescu(port: int, files: list[Path], *, calling: str = "SCANNER1", called: str = "SCANQC",
@@ -57,8 +68,7 @@ class Orthanc:
         self.scanqc_port = scanqc_port
         self.scanqc_aet = scanqc_aet
         self.lua = lua
-        self.http_port = free_port()
-        self.dicom_port = free_port()
+        self.http_port, self.dicom_port = free_ports(2)
         self.dir: Path | None = None
         self.proc: subprocess.Popen | None = None
 
@@ -85,7 +95,7 @@ class Orthanc:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system", timeout=1) as r:
                     if r.status == 200:
                         return self
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 pass
             if time.monotonic() > deadline:
                 self.stop()

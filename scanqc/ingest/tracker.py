@@ -373,10 +373,11 @@ class SeriesTracker:
         result = self.on_check(p.folder or Path(), self._arrival(p, d, len(snapshot), series, is_current, new))
         ids = [int(x) for x in result if isinstance(x, int)] if isinstance(result, (list, tuple)) else []
         log.info("series %s verdict stored in %.0f ms", p.key[2], (time.perf_counter() - t0) * 1000)
+        current = is_current()  # takes the lock itself
         with self._lock:
             self.checks += 1
             p.attempts = 0
-            if ids or d.final or is_current():
+            if ids or d.final or current:
                 p.checked_sops, p.checked_stations = snapshot, n_stations
                 if ids:
                     p.verdict_ids = ids
