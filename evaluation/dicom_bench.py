@@ -127,10 +127,12 @@ def _iso(s: str) -> float:
 def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[Path]]], station: str,
                 console: _Console, quiet: float) -> dict[str, Any]:
     stored, shown, final, signals, sent_s = [], [], [], {}, []
+    ends: dict[str, float] = {}
     for uid, files in pushes:
         t0 = time.monotonic()
         storescu(port, files, calling=station, called=called)
         end = time.time()
+        ends[uid] = end
         sent_s.append(time.monotonic() - t0)
         first = _wait_verdict(base, uid, 60)
         if first is None:
@@ -141,15 +143,16 @@ def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[
         stored.append((first_at - end) * 1000)
         sig = (first["verdict"].get("completion") or {}).get("completed_by", "?")
         signals[sig] = signals.get(sig, 0) + 1
-        done = _wait_verdict(base, uid, quiet + 30, final=True)
         deadline = time.monotonic() + 5
         while uid not in console.first and time.monotonic() < deadline:
             time.sleep(0.02)
         if uid in console.first:
             shown.append((console.first[uid] - end) * 1000)
+        time.sleep(0.3)  # the next series (its predecessor's confirmation comes later, in parallel)
+    for uid, end in ends.items():  # final verdicts: confirmed after the quiet period, or replaced
+        done = _wait_verdict(base, uid, quiet + 30, final=True)
         if done is not None:
             final.append(((console.final.get(uid) or _iso(done["verdict_at"])) - end) * 1000)
-        time.sleep(0.3)
     return {"stored_ms": _summary(stored), "console_ms": _summary(shown), "final_ms": _summary(final),
             "signals": signals, "push_s": _summary([s * 1000 for s in sent_s]), "instances": len(pushes[0][1])}
 

@@ -162,6 +162,8 @@ def load_series(path: str | Path, limits: Limits = DEFAULT_LIMITS,
             t1 = time.perf_counter()
             s = asm.finish()
             s.timings_ms["read"] = parse_ms * asm.n_instances / total
+            s.timings_ms.pop("decode_on_arrival", None)
+            s.timings_ms.pop("assemble", None)
             s.timings_ms["assemble_decode"] = asm.decode_ms + (time.perf_counter() - t1) * 1000
             series.append(s)
     for reason, n in sorted(skipped.items()):

@@ -253,8 +253,11 @@ class Processor:
                                              series_uid=series.series_uid, modality=series.modality)
             else:
                 checks = self.checks if self.checks is not None else default_checks()
+                # elapsed_ms = time after the last instance: stacking the volume (not the decoding, done as
+                # instances arrived) plus the checks.
+                started = t0 - float(series.timings_ms.get("assemble", 0.0)) / 1000
                 verdict = check_series(series, guideline, models=self.models, infer=self.infer, checks=checks,
-                                       started=t0)
+                                       started=started)
             verdict.final = final
             if arrival is not None:
                 n_new = int(getattr(arrival, "n_new", 0) or 0)
