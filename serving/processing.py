@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -220,6 +221,8 @@ class Processor:
                                       visit=visit, models=self.models, infer=self.infer, checks=tapped)
                 if complete_study:
                     apply_required_series(verdicts, guideline, visit, taps)
+                for tapped_series in taps.values():
+                    self._write_preview(tapped_series, site)
                 return self._record(verdicts, taps, site=site, station=station, source=source, study=study,
                                     received_at=received_at)
             return self._record(verdicts, {}, site=site, station=station, source=source, study=study,
@@ -270,6 +273,7 @@ class Processor:
                              series.series_uid)
                     return []
             replaces = list(getattr(arrival, "replaces", ()) or ())
+            self._write_preview(series, site)
             out: list[Processed] = []
             for i, station in enumerate(dict.fromkeys(stations) or [""]):
                 # One row per station that sent the series, so each console shows it; queries once.
@@ -280,6 +284,21 @@ class Processor:
         finally:
             with self._lock:
                 self._in_flight[source] -= 1
+
+    def _write_preview(self, series: Series, site: str) -> None:
+        """The console's mid-slice preview of the series (best effort: never costs a verdict)."""
+        if series.volume is None:
+            return
+        try:
+            from scanqc.serving.preview import preview_path, preview_png
+
+            path = preview_path(self.settings.data_dir, site, series.study_uid, series.series_uid)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(preview_png(series.volume, series.modality))
+            os.replace(tmp, path)
+        except Exception:
+            log.warning("series %s: preview not written", series.series_uid, exc_info=True)
 
     def finalize(self, verdict_ids: Sequence[int], *, completed_by: str) -> list[Verdict]:
         """Mark provisional verdicts final (nothing arrived since): opens their queries, tells listeners."""

@@ -233,6 +233,32 @@ async def _db(fn: Any, *args: Any, **kw: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kw)
 
 
+def _preview_file(record: dict[str, Any]) -> Any:
+    from scanqc.serving.preview import preview_path
+
+    if _state is None:
+        return None
+    v = record["verdict"]
+    path = preview_path(_state.settings.data_dir, record["site_id"], v.get("study_uid"), v.get("series_uid"))
+    return path if path.is_file() else None
+
+
+def _preview_url(record: dict[str, Any]) -> str | None:
+    return f"/api/verdicts/{record['id']}/preview.png" if _preview_file(record) is not None else None
+
+
+async def api_verdict_preview(request: Request) -> Response:
+    vid = _path_int(request, "id")
+    rec = await _db(_st().store.get_verdict, vid)
+    if rec is None:
+        raise ApiError(404, "NOT_FOUND", f"verdict {vid} not found")
+    _own(request, rec["site_id"], f"verdict {vid}")
+    path = _preview_file(rec)
+    if path is None:
+        raise ApiError(404, "NOT_FOUND", f"no preview for verdict {vid}")
+    return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
 def console_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the console shows for one stored verdict: status, reasons, actions."""
     if record is None:
@@ -255,7 +281,7 @@ def console_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"verdict_id": record["id"], "status": v["status"], "station": record["station"],
             "final": final, "provisional": not final, "completed_by": completion.get("completed_by"),
             "update": f"updated: {n_new} more image{'s' if n_new != 1 else ''}" if n_new else None,
-            "checks": checks, "preview": v.get("preview"),
+            "checks": checks, "preview": _preview_url(record),
             "site_id": record["site_id"], "series_uid": v.get("series_uid"),
             "series_description": v.get("series_description"), "modality": v.get("modality"),
             "series_number": v.get("series_number"), "n_instances": v.get("n_instances"),
@@ -684,6 +710,7 @@ app = Starlette(
         Route("/api/uploads/{id}", api_upload),
         Route("/api/verdicts", api_verdicts),
         Route("/api/verdicts/{id}", api_verdict),
+        Route("/api/verdicts/{id}/preview.png", api_verdict_preview),
         Route("/api/stations/{station}/latest", api_station_latest),
         Route("/api/stations/{station}/events", api_station_events),
         Route("/api/queries", api_queries, methods=["GET"]),
