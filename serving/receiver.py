@@ -526,9 +526,11 @@ def sr_path(data_dir: Path, site_id: str, study_uid: str, series_uid: str) -> Pa
     return Path(data_dir) / "sr" / _safe_name(site_id) / study_uid / f"{series_uid}.dcm"
 
 
-def publish_sr(verdicts: list[Any], folder: Path, meta: SeriesArrival, cfg: ReceiverConfig) -> list[Path]:
-    """Write one SR per verdict next to the data (and C-STORE it if configured). Never raises:
-    the verdict is already stored, and an SR problem must not make the series be checked again."""
+def publish_sr(verdicts: list[Any], folder: Path, meta: SeriesArrival, cfg: ReceiverConfig,
+               send: bool = True) -> list[Path]:
+    """Write one SR per verdict next to the data (and, when ``send``, C-STORE it if configured: final
+    verdicts only). Never raises: the verdict is already stored, and an SR problem must not make the series
+    be checked again."""
     import pydicom
     from scanqc.serving.sr import send_sr, verdict_to_sr, write_sr
 
@@ -546,7 +548,7 @@ def publish_sr(verdicts: list[Any], folder: Path, meta: SeriesArrival, cfg: Rece
             path = write_sr(sr, sr_path(cfg.data_dir, meta.site_id, meta.study_uid,
                                         str(d.get("series_uid") or meta.series_uid)))
             out.append(path)
-            if cfg.sr_destination:
+            if cfg.sr_destination and send:
                 send_sr(sr, cfg.sr_destination, calling_ae=cfg.ae_title)
     except Exception:
         log.exception("series %s: verdict SR not written/sent", meta.series_uid)
@@ -565,8 +567,8 @@ def processor_callback(processor: Any, cfg: ReceiverConfig) -> tuple[OnSeriesCom
             return []
         done = processor.process_series(meta.series, site_id=meta.site_id, stations=meta.stations or (meta.station,),
                                         source="dicom", received_at=meta.last_received, arrival=meta)
-        if meta.final and done:
-            publish_sr([p.verdict for p in done if p.station == meta.station], folder, meta, cfg)
+        if done:  # on disk for GET /api/series/<uid>/sr at once; sent on only when final
+            publish_sr([p.verdict for p in done if p.station == meta.station], folder, meta, cfg, send=meta.final)
         return [p.verdict_id for p in done]
 
     def on_series_final(folder: Path, meta: SeriesArrival) -> None:

@@ -130,6 +130,11 @@ def _dcm_files(folder: Path) -> list[os.DirEntry]:
         return [e for e in it if e.name.endswith(".dcm") and not e.name.startswith(".") and e.is_file()]
 
 
+def _input_name(key: SeriesKey, folder: Path | None) -> str:
+    """What the verdict's ``input`` names: the folder the instances are kept in (as for a checked folder)."""
+    return str(folder) if folder is not None else f"series {key[2]}"
+
+
 def assemble_folder(folder: Path, limits: Limits = DEFAULT_LIMITS,
                     into: SeriesAssembler | None = None) -> SeriesAssembler:
     """Feed every instance file of one series folder to an assembler (a restart, a late instance)."""
@@ -224,7 +229,7 @@ class SeriesTracker:
                     p.checked_sops, p.verdict_ids = set(done[0]), list(done[1])
                 p.mpps_final = p.mpps_sops is not None
                 if not reload:
-                    p.assembler = SeriesAssembler(f"series {key[2]}", self.limits)
+                    p.assembler = SeriesAssembler(_input_name(key, folder), self.limits)
                 log.info("series %s (study %s, site %s) started from %s", key[2], key[1], key[0], station)
             else:
                 gap = mono - p.last_mono
@@ -352,7 +357,7 @@ class SeriesTracker:
             with self._lock:
                 reload, p.reload = p.reload, False
                 if reload or p.assembler is None:
-                    p.assembler = SeriesAssembler(f"series {p.key[2]}", self.limits)
+                    p.assembler = SeriesAssembler(_input_name(p.key, p.folder), self.limits)
                 asm = p.assembler
             if reload and p.folder is not None:
                 assemble_folder(p.folder, self.limits, into=asm)
