@@ -285,6 +285,35 @@ class Processor:
             with self._lock:
                 self._in_flight[source] -= 1
 
+    def process_header(self, series: Series, *, site_id: str | None, stations: Sequence[str], source: str,
+                       received_at: dt.datetime, arrival: Any = None) -> list[Processed]:
+        """The header checks (protocol, de-identification, visit window) of a series' first instance, stored
+        as a provisional verdict so the console shows them while the rest arrives; the series' own verdict
+        replaces it. The model and integrity checks say they wait for the series."""
+        from scanqc.pipeline import HEADER_CHECKS, MODEL_CHECKS
+
+        site = site_id or self.settings.default_site
+        study = self.study_for(site, None)
+        try:
+            guideline = self.guideline_for(study)
+        except ScanQCError:
+            return []  # the series' own verdict reports it
+        header_checks = [c for c in HEADER_CHECKS if c.name != "integrity"]
+        verdict = check_series(series, guideline, models=self.models, infer=self.infer, checks=header_checks)
+        waiting = CheckResult.skipped("waiting for the rest of the series")
+        for c in [*(c for c in HEADER_CHECKS if c.name == "integrity"), *MODEL_CHECKS]:
+            verdict.checks[c.name] = waiting
+        verdict.final = False
+        verdict.completion = {"completed_by": "first_instance", "final": False, "updated_with": 0, "replaces": [],
+                              "stations": list(stations)}
+        verdict.notes.insert(0, "receiving: header checks of the first image; the images are checked when the "
+                                "series is complete")
+        out: list[Processed] = []
+        for station in dict.fromkeys(stations) or [""]:
+            out += self._record_one(verdict, series, site=site, station=station, source=source, study=study,
+                                    received_at=received_at, final=False, open_queries=False, replaces=[])
+        return out
+
     def _write_preview(self, series: Series, site: str) -> None:
         """The console's mid-slice preview of the series (best effort: never costs a verdict)."""
         if series.volume is None:

@@ -216,7 +216,8 @@ class Receiver:
     """
 
     def __init__(self, settings: Any, on_series_complete: OnSeriesComplete,
-                 on_series_final: OnSeriesComplete | None = None, **overrides: Any) -> None:
+                 on_series_final: OnSeriesComplete | None = None, on_first_instance: OnSeriesComplete | None = None,
+                 **overrides: Any) -> None:
         self.cfg = ReceiverConfig.from_settings(settings, **overrides)
         self.on_series_complete = on_series_complete
         self.incoming = Path(self.cfg.data_dir) / "incoming"
@@ -227,6 +228,7 @@ class Receiver:
         self._server: Any = None
         self.tracker = SeriesTracker(self.cfg.policy(), on_series_complete, on_finalize=on_series_final,
                                      on_final=_on_final, on_provisional=_on_provisional,
+                                     on_first=on_first_instance if self.cfg.adaptive else None,
                                      workers=self.cfg.workers, retries=self.cfg.retries,
                                      retry_delay_s=self.cfg.retry_delay_s, max_instances=self.cfg.max_instances)
 
@@ -555,9 +557,10 @@ def publish_sr(verdicts: list[Any], folder: Path, meta: SeriesArrival, cfg: Rece
     return out
 
 
-def processor_callback(processor: Any, cfg: ReceiverConfig) -> tuple[OnSeriesComplete, OnSeriesComplete]:
-    """(``on_series_complete``, ``on_series_final``) running the service's single code path on the series
-    assembled on arrival; the final verdict is also published as an SR."""
+def processor_callback(processor: Any,
+                       cfg: ReceiverConfig) -> tuple[OnSeriesComplete, OnSeriesComplete, OnSeriesComplete]:
+    """(``on_series_complete``, ``on_series_final``, ``on_first_instance``) running the service's single code
+    path on the series assembled on arrival; verdicts are also published as SRs (sent on when final)."""
 
     def on_series_complete(folder: Path, meta: SeriesArrival) -> list[int]:
         if meta.series is None:  # not assembled on arrival (a caller outside the tracker): read the folder
@@ -575,14 +578,21 @@ def processor_callback(processor: Any, cfg: ReceiverConfig) -> tuple[OnSeriesCom
         verdicts = processor.finalize(list(meta.replaces), completed_by=meta.completed_by)
         publish_sr(verdicts[:1], folder, meta, cfg)
 
-    return on_series_complete, on_series_final
+    def on_first_instance(folder: Path, meta: SeriesArrival) -> list[int]:
+        if not hasattr(processor, "process_header") or meta.series is None:
+            return []
+        done = processor.process_header(meta.series, site_id=meta.site_id, stations=meta.stations or (meta.station,),
+                                        source="dicom", received_at=meta.last_received, arrival=meta)
+        return [p.verdict_id for p in done]
+
+    return on_series_complete, on_series_final, on_first_instance
 
 
 def make_receiver(settings: Any, processor: Any, **overrides: Any) -> Receiver:
     """A receiver wired to ``processor.process_series`` (not started: call ``start()``/``stop()``)."""
     cfg = ReceiverConfig.from_settings(settings, **overrides)
-    complete, final = processor_callback(processor, cfg)
-    return Receiver(cfg, complete, final)
+    complete, final, first = processor_callback(processor, cfg)
+    return Receiver(cfg, complete, final, first)
 
 
 def run_receiver(settings: Any, processor: Any, **overrides: Any) -> None:

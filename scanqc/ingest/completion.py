@@ -37,7 +37,7 @@ from typing import Literal
 from scanqc.ingest.assembler import SeriesAssembler, StackState
 
 Signal = Literal["mpps", "expected_count", "quiet_period", "restart", "association_release", "geometry",
-                 "adaptive_quiet"]
+                 "adaptive_quiet", "first_instance"]  # first_instance: header checks only, shown at once
 FINAL_SIGNALS: frozenset[str] = frozenset({"mpps", "expected_count", "quiet_period", "restart"})
 GAP_WINDOW = 64  # inter-arrival gaps remembered per series and per sender
 

@@ -111,6 +111,7 @@ class _Pending:
     checked_stations: int = 0
     verdict_ids: list[int] = field(default_factory=list)
     in_flight: bool = False
+    first_shown: bool = False  # the header checks of the first instance went out
     attempts: int = 0
     not_before: float = 0.0
 
@@ -156,6 +157,7 @@ class SeriesTracker:
     def __init__(self, policy: CompletionPolicy, on_check: OnCheck, *,
                  on_finalize: OnCheck | None = None, on_final: Callable[[Path, dict[str, int]], Any] | None = None,
                  on_provisional: Callable[[Path, list[int]], Any] | None = None,
+                 on_first: OnCheck | None = None,
                  limits: Limits = DEFAULT_LIMITS, workers: int = 1, retries: int = 2,
                  retry_delay_s: float = 5.0, max_instances: int = 5000) -> None:
         self.policy = policy
@@ -163,6 +165,7 @@ class SeriesTracker:
         self.on_finalize = on_finalize
         self.on_final = on_final
         self.on_provisional = on_provisional
+        self.on_first = on_first
         self.limits = limits
         self.workers = max(1, workers)
         self.retries = retries
@@ -254,6 +257,12 @@ class SeriesTracker:
                 expected = expected_frames(asm) if self._may_expect(asm) else None
             with self._lock:
                 p.stack, p.n_frames, p.expected = stack, n_frames, expected
+                first = (self.on_first is not None and not p.first_shown and asm.header is not None
+                         and asm.error is None and p.checked_sops is None and not p.in_flight)
+                if first:
+                    p.first_shown = p.in_flight = True  # the real check waits until this one is stored
+            if first and self._pool is not None:
+                self._pool.submit(self._run, p, "first", Decision("first_instance", False))
         self._wake.set()
 
     @staticmethod
@@ -334,9 +343,14 @@ class SeriesTracker:
         try:
             if kind == "check":
                 self._check(p, d)
+            elif kind == "first":
+                self._first(p, d)
             else:
                 self._finalize(p, d)
         except Exception:
+            if kind == "first":  # only a preview of the header checks: the series' own check follows
+                log.warning("series %s: first-instance header checks not shown", p.key[2], exc_info=True)
+                return
             log.exception("series %s: completion callback failed (attempt %d)", p.key[2], p.attempts + 1)
             with self._lock:
                 if p.attempts < self.retries and not self._stop.is_set():
@@ -392,6 +406,27 @@ class SeriesTracker:
         if done and self.on_final is not None and p.folder is not None and p.folder.is_dir():
             self.on_final(p.folder, files)
         elif not d.final and ids and self.on_provisional is not None and p.folder is not None:
+            self.on_provisional(p.folder, ids)
+
+    def _first(self, p: _Pending, d: Decision) -> None:
+        """Header checks on the first instance, shown at once (a provisional verdict the real one replaces)."""
+        asm = p.assembler
+        if asm is None or asm.header is None or self.on_first is None:
+            return
+        with p.lock:
+            header = asm.header
+        series = Series(input=_input_name(p.key, p.folder), series_uid=p.key[2],
+                        modality=str(header.get("Modality", "")) or None, volume=None, source="dicom",
+                        header=header, headers=[header], n_instances=1)
+        with self._lock:
+            arrival = self._arrival(p, d, len(p.sops), series)
+        result = self.on_first(p.folder or Path(), arrival)
+        ids = [int(x) for x in result if isinstance(x, int)] if isinstance(result, (list, tuple)) else []
+        with self._lock:
+            keep = bool(ids) and not p.verdict_ids
+            if keep:
+                p.verdict_ids = ids
+        if keep and self.on_provisional is not None and p.folder is not None:
             self.on_provisional(p.folder, ids)
 
     def _forget(self, p: _Pending) -> None:

@@ -51,6 +51,10 @@ def send(port: int, datasets: list[Dataset], calling: str = "SCANNER1") -> list[
         assoc.release()
 
 
+def _first_only(rec: dict[str, Any]) -> bool:
+    return (rec["verdict"].get("completion") or {}).get("completed_by") == "first_instance"
+
+
 class Env:
     def __init__(self, tmp_path: Path, **kw: Any) -> None:
         opts: dict[str, Any] = dict(data_dir=tmp_path, dicom_host="127.0.0.1", dicom_port=0, quiet_period_s=QUIET,
@@ -75,7 +79,11 @@ class Env:
         return int(self.rx.port)
 
     def rows(self, series_uid: str) -> list[dict[str, Any]]:
-        return self.store.verdicts_for_series(series_uid)  # newest first
+        """Verdicts of the series' images, newest first (without the first instance's header-only one)."""
+        return [r for r in self.store.verdicts_for_series(series_uid) if not _first_only(r)]
+
+    def header_rows(self, series_uid: str) -> list[dict[str, Any]]:
+        return [r for r in self.store.verdicts_for_series(series_uid) if _first_only(r)]
 
     def live(self, series_uid: str) -> list[dict[str, Any]]:
         return [r for r in self.rows(series_uid) if r["superseded_by"] is None]
@@ -111,6 +119,30 @@ def _open(port: int, calling: str = "SCANNER1") -> Any:
     assoc = ae.associate("127.0.0.1", port, ae_title="SCANQC")
     assert assoc.is_established
     return assoc
+
+
+def test_header_checks_are_shown_at_the_first_instance(env: Callable[..., Env]) -> None:
+    e = env(quiet_period_s=30.0)
+    dss = make_series(6, seed=12)
+    for d in dss:
+        d.PatientBirthDate = "19700101"  # not de-identified: the header says so before any image is checked
+    uid = dss[0].SeriesInstanceUID
+    assoc = _open(e.port)
+    try:
+        assert int(assoc.send_c_store(dss[0]).Status) == 0
+        (rec,) = e.wait(lambda: e.header_rows(uid), timeout=10)
+        v = rec["verdict"]
+        assert rec["final"] is False and v["n_instances"] == 1 and v["status"] == "fail"
+        assert v["checks"]["deidentification"]["status"] == "fail"
+        assert v["checks"]["motion"]["message"] == "waiting for the rest of the series"
+        view = console_view(e.store.latest_verdict("SCANNER1"))
+        assert view is not None and view["provisional"] and view["completed_by"] == "first_instance"
+        assert [int(assoc.send_c_store(d).Status) for d in dss[1:]] == [0] * 5
+        (full,) = e.wait(lambda: e.rows(uid), timeout=10)
+        assert full["verdict"]["n_instances"] == 6
+        assert e.header_rows(uid)[0]["superseded_by"] == full["id"]  # replaced by the series' own verdict
+    finally:
+        assoc.abort()
 
 
 def test_release_gives_a_provisional_verdict_then_confirms_it(env: Callable[..., Env]) -> None:

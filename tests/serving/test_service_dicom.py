@@ -35,7 +35,8 @@ def wait_verdict(server: Server, uid: str, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, rec = server.get(f"/api/series/{uid}")
-        if status == 200:
+        # The first instance's header checks come first (completed_by "first_instance"); wait for the images'.
+        if status == 200 and (rec["verdict"].get("completion") or {}).get("completed_by") != "first_instance":
             return rec
         time.sleep(0.1)
     raise AssertionError(f"no verdict for {uid} after {timeout} s:\n{server.log.read_text()[-3000:]}")
