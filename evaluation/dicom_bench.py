@@ -73,6 +73,7 @@ class _Console(threading.Thread):
         super().__init__(daemon=True)
         self.url = f"{base}/api/stations/{station}/events"
         self.first: dict[str, float] = {}
+        self.header: dict[str, float] = {}  # the first instance's header checks on the console
         self.final: dict[str, float] = {}
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -93,6 +94,9 @@ class _Console(threading.Thread):
                         if not view:
                             continue
                         now, uid = time.time(), view.get("series_uid")
+                        if view.get("completed_by") == "first_instance":
+                            self.header.setdefault(uid, now)
+                            continue
                         self.first.setdefault(uid, now)
                         if view.get("final"):
                             self.final.setdefault(uid, now)
@@ -103,7 +107,8 @@ class _Console(threading.Thread):
         self._stop.set()
 
 
-def _wait_verdict(base: str, uid: str, timeout: float, final: bool = False) -> dict[str, Any] | None:
+def _wait_verdict(base: str, uid: str, timeout: float, final: bool = False,
+                  images: bool = False) -> dict[str, Any] | None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -111,7 +116,8 @@ def _wait_verdict(base: str, uid: str, timeout: float, final: bool = False) -> d
         r = httpx.get(f"{base}/api/series/{uid}", timeout=10)
         if r.status_code == 200:
             rec = r.json()
-            if not final or rec.get("final"):
+            first_only = (rec["verdict"].get("completion") or {}).get("completed_by") == "first_instance"
+            if (not final or rec.get("final")) and not (images and first_only):
                 return rec
         time.sleep(0.05)
     return None
@@ -134,14 +140,15 @@ def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[
         end = time.time()
         ends[uid] = end
         sent_s.append(time.monotonic() - t0)
-        first = _wait_verdict(base, uid, 60)
+        first = _wait_verdict(base, uid, 60, images=True)
         if first is None:
             _log(f"[bench dicom] no verdict for {uid}")
             continue
-        hist = first.get("history") or []
-        first_at = min((_iso(h["verdict_at"]) for h in hist), default=_iso(first["verdict_at"]))
-        stored.append((first_at - end) * 1000)
-        sig = (first["verdict"].get("completion") or {}).get("completed_by", "?")
+        # The first verdict on the images (the first instance's header-only one is not counted).
+        hist = [h for h in first.get("history") or [] if h.get("completed_by") != "first_instance"]
+        first_h = min(hist, key=lambda h: h["id"]) if hist else first
+        stored.append((_iso(first_h["verdict_at"]) - end) * 1000)
+        sig = first_h.get("completed_by") or (first["verdict"].get("completion") or {}).get("completed_by", "?")
         signals[sig] = signals.get(sig, 0) + 1
         deadline = time.monotonic() + 5
         while uid not in console.first and time.monotonic() < deadline:

@@ -320,7 +320,9 @@ async def api_series(request: Request) -> Response:
     records = await _series_records(request, uid)
     latest = records[0]
     return _json({"series_uid": uid, **latest, "history": [
-        {k: r[k] for k in ("id", "station", "source", "received_at", "verdict_at")} | {"status": r["verdict"]["status"]}
+        {k: r[k] for k in ("id", "station", "source", "received_at", "verdict_at", "final", "superseded_by")}
+        | {"status": r["verdict"]["status"],
+           "completed_by": (r["verdict"].get("completion") or {}).get("completed_by")}
         for r in records]})
 
 
