@@ -53,6 +53,7 @@ class _Frame:
     geom: FrameGeometry
     pixels: np.ndarray | None = None  # rescaled float32 (rows, cols), decoded on arrival
     error: ScanQCError | None = None  # decoding failed for this frame's instance
+    key: tuple | None = None  # (orientation, rows, cols), computed once: pydicom attribute access is slow
 
 
 @dataclass
@@ -79,8 +80,10 @@ def _normal(ori: list[float]) -> np.ndarray:
 
 
 def _stack_key(f: _Frame) -> tuple:
-    ori = tuple(np.round(f.geom.orientation, 3)) if f.geom.orientation else None
-    return (ori, int(f.ds.Rows), int(f.ds.Columns))
+    if f.key is None:
+        ori = tuple(np.round(f.geom.orientation, 3)) if f.geom.orientation else None
+        f.key = (ori, int(f.ds.Rows), int(f.ds.Columns))
+    return f.key
 
 
 def _instance_number(ds: Dataset) -> int:
@@ -127,11 +130,16 @@ def _largest_stack(frames: list[_Frame]) -> tuple[list[_Frame], dict[tuple, list
 def stack_state(frames: list[_Frame]) -> StackState:
     """Slices, gaps and duplicates of the largest stack, as pure geometry (no pixels)."""
     frames, _ = _largest_stack(frames)
-    st = StackState(len(frames))
     if not frames or frames[0].geom.orientation is None or any(f.geom.position is None for f in frames):
-        return st
+        return StackState(len(frames))
     normal = _normal(frames[0].geom.orientation)
-    pos = np.sort(np.array([np.dot(f.geom.position, normal) for f in frames]))  # type: ignore[arg-type]
+    return positions_state([float(np.dot(f.geom.position, normal)) for f in frames])  # type: ignore[arg-type]
+
+
+def positions_state(positions: list[float]) -> StackState:
+    """:class:`StackState` of one stack from its slice positions along the normal (any order)."""
+    pos = np.sort(np.asarray(positions, dtype=np.float64))
+    st = StackState(len(pos))
     uniq = np.unique(np.round(pos, 2))
     st.duplicates = len(pos) - len(uniq)
     st.positions = [float(p) for p in uniq]
@@ -303,6 +311,11 @@ class SeriesAssembler:
         self._first_ds: Dataset | None = None
         self._voxels = 0
         self.decode_ms = 0.0
+        # Per stack key: frame count and positions along that stack's normal (None: a frame without geometry),
+        # kept as instances arrive so that stack() costs O(n log n), not a pass over every header.
+        self._stack_n: dict[tuple, int] = {}
+        self._stack_pos: dict[tuple, list[float] | None] = {}
+        self._stack_normal: dict[tuple, np.ndarray] = {}
 
     # -- what has arrived ------------------------------------------------------------------------
     @property
@@ -334,7 +347,23 @@ class SeriesAssembler:
         return [ds for _, ds in self._instances.values()]
 
     def stack(self) -> StackState:
-        return stack_state(self._frames) if self._error is None else StackState(len(self._frames))
+        """Geometry of the largest stack so far (same as :func:`stack_state` of every frame)."""
+        if self._error is not None or not self._stack_n:
+            return StackState(len(self._frames))
+        key = max(self._stack_n, key=lambda k: self._stack_n[k])  # first of equal-sized, as _largest_stack
+        pos = self._stack_pos[key]
+        return positions_state(pos) if pos is not None else StackState(self._stack_n[key])
+
+    def _track(self, frames: list[_Frame]) -> None:
+        for fr in frames:
+            key = _stack_key(fr)
+            self._stack_n[key] = self._stack_n.get(key, 0) + 1
+            pos = self._stack_pos.setdefault(key, [])
+            if pos is None or fr.geom.position is None or fr.geom.orientation is None:
+                self._stack_pos[key] = None
+                continue
+            normal = self._stack_normal.setdefault(key, _normal(fr.geom.orientation))
+            pos.append(float(np.dot(fr.geom.position, normal)))
 
     # -- feeding ---------------------------------------------------------------------------------
     def add(self, ds: Dataset, file: InputFile | Path | str | None = None) -> AddResult:
@@ -388,6 +417,7 @@ class SeriesAssembler:
             _strip_pixels(ds)
             self.decode_ms += (time.perf_counter() - t0) * 1000
         self._frames.extend(frames)
+        self._track(frames)
         return "added"
 
     # -- the series ------------------------------------------------------------------------------

@@ -142,3 +142,18 @@ def test_bad_instance_becomes_the_series_error_not_an_exception(tmp_path: Path) 
     assert streamed.error is not None and streamed.error.code.value == "NO_PIXEL_DATA"
     streamed.input = from_files.input = "x"
     _same(streamed, from_files)
+
+
+def test_incremental_stack_equals_the_pure_geometry_of_all_frames() -> None:
+    from scanqc.ingest.assembler import stack_state
+
+    dss = volume_to_datasets(_volume(n=9), "CT")
+    loc = _roundtrip(dss[0])
+    loc.SOPInstanceUID = pydicom.uid.generate_uid()
+    loc.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    order = [dss[i] for i in (4, 0, 8, 2)] + [loc] + [dss[i] for i in (1, 3, 5, 6, 7)]
+    asm = SeriesAssembler("pushed")
+    for d in order:
+        asm.add(_roundtrip(d))
+        assert asm.stack() == stack_state(asm._frames)
+    assert asm.stack().complete and len(asm.stack().positions) == 9
