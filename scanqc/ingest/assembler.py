@@ -366,9 +366,13 @@ class SeriesAssembler:
             pos.append(float(np.dot(fr.geom.position, normal)))
 
     # -- feeding ---------------------------------------------------------------------------------
-    def add(self, ds: Dataset, file: InputFile | Path | str | None = None) -> AddResult:
-        """Take one instance: validate its size, read its geometry, decode and rescale its frames."""
-        sop = str(ds.get("SOPInstanceUID", "")) or f"__{getattr(file, 'name', file)}"
+    def add(self, ds: Dataset, file: InputFile | Path | str | None = None, sop: str | None = None) -> AddResult:
+        """Take one instance: validate its size, read its geometry, decode and rescale its frames.
+
+        ``sop``: the instance's key when the caller already has one (the receiver's validated UID); by
+        default its SOPInstanceUID (or the file name when it has none).
+        """
+        sop = sop or str(ds.get("SOPInstanceUID", "")) or f"__{getattr(file, 'name', file)}"
         if sop in self._instances:  # the same instance again (a re-send): keep the first
             self._duplicates += 1
             return "duplicate"
@@ -429,7 +433,8 @@ class SeriesAssembler:
         group = list(self._instances.values())
         first = self._first_ds
         if first is None:
-            raise ScanQCError(ErrorCode.NO_IMAGE_SERIES, f"{self.input_name}: no instance received")
+            raise ScanQCError(ErrorCode.NO_IMAGE_SERIES, f"{self.input_name}: no image instance received "
+                                                         "(only non-image objects, or none)")
         uid = str(first.get("SeriesInstanceUID", "")) or None
         modality = str(first.get("Modality", "")) or None
         notes: list[str] = []

@@ -93,6 +93,7 @@ class _Pending:
     last_mono: float
     stations: list[str] = field(default_factory=list)
     sops: set[str] = field(default_factory=set)
+    other: set[str] = field(default_factory=set)  # instances that are no image: in no volume, still covered
     assembler: SeriesAssembler | None = None
     reload: bool = False  # earlier instances are on disk only: assemble from the folder at check time
     lock: threading.Lock = field(default_factory=threading.Lock)  # the assembler's (arrivals vs finish)
@@ -137,18 +138,23 @@ def _input_name(key: SeriesKey, folder: Path | None) -> str:
 
 
 def assemble_folder(folder: Path, limits: Limits = DEFAULT_LIMITS,
-                    into: SeriesAssembler | None = None) -> SeriesAssembler:
-    """Feed every instance file of one series folder to an assembler (a restart, a late instance)."""
+                    into: SeriesAssembler | None = None) -> tuple[SeriesAssembler, set[str]]:
+    """Feed every instance file of one series folder (``<SOPInstanceUID>.dcm``) to an assembler (a restart,
+    a late instance). Returns it and the instances that are no image (unreadable, or e.g. an SR)."""
     asm = into or SeriesAssembler(str(folder), limits)
+    other: set[str] = set()
     for e in sorted(_dcm_files(folder), key=lambda e: e.name):
+        sop = e.name[:-4]
         try:
             ds = read_file(Path(e.path), e.name)
             if non_image_reason(ds):
+                other.add(sop)
                 continue
         except ScanQCError:
-            continue  # acknowledged but unreadable: the series is checked without it
-        asm.add(ds, InputFile(Path(e.path), e.path))
-    return asm
+            other.add(sop)  # acknowledged but unreadable: the series is checked without it
+            continue
+        asm.add(ds, InputFile(Path(e.path), e.path), sop=sop)
+    return asm, other
 
 
 class SeriesTracker:
@@ -250,9 +256,12 @@ class SeriesTracker:
             p.assoc_count += 1
             p.released = False
             asm = p.assembler
-        if asm is not None and ds is not None:
+        if ds is None:
+            with self._lock:
+                p.other.add(sop)  # not an image (or unreadable): covered by the series' verdict as it is
+        elif asm is not None:
             with p.lock:  # decode outside the tracker lock: other series keep flowing
-                asm.add(ds, file)
+                asm.add(ds, file, sop=sop)
                 stack, n_frames = asm.stack(), asm.n_frames
                 expected = expected_frames(asm) if self._may_expect(asm) else None
             with self._lock:
@@ -373,12 +382,19 @@ class SeriesTracker:
                 if reload or p.assembler is None:
                     p.assembler = SeriesAssembler(_input_name(p.key, p.folder), self.limits)
                 asm = p.assembler
+            other: set[str] = set()
             if reload and p.folder is not None:
-                assemble_folder(p.folder, self.limits, into=asm)
-            series = asm.finish()
+                _, other = assemble_folder(p.folder, self.limits, into=asm)
+            try:
+                series = asm.finish()
+            except ScanQCError as exc:  # nothing but non-image objects (an SR, a key object...): say so
+                series = Series(input=_input_name(p.key, p.folder), series_uid=p.key[2], modality=None,
+                                volume=None, source="dicom", n_instances=0, error=exc)
+            in_series = asm.sop_uids  # exactly what this verdict sees (an instance may be on its way in)
         with self._lock:
-            p.sops |= asm.sop_uids  # what was on disk only
-            snapshot = set(p.sops)
+            p.other |= other
+            snapshot = in_series | p.other
+            p.sops |= snapshot  # what was on disk only
             n_stations = len(p.stations)
             new = len(snapshot - p.checked_sops) if p.checked_sops is not None else 0
 

@@ -358,3 +358,26 @@ def test_orthanc_routed_push_keeps_the_scanner_station(tmp_path: Path, env: Call
         assert rec["station"] == "SCANNER3" and rec["site_id"] == "site-b"  # the scanner's AE, not ORTHANC
         e.wait(lambda: e.rows(uid)[0]["final"], timeout=20)
     assert len(e.live(uid)) == 1
+
+
+def test_a_series_of_non_image_objects_gets_an_error_verdict_not_silence(env: Callable[..., Env]) -> None:
+    from pydicom.uid import generate_uid
+    from pynetdicom.sop_class import SecondaryCaptureImageStorage
+
+    e = env(quiet_period_s=1.0)
+    base = make_series(1, seed=30)[0]
+    doc = Dataset()
+    for kw in ("PatientName", "StudyInstanceUID"):
+        setattr(doc, kw, getattr(base, kw))
+    doc.SeriesInstanceUID, doc.SOPInstanceUID = str(generate_uid()), str(generate_uid())
+    doc.SOPClassUID, doc.Modality = SecondaryCaptureImageStorage, "DOC"  # a scanned document, no pixels
+    doc.file_meta = base.file_meta
+    ae = AE(ae_title="SCANNER1")
+    ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", e.port, ae_title="SCANQC")
+    try:
+        assert int(assoc.send_c_store(doc).Status) == 0
+    finally:
+        assoc.release()
+    (rec,) = e.wait(lambda: e.rows(doc.SeriesInstanceUID), timeout=10)
+    assert rec["verdict"]["status"] == "error" and rec["verdict"]["error"]["code"] == "NO_IMAGE_SERIES"
