@@ -272,7 +272,14 @@ class Processor:
                     log.info("series %s: provisional verdict overtaken by new instances; not shown",
                              series.series_uid)
                     return []
+            # Everything this verdict replaces: what the tracker knows, plus whatever the store still shows
+            # for the series at this site (a provisional verdict from before a restart, an older final one).
             replaces = list(getattr(arrival, "replaces", ()) or ())
+            try:
+                replaces += [i for i in self.store.live_verdict_ids(site, series.series_uid, series.study_uid)
+                             if i not in replaces]
+            except Exception:
+                log.warning("series %s: earlier verdicts not looked up", series.series_uid, exc_info=True)
             self._write_preview(series, site)
             out: list[Processed] = []
             for i, station in enumerate(dict.fromkeys(stations) or [""]):

@@ -437,6 +437,17 @@ class Store:
                 out.append(self._verdict_out(row))
         return out
 
+    def live_verdict_ids(self, site_id: str, series_uid: str | None, study_uid: str | None = None) -> list[int]:
+        """Verdicts of a series at a site that nothing has replaced yet (any station), oldest first."""
+        if not series_uid:
+            return []
+        with self.session() as s:
+            q = select(VerdictRow.id).where(VerdictRow.site_id == site_id, VerdictRow.series_uid == series_uid,
+                                            VerdictRow.superseded_by.is_(None))
+            if study_uid:
+                q = q.where(VerdictRow.study_uid == study_uid)
+            return list(s.scalars(q.order_by(VerdictRow.id)))
+
     def change_marker(self) -> tuple[int, int]:
         """Changes to any console's view: (newest verdict id, final verdicts), polled across processes."""
         with self.session() as s:
