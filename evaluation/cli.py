@@ -88,6 +88,11 @@ def bench(
     mr_slices: Annotated[int, typer.Option(help="slices of the MR series")] = 176,
     models: Annotated[Path | None, typer.Option(
         "--models", help="models folder for the in-process and torch parts (CLI and service use the promoted)")] = None,
+    dicom: Annotated[bool, typer.Option("--dicom/--no-dicom", help="storescu (and Orthanc-routed) pushes of the "
+                                        "samples to `scanqc serve`: last instance -> verdict / console event")] = False,
+    pushes: Annotated[int, typer.Option(help="DICOM pushes per sample and route")] = 10,
+    in_process: Annotated[bool, typer.Option("--in-process/--no-in-process",
+                                             help="the in-process check, floor and CLI parts")] = True,
 ) -> None:
     """Latency of `check` (stages, floor, torch eager), service throughput and memory; JSON + Markdown."""
     from scanqc.evaluation.benchmark import run_bench
@@ -98,7 +103,8 @@ def bench(
         res = run_bench(out, runs=runs, kinds=[s.strip() for s in series.split(",") if s.strip()],
                         service=service, clients=[int(c) for c in clients.split(",") if c.strip()],
                         requests_per_client=requests_per_client, torch_eager=torch_eager, cache=cache,
-                        ct_slices=ct_slices, mr_slices=mr_slices, command=_command_line(), models_dir=models)
+                        ct_slices=ct_slices, mr_slices=mr_slices, command=_command_line(), models_dir=models,
+                        dicom=dicom, pushes=pushes, in_process=in_process)
     except ScanQCError as exc:
         _fail(exc)
     typer.echo((out / "bench.md").read_text())

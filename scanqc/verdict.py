@@ -88,6 +88,10 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     kind: Literal["patient", "phantom"] = "patient"  # phantom series never count in patient QC figures
+    # False while more instances of the series may still arrive (a verdict from a fast completion signal,
+    # replaced or confirmed later; see docs/dicom.md). ``completion``: which signal decided, what it replaces.
+    final: bool = True
+    completion: dict[str, Any] | None = None
 
     @property
     def actions(self) -> list[str]:
@@ -121,7 +125,10 @@ class Verdict:
             notes=self.notes,
             timings_ms={k: round(v, 2) for k, v in self.timings_ms.items()},
             kind=self.kind,
+            final=self.final,
         )
+        if self.completion is not None:
+            d["completion"] = self.completion
         return d
 
     @classmethod
@@ -143,6 +150,8 @@ class Verdict:
             notes=list(d.get("notes", [])),
             timings_ms=dict(d.get("timings_ms", {})),
             kind=d.get("kind", "patient"),
+            final=bool(d.get("final", True)),
+            completion=d.get("completion"),
         )
 
     @classmethod

@@ -45,7 +45,11 @@ class Settings:
     dicom_port: int = 11112
     dicom_ae_title: str = "SCANQC"
     dicom_enabled: bool = True
-    quiet_period_s: float = 5.0  # a series is complete after this long without a new instance
+    quiet_period_s: float = 5.0  # a series is complete after this long without a new instance (upper bound)
+    # Provisional verdicts from the fast DICOM completion signals (association release, geometry, adaptive
+    # quiet period; docs/dicom.md); off = only MPPS, expected count and the quiet period complete a series.
+    dicom_adaptive: bool = True
+    dicom_min_quiet_s: float = 0.2  # the adaptive quiet period's floor
     ae_sites: dict[str, str] = field(default_factory=dict)  # calling AE title -> site id
     studies: dict[str, str] = field(default_factory=dict)  # study id -> guideline file or shipped name
     site_studies: dict[str, str] = field(default_factory=dict)  # site id -> default study id

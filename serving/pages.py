@@ -41,6 +41,12 @@ header{background:#000} #banner{flex:0 0 auto;padding:3vh 4vw;text-align:center;
 #actions li{font-weight:700;margin:.4em 0} #reasons li{margin:.3em 0;opacity:.9}
 .meta{opacity:.7;font-size:2vh} #conn{margin-left:auto;font-size:.9rem}
 .flash{animation:flash 1s ease-out} @keyframes flash{from{filter:brightness(1.8)}to{filter:none}}
+#state{font-size:3vh;font-weight:700;margin-top:.6vh;letter-spacing:.04em}
+#state[data-final="false"]{background:#0008;display:inline-block;padding:.1em .6em;border-radius:.3em}
+#update{font-size:2.6vh;margin-top:.4vh;font-weight:700}
+#preview{display:block;max-width:100%;height:auto;image-rendering:pixelated;margin:.4em 0 1em;background:#000}
+#checks{list-style:none;padding:0;font-size:2.4vh} #checks li{margin:.2em 0}
+#checks li b{display:inline-block;min-width:6em}
 """
 
 _CONSOLE_JS = """
@@ -58,6 +64,18 @@ function render(v) {
   document.getElementById("series").textContent = v ? [v.modality, v.series_number != null ? "#" + v.series_number : "",
     v.series_description || "(no description)", v.n_instances ? v.n_instances + " images" : ""]
     .filter(Boolean).join("  ") : "No series checked yet at this station";
+  const state = document.getElementById("state");
+  state.dataset.final = v ? String(v.final !== false) : "";
+  state.textContent = !v ? "" : (v.final === false ?
+    "PROVISIONAL - more images may still arrive" : "final");
+  document.getElementById("update").textContent = v && v.update ? v.update : "";
+  const img = document.getElementById("preview");
+  if (v && v.preview) { img.src = v.preview + "?v=" + v.verdict_id; img.hidden = false; } else { img.hidden = true; }
+  document.getElementById("checks").replaceChildren(...li(v ? (v.checks || []) : [], c => c.check + "  " +
+    c.status.toUpperCase() + (c.message ? "  " + c.message : "")));
+  for (const [i, e] of [...document.getElementById("checks").children].entries()) {
+    e.dataset.status = v.checks[i].status; }
+  document.getElementById("checks-title").hidden = !(v && v.checks && v.checks.length);
   document.getElementById("actions").replaceChildren(...li(v ? v.actions : [], a => a));
   document.getElementById("action-title").hidden = !(v && v.actions.length);
   document.getElementById("reasons").replaceChildren(...li(v ? v.reasons : [], r => r.check + ": " + r.message));
@@ -88,9 +106,12 @@ def console_page(station: str, view: dict[str, Any] | None) -> str:
 <style>{_BASE_CSS}{_CONSOLE_CSS}</style></head><body>
 <header><strong>scanqc console</strong><span>station <b id="station">{_e(station)}</b></span>
 <span id="conn" data-state="connecting">connecting...</span></header>
-<section id="banner" data-status="none"><div id="status">WAITING</div><div id="series"></div></section>
+<section id="banner" data-status="none"><div id="status">WAITING</div><div id="series"></div>
+<div id="state"></div><div id="update"></div></section>
 <section id="body"><h3 id="action-title" hidden>Action</h3><ol id="actions"></ol>
-<h3 id="reason-title" hidden>Why</h3><ul id="reasons"></ul><p class="meta" id="when"></p></section>
+<h3 id="reason-title" hidden>Why</h3><ul id="reasons"></ul>
+<img id="preview" alt="middle slice in each plane" hidden>
+<h3 id="checks-title" hidden>Every check</h3><ul id="checks"></ul><p class="meta" id="when"></p></section>
 <script>{js}</script></body></html>"""
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.guideline import Guideline, load_guideline, parse_guideline, shipped_guideline_path
 from scanqc.io.dicom import acquisition_datetime, valid_uid
 from scanqc.limits import Limits
-from scanqc.pipeline import apply_required_series, check_path, default_checks
+from scanqc.pipeline import apply_required_series, check_path, check_series, default_checks
 from scanqc.series import Series
 from scanqc.verdict import CheckResult, Verdict
 
@@ -211,6 +213,8 @@ class Processor:
                 verdicts = [_checked_uids(v) for v in verdicts]
                 if complete_study:
                     apply_required_series(verdicts, guideline, visit, taps)
+                for tapped_series in taps.values():
+                    self._write_preview(tapped_series, site)
                 return self._record(verdicts, taps, site=site, station=station, source=source, study=study,
                                     received_at=received_at)
             return self._record(verdicts, {}, site=site, station=station, source=source, study=study,
@@ -226,6 +230,161 @@ class Processor:
         site = site_id or self.settings.default_site
         return self._record([Verdict.from_error(str(folder), code, message)], {}, site=site, station=station,
                             source=source, study=study_id, received_at=received_at)
+
+    def process_series(self, series: Series, *, site_id: str | None, stations: Sequence[str], source: str,
+                       received_at: dt.datetime, arrival: Any = None) -> list[Processed]:
+        """Check a series assembled on arrival (no file is read again) and store one verdict per station.
+
+        ``arrival`` (``scanqc.ingest.tracker.SeriesArrival``) says which signal completed the series, whether
+        the verdict is final, and which earlier verdicts it replaces; a provisional verdict overtaken by new
+        instances while it was being checked (``arrival.is_current()`` false) is not stored. Never raises
+        for bad input (as :meth:`process_folder`).
+        """
+        if received_at.tzinfo is None:
+            received_at = received_at.replace(tzinfo=dt.timezone.utc)
+        site = site_id or self.settings.default_site
+        study = self.study_for(site, None)
+        final = bool(getattr(arrival, "final", True))
+        with self._lock:
+            self._in_flight[source] += 1
+        try:
+            t0 = time.perf_counter()
+            try:
+                guideline = self.guideline_for(study)
+            except ScanQCError as exc:
+                verdict = Verdict.from_error(series.input, exc.code.value, exc.message,
+                                             series_uid=series.series_uid, modality=series.modality)
+            else:
+                checks = self.checks if self.checks is not None else default_checks()
+                # elapsed_ms = time after the last instance: stacking the volume (not the decoding, done as
+                # instances arrived) plus the checks.
+                started = t0 - float(series.timings_ms.get("assemble", 0.0)) / 1000
+                verdict = check_series(series, guideline, models=self.models, infer=self.infer, checks=checks,
+                                       started=started)
+            verdict.final = final
+            if arrival is not None:
+                n_new = int(getattr(arrival, "n_new", 0) or 0)
+                verdict.completion = {"completed_by": arrival.completed_by, "final": final, "updated_with": n_new,
+                                      "replaces": list(arrival.replaces), "stations": list(stations)}
+                if arrival.replaces and n_new:
+                    verdict.notes.insert(0, f"updated: {n_new} more image{'s' if n_new != 1 else ''}")
+                if not arrival.is_current():
+                    log.info("series %s: provisional verdict overtaken by new instances; not shown",
+                             series.series_uid)
+                    return []
+            # Everything this verdict replaces: what the tracker knows, plus whatever the store still shows
+            # for the series at this site (a provisional verdict from before a restart, an older final one).
+            replaces = list(getattr(arrival, "replaces", ()) or ())
+            try:
+                replaces += [i for i in self.store.live_verdict_ids(site, series.series_uid, series.study_uid)
+                             if i not in replaces]
+            except Exception:
+                log.warning("series %s: earlier verdicts not looked up", series.series_uid, exc_info=True)
+            self._write_preview(series, site)
+            out: list[Processed] = []
+            for i, station in enumerate(dict.fromkeys(stations) or [""]):
+                # One row per station that sent the series, so each console shows it; queries once.
+                out += self._record_one(verdict, series, site=site, station=station, source=source, study=study,
+                                        received_at=received_at, final=final, open_queries=final and i == 0,
+                                        replaces=replaces if i == 0 else [])
+            return out
+        finally:
+            with self._lock:
+                self._in_flight[source] -= 1
+
+    def process_header(self, series: Series, *, site_id: str | None, stations: Sequence[str], source: str,
+                       received_at: dt.datetime, arrival: Any = None) -> list[Processed]:
+        """The header checks (protocol, de-identification, visit window) of a series' first instance, stored
+        as a provisional verdict so the console shows them while the rest arrives; the series' own verdict
+        replaces it. The model and integrity checks say they wait for the series."""
+        from scanqc.pipeline import HEADER_CHECKS, MODEL_CHECKS
+
+        site = site_id or self.settings.default_site
+        study = self.study_for(site, None)
+        try:
+            guideline = self.guideline_for(study)
+        except ScanQCError:
+            return []  # the series' own verdict reports it
+        header_checks = [c for c in HEADER_CHECKS if c.name != "integrity"]
+        verdict = check_series(series, guideline, models=self.models, infer=self.infer, checks=header_checks)
+        waiting = CheckResult.skipped("waiting for the rest of the series")
+        for c in [*(c for c in HEADER_CHECKS if c.name == "integrity"), *MODEL_CHECKS]:
+            verdict.checks[c.name] = waiting
+        verdict.final = False
+        verdict.completion = {"completed_by": "first_instance", "final": False, "updated_with": 0, "replaces": [],
+                              "stations": list(stations)}
+        verdict.notes.insert(0, "receiving: header checks of the first image; the images are checked when the "
+                                "series is complete")
+        out: list[Processed] = []
+        for station in dict.fromkeys(stations) or [""]:
+            out += self._record_one(verdict, series, site=site, station=station, source=source, study=study,
+                                    received_at=received_at, final=False, open_queries=False, replaces=[])
+        return out
+
+    def _write_preview(self, series: Series, site: str) -> None:
+        """The console's mid-slice preview of the series (best effort: never costs a verdict)."""
+        if series.volume is None:
+            return
+        try:
+            from scanqc.serving.preview import preview_path, preview_png
+
+            path = preview_path(self.settings.data_dir, site, series.study_uid, series.series_uid)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(preview_png(series.volume, series.modality))
+            os.replace(tmp, path)
+        except Exception:
+            log.warning("series %s: preview not written", series.series_uid, exc_info=True)
+
+    def finalize(self, verdict_ids: Sequence[int], *, completed_by: str) -> list[Verdict]:
+        """Mark provisional verdicts final (nothing arrived since): opens their queries, tells listeners."""
+        try:
+            rows = self.store.finalize_verdicts(list(verdict_ids), completed_by=completed_by)
+        except Exception as exc:
+            log.error("finalizing verdicts %s failed: %s", list(verdict_ids), type(exc).__name__)
+            raise
+        out: list[Verdict] = []
+        now = dt.datetime.now(dt.timezone.utc)
+        for rec in rows:
+            v = Verdict.from_dict(rec["verdict"])
+            out.append(v)
+            received = dt.datetime.fromisoformat(rec["received_at"]) if rec.get("received_at") else now
+            if received.tzinfo is None:
+                received = received.replace(tzinfo=dt.timezone.utc)
+            event = Processed(v, rec["id"], rec["site_id"], rec["station"], rec["source"], rec.get("study_id"),
+                              received, now)
+            for listener in list(self.listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    log.warning("verdict listener failed", exc_info=True)
+        return out
+
+    def _record_one(self, v: Verdict, series: Series | None, *, site: str, station: str, source: str,
+                    study: str | None, received_at: dt.datetime, final: bool, open_queries: bool,
+                    replaces: list[int]) -> list[Processed]:
+        patient = accession = None
+        if series is not None:
+            patient = series.get("PatientID") or series.get("PatientName")
+            accession = series.get("AccessionNumber")
+        try:
+            vid = self.store.save_verdict(
+                v, site_id=site, station=station, source=source, received_at=received_at,
+                acquired_at=_dicom_datetime(series), study_id=study,
+                patient_hash=self.settings.hash_identifier(patient),
+                accession_hash=self.settings.hash_identifier(accession),
+                open_queries=open_queries, final=final, replaces=replaces,
+            )
+        except Exception as exc:
+            log.error("storing verdict for series %s failed: %s", v.series_uid, type(exc).__name__)
+            raise  # the tracker retries, then leaves the series for the next start
+        event = Processed(v, vid, site, station, source, study, received_at, dt.datetime.now(dt.timezone.utc))
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.warning("verdict listener failed", exc_info=True)
+        return [event]
 
     def _record(self, verdicts: list[Verdict], taps: dict[str, Series], *, site: str, station: str,
                 source: str, study: str | None, received_at: dt.datetime) -> list[tuple[Verdict, int | None]]:

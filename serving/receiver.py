@@ -2,11 +2,13 @@
 
 Scanners C-STORE instances; each one is written durably (temp file, fsync, atomic rename, directory
 fsync) to ``<data_dir>/incoming/<site>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` *before* the
-success status goes back, so nothing acknowledged can be lost. A series is complete after
-``quiet_period_s`` without a new instance, or earlier when an MPPS COMPLETED/DISCONTINUED names it
-(and every image it references has arrived). Completion calls ``on_series_complete(folder, meta)``;
-after it returns, a ``.verdict`` marker lists the files it saw. On start, series folders whose files
-are not all covered by a marker are queued again.
+success status goes back, so nothing acknowledged can be lost; the same dataset is then decoded into the
+series' assembler (:mod:`scanqc.ingest`), so a complete series needs only its model checks. Pending series
+are keyed by (site, study, series). When a completion signal fires (:mod:`scanqc.ingest.completion`: MPPS
+from the sender's site, expected count, geometry, association release, adaptive or configured quiet
+period) ``on_series_complete(folder, meta)`` runs with the assembled ``meta.series``; provisional verdicts
+are confirmed through ``on_series_final`` or replaced. After the final verdict a ``.verdict`` marker lists
+the files it saw. On start, series folders whose files are not all covered by a marker are queued again.
 
 Logs carry UIDs and AE titles only, never patient attributes. See docs/dicom.md.
 """
@@ -21,13 +23,11 @@ import os
 import re
 import socket
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -62,7 +62,12 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from scanqc.ingest.completion import CompletionPolicy
+from scanqc.ingest.tracker import SeriesArrival, SeriesKey, SeriesTracker
+from scanqc.io.dicom import non_image_reason
 from scanqc.io.durable import atomic_write, fsync_dir
+
+__all__ = ["Receiver", "ReceiverConfig", "SeriesArrival", "make_receiver", "run_receiver"]
 
 log = logging.getLogger("scanqc.receiver")
 
@@ -90,6 +95,7 @@ INVALID_VALUE = 0x0106
 
 MARKER = ".verdict"
 ARRIVAL = ".arrival.json"
+PROVISIONAL = ".provisional.json"  # ids of the provisional verdict shown, until the final one
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _FINAL_MPPS = ("COMPLETED", "DISCONTINUED")
 _MAX_MPPS = 1000  # open MPPS instances kept in memory; oldest dropped first
@@ -135,6 +141,11 @@ class ReceiverConfig:
     retry_delay_s: float = 5.0
     sr_destination: str | None = None  # "AE@host:port": C-STORE the verdict SR there (off by default)
     max_instances: int = 5000  # per series: more are refused (bounded disk and tracker memory)
+    adaptive: bool = True  # provisional verdicts from the fast signals (release, geometry, adaptive quiet)
+    min_quiet_s: float = 0.2  # the adaptive quiet period's floor
+
+    def policy(self) -> CompletionPolicy:
+        return CompletionPolicy(self.quiet_period_s, adaptive=self.adaptive, min_quiet_s=self.min_quiet_s)
 
     @property
     def accepts_any(self) -> bool:
@@ -153,31 +164,12 @@ class ReceiverConfig:
         for attr, name in (("dicom_host", "host"), ("dicom_accept_unknown_ae", "accept_unknown_ae"),
                            ("default_site", "default_site"), ("dicom_tcp_nodelay", "tcp_nodelay"),
                            ("dicom_workers", "workers"), ("dicom_sr_destination", "sr_destination"),
-                           ("max_instances", "max_instances")):
+                           ("max_instances", "max_instances"), ("dicom_adaptive", "adaptive"),
+                           ("dicom_min_quiet_s", "min_quiet_s")):
             if getattr(settings, attr, None) is not None:
                 kw[name] = getattr(settings, attr)
         kw.update(overrides)
         return cls(**kw)
-
-
-@dataclass(frozen=True)
-class SeriesArrival:
-    """What the completion callback learns about a series besides its folder."""
-
-    site_id: str
-    station: str  # calling AE title of the first association that sent the series
-    study_uid: str
-    series_uid: str
-    first_received: dt.datetime  # UTC
-    last_received: dt.datetime  # UTC
-    n_instances: int  # .dcm files in the folder when completion fired
-    completed_by: Literal["quiet_period", "mpps", "restart"]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["first_received"] = self.first_received.isoformat()
-        d["last_received"] = self.last_received.isoformat()
-        return d
 
 
 OnSeriesComplete = Callable[[Path, SeriesArrival], Any]
@@ -195,47 +187,35 @@ def _dcm_files(folder: Path) -> list[os.DirEntry]:
         return [e for e in it if e.name.endswith(".dcm") and not e.name.startswith(".") and e.is_file()]
 
 
-# ---------------------------------------------------------------------------------------------
-# Series tracking
-
-
-@dataclass
-class _Pending:
-    site: str
-    study: str
-    series: str
-    folder: Path
-    station: str
-    first: dt.datetime
-    last: dt.datetime
-    last_mono: float
-    sops: set[str] = field(default_factory=set)
-    expected: set[str] | None = None  # SOP UIDs an MPPS said belong to the series
-    mpps_final: bool = False
-    recovered: bool = False
-    attempts: int = 0
-    not_before: float = 0.0  # retry back-off
-
-
 class Receiver:
-    """Storage/Verification/MPPS SCP plus the series tracker. ``start()`` returns; ``serve()`` blocks."""
+    """Storage/Verification/MPPS SCP in front of a :class:`SeriesTracker`. ``start()`` returns; ``serve()`` blocks.
 
-    def __init__(self, settings: Any, on_series_complete: OnSeriesComplete, **overrides: Any) -> None:
+    ``on_series_complete(folder, meta)`` checks a series (``meta.series`` is assembled, ``meta.final`` says
+    whether a later instance is still expected) and returns the stored verdict ids; ``on_series_final(folder,
+    meta)`` confirms the provisional verdicts ``meta.replaces`` without a re-check.
+    """
+
+    def __init__(self, settings: Any, on_series_complete: OnSeriesComplete,
+                 on_series_final: OnSeriesComplete | None = None, on_first_instance: OnSeriesComplete | None = None,
+                 **overrides: Any) -> None:
         self.cfg = ReceiverConfig.from_settings(settings, **overrides)
         self.on_series_complete = on_series_complete
         self.incoming = Path(self.cfg.data_dir) / "incoming"
         self._lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}  # by SeriesInstanceUID (globally unique)
-        self._in_flight: set[str] = set()
-        self._mpps: OrderedDict[str, Dataset] = OrderedDict()
-        self._mpps_expected: dict[str, set[str]] = {}  # series UID -> SOPs, for series not arrived yet
+        self._mpps: OrderedDict[str, tuple[str, Dataset]] = OrderedDict()  # uid -> (creating site, dataset)
         self._known_dirs: set[Path] = set()
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self.completed = 0  # callbacks that returned, for health pages
+        self.tracker = SeriesTracker(self.cfg.policy(), on_series_complete, on_finalize=on_series_final,
+                                     on_final=_on_final, on_provisional=_on_provisional,
+                                     on_first=on_first_instance if self.cfg.adaptive else None,
+                                     workers=self.cfg.workers, retries=self.cfg.retries,
+                                     retry_delay_s=self.cfg.retry_delay_s, max_instances=self.cfg.max_instances)
+
+    @property
+    def completed(self) -> int:
+        """Series whose final verdict is stored, for health pages."""
+        return self.tracker.completed
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -259,18 +239,17 @@ class Receiver:
             ae.require_calling_aet = list(self.cfg.ae_sites)
         handlers = [(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_N_CREATE, self._on_n_create),
                     (evt.EVT_N_SET, self._on_n_set), (evt.EVT_ACCEPTED, self._on_accepted),
-                    (evt.EVT_REJECTED, self._on_rejected)]
+                    (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_RELEASED, self._on_released)]
         if self.cfg.tcp_nodelay:
             handlers.append((evt.EVT_CONN_OPEN, _set_nodelay))
             if hasattr(socket, "TCP_QUICKACK"):
                 handlers.append((evt.EVT_PDU_RECV, _quickack))
         self._stop.clear()
-        self._pool = ThreadPoolExecutor(max(1, self.cfg.workers), thread_name_prefix="scanqc-series")
-        self._thread = threading.Thread(target=self._tracker_loop, name="scanqc-series-tracker", daemon=True)
-        self._thread.start()
+        self.tracker.start()
         self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
-        log.info("DICOM receiver %s listening on %s:%d (accept unknown AEs: %s, quiet period %.1fs)",
-                 self.cfg.ae_title, self.cfg.host, self.port, self.cfg.accepts_any, self.cfg.quiet_period_s)
+        log.info("DICOM receiver %s listening on %s:%d (accept unknown AEs: %s, quiet period %.1fs, adaptive %s)",
+                 self.cfg.ae_title, self.cfg.host, self.port, self.cfg.accepts_any, self.cfg.quiet_period_s,
+                 self.cfg.adaptive)
         return self
 
     def serve(self) -> None:
@@ -286,16 +265,10 @@ class Receiver:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let running checks finish; unfinished series stay on disk for the next start."""
         self._stop.set()
-        self._wake.set()
         if self._server is not None:
             self._server.shutdown()  # closes the listener and aborts open associations
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self.tracker.stop(timeout)
 
     def __enter__(self) -> Receiver:
         return self.start()
@@ -316,6 +289,9 @@ class Receiver:
         log.warning("association rejected from %s (calling AE not in ae_sites?)",
                     event.assoc.requestor.ae_title)
 
+    def _on_released(self, event: evt.Event) -> None:
+        self.tracker.released(id(event.assoc))
+
     def _on_c_store(self, event: evt.Event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
         try:
@@ -330,11 +306,9 @@ class Receiver:
             log.warning("C-STORE from %s: missing or invalid Study/Series/SOP Instance UID", calling)
             return CANNOT_UNDERSTAND
         site = self._site_for(calling)
+        key: SeriesKey = (site, study, series)
         folder = self.incoming / site / study / series
-        with self._lock:
-            p = self._pending.get(series)
-            over = p is not None and sop not in p.sops and len(p.sops) >= self.cfg.max_instances
-        if over:
+        if self.tracker.would_overflow(key, sop):
             log.warning("C-STORE %s from %s: series %s already has %d instances (max_instances); refused",
                         sop, calling, series, self.cfg.max_instances)
             return OUT_OF_RESOURCES
@@ -344,7 +318,15 @@ class Receiver:
         except OSError as exc:
             log.error("C-STORE %s (series %s from %s) not written: %s", sop, series, calling, exc)
             return OUT_OF_RESOURCES
-        self._arrived(site, study, series, folder, sop, calling)
+        # Acknowledged from here on. Decode into the series' assembler now, while the bytes are in memory.
+        image = None
+        try:
+            ds.file_meta = event.file_meta
+            image = None if non_image_reason(ds) else ds
+        except Exception:  # a malformed header is the series' problem, reported by its verdict
+            image = None
+        self.tracker.add(key, sop, image, folder / f"{sop}.dcm", station=calling, folder=folder,
+                         assoc=id(event.assoc))
         return SUCCESS
 
     def _store(self, folder: Path, name: str, data: bytes, calling: str) -> None:
@@ -374,20 +356,7 @@ class Receiver:
             atomic_write(folder / ARRIVAL, json.dumps(info).encode())
         self._known_dirs.add(folder)
 
-    def _arrived(self, site: str, study: str, series: str, folder: Path, sop: str, calling: str) -> None:
-        now, mono = _now(), time.monotonic()
-        with self._lock:
-            p = self._pending.get(series)
-            if p is None:
-                p = self._pending[series] = _Pending(site, study, series, folder, calling, now, now, mono,
-                                                     expected=self._mpps_expected.pop(series, None))
-                log.info("series %s (study %s) started from %s", series, study, calling)
-            p.sops.add(sop)
-            p.last, p.last_mono = now, mono
-            if p.mpps_final or p.expected is not None:
-                self._wake.set()
-
-    # -- MPPS ----------------------------------------------------------------------------------
+    # -- MPPS (each instance belongs to the site that created it) -------------------------------
 
     def _on_n_create(self, event: evt.Event) -> tuple[int, Dataset | None]:
         req = event.request
@@ -395,6 +364,7 @@ class Receiver:
         attrs = event.attribute_list
         if "PerformedProcedureStepStatus" not in attrs:
             return MISSING_ATTRIBUTE, None
+        site = self._site_for(str(event.assoc.requestor.ae_title))
         with self._lock:
             if uid in self._mpps:
                 return DUPLICATE_INSTANCE, None
@@ -402,28 +372,30 @@ class Receiver:
             ds.SOPClassUID = ModalityPerformedProcedureStep
             ds.SOPInstanceUID = uid
             ds.update(attrs)
-            self._mpps[uid] = ds
+            self._mpps[uid] = (site, ds)
             while len(self._mpps) > _MAX_MPPS:
                 self._mpps.popitem(last=False)
         log.info("MPPS %s created by %s: %s", uid, event.assoc.requestor.ae_title,
                  attrs.PerformedProcedureStepStatus)
-        self._mpps_update(ds)
+        self._mpps_update(site, ds)
         return SUCCESS, ds
 
     def _on_n_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
         uid = str(event.request.RequestedSOPInstanceUID)
+        site = self._site_for(str(event.assoc.requestor.ae_title))
         with self._lock:
-            ds = self._mpps.get(uid)
-            if ds is None:
+            entry = self._mpps.get(uid)
+            if entry is None or entry[0] != site:  # another site's step does not exist for this sender
                 return NO_SUCH_OBJECT, None
+            ds = entry[1]
             ds.update(event.modification_list)
         log.info("MPPS %s set by %s: %s", uid, event.assoc.requestor.ae_title,
                  ds.get("PerformedProcedureStepStatus"))
-        self._mpps_update(ds)
+        self._mpps_update(site, ds)
         return SUCCESS, ds
 
-    def _mpps_update(self, ds: Dataset) -> None:
-        """COMPLETED/DISCONTINUED: the listed series (or, if none listed, the study's) are done."""
+    def _mpps_update(self, site: str, ds: Dataset) -> None:
+        """COMPLETED/DISCONTINUED: the listed series (or, if none listed, the study's) of ``site`` are done."""
         if str(ds.get("PerformedProcedureStepStatus", "")).upper() not in _FINAL_MPPS:
             return
         series_refs: dict[str, set[str] | None] = {}
@@ -435,89 +407,14 @@ class Receiver:
                     if "ReferencedSOPInstanceUID" in r}
             series_refs[s] = sops or None
         scheduled = ds.get("ScheduledStepAttributesSequence", []) or []
-        studies = {_valid_uid(i.get("StudyInstanceUID")) for i in scheduled}
-        studies.discard(None)
-        with self._lock:
-            if series_refs:
-                for s, sops in series_refs.items():
-                    p = self._pending.get(s)
-                    if p is not None:
-                        p.mpps_final, p.expected = True, sops
-                    elif sops:  # images still on their way: complete once all have arrived
-                        self._mpps_expected[s] = sops
-            else:
-                for p in self._pending.values():
-                    if p.study in studies:
-                        p.mpps_final = True
-            with self._lock_free_wake():
-                pass
-        self._wake.set()
-
-    @contextlib.contextmanager
-    def _lock_free_wake(self):
-        yield
-
-    # -- completion ----------------------------------------------------------------------------
-
-    def _due(self, p: _Pending, mono: float) -> Literal["quiet_period", "mpps", "restart"] | None:
-        if mono < p.not_before or p.series in self._in_flight:
-            return None
-        # MPPS final: done now, unless it listed images that have not all arrived yet.
-        if (p.mpps_final or p.expected is not None) and (p.expected is None or p.expected <= p.sops):
-            return "mpps"
-        if mono - p.last_mono >= self.cfg.quiet_period_s:
-            return "restart" if p.recovered else "quiet_period"
-        return None
-
-    def _tracker_loop(self) -> None:
-        tick = min(0.25, max(0.02, self.cfg.quiet_period_s / 10))
-        while not self._stop.is_set():
-            self._wake.wait(tick)
-            self._wake.clear()
-            mono = time.monotonic()
-            due: list[tuple[_Pending, str]] = []
-            with self._lock:
-                for key, p in list(self._pending.items()):
-                    why = self._due(p, mono)
-                    if why:
-                        due.append((self._pending.pop(key), why))
-                        self._in_flight.add(key)
-            for p, why in due:
-                assert self._pool is not None
-                self._pool.submit(self._complete, p, why)
-
-    def _complete(self, p: _Pending, why: str) -> None:
-        try:
-            files = _dcm_files(p.folder)
-            snapshot = {e.name: e.stat().st_mtime_ns for e in files}
-            meta = SeriesArrival(p.site, p.station, p.study, p.series, p.first, p.last, len(snapshot),
-                                 why)  # type: ignore[arg-type]
-            t0 = time.perf_counter()
-            log.info("series %s complete (%s, %d instances); checking", p.series, why, len(snapshot))
-            self.on_series_complete(p.folder, meta)
-            if p.folder.is_dir():  # the service may have moved/deleted it (keep_uploads=false)
-                _write_marker(p.folder, snapshot)
-            self.completed += 1
-            log.info("series %s verdict stored in %.0f ms", p.series, (time.perf_counter() - t0) * 1000)
-        except Exception:
-            log.exception("series %s: completion callback failed (attempt %d)", p.series, p.attempts + 1)
-            if p.attempts < self.cfg.retries and not self._stop.is_set():
-                p.attempts += 1
-                p.not_before = time.monotonic() + self.cfg.retry_delay_s * p.attempts
-                p.last_mono = 0.0  # due again once the back-off ends
-                with self._lock:
-                    self._pending.setdefault(p.series, p)
-            # else: no marker, so the next start picks it up again
-        finally:
-            with self._lock:
-                self._in_flight.discard(p.series)
-            self._wake.set()
+        studies = {u for u in (_valid_uid(i.get("StudyInstanceUID")) for i in scheduled) if u}
+        self.tracker.mpps_completed(site, series_refs, studies)
 
     # -- restart -------------------------------------------------------------------------------
 
     def _recover(self) -> None:
         """Queue every series folder whose files are not all covered by a ``.verdict`` marker."""
-        mono, n = time.monotonic(), 0
+        n = 0
         for folder in sorted(self.incoming.glob("*/*/*")):
             if not folder.is_dir():
                 continue
@@ -533,6 +430,9 @@ class Receiver:
             arrival: dict[str, Any] = {}
             with contextlib.suppress(OSError, ValueError):
                 arrival = json.loads((folder / ARRIVAL).read_text())
+            provisional: list[int] = []
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                provisional = [int(i) for i in json.loads((folder / PROVISIONAL).read_text())["verdict_ids"]]
             mtimes = [e.stat().st_mtime for e in files]
             last = dt.datetime.fromtimestamp(max(mtimes), dt.timezone.utc)
             try:
@@ -540,11 +440,24 @@ class Receiver:
             except (KeyError, TypeError, ValueError):
                 first = dt.datetime.fromtimestamp(min(mtimes), dt.timezone.utc)
             # Wait a full quiet period: the modality may still be re-sending what it was sending.
-            self._pending[series] = _Pending(site, study, series, folder, str(arrival.get("station", "")),
-                                             first, last, mono, {e.name[:-4] for e in files}, recovered=True)
+            self.tracker.recover((site, study, series), folder, {e.name[:-4] for e in files},
+                                 str(arrival.get("station", "")), first, last, provisional)
             n += 1
         if n:
-            log.info("restart: %d series on disk without a verdict queued again", n)
+            log.info("restart: %d series on disk without a final verdict queued again", n)
+
+
+def _on_final(folder: Path, snapshot: dict[str, int]) -> None:
+    if snapshot:
+        _write_marker(folder, snapshot)
+    with contextlib.suppress(OSError):
+        (folder / PROVISIONAL).unlink()
+
+
+def _on_provisional(folder: Path, ids: list[int]) -> None:
+    """Remember a provisional verdict's ids so that a check after a restart replaces it."""
+    with contextlib.suppress(OSError):
+        atomic_write(folder / PROVISIONAL, json.dumps({"verdict_ids": ids}).encode())
 
 
 def _write_marker(folder: Path, snapshot: dict[str, int]) -> None:
@@ -595,47 +508,71 @@ def sr_path(data_dir: Path, site_id: str, study_uid: str, series_uid: str) -> Pa
     return Path(data_dir) / "sr" / _safe_name(site_id) / study_uid / f"{series_uid}.dcm"
 
 
-def publish_sr(verdicts: list[Any], folder: Path, meta: SeriesArrival, cfg: ReceiverConfig) -> list[Path]:
-    """Write one SR per verdict next to the data (and C-STORE it if configured). Never raises:
-    the verdict is already stored, and an SR problem must not make the series be checked again."""
+def publish_sr(verdicts: list[Any], folder: Path, meta: SeriesArrival, cfg: ReceiverConfig,
+               send: bool = True) -> list[Path]:
+    """Write one SR per verdict next to the data (and, when ``send``, C-STORE it if configured: final
+    verdicts only). Never raises: the verdict is already stored, and an SR problem must not make the series
+    be checked again."""
     import pydicom
     from scanqc.serving.sr import send_sr, verdict_to_sr, write_sr
 
     out: list[Path] = []
     try:
-        files = sorted(e.path for e in _dcm_files(folder))
-        if not files:
-            return out
-        ref = pydicom.dcmread(files[0], stop_before_pixels=True)
+        ref = meta.series.header if meta.series is not None else None  # read on arrival: no second parse
+        if ref is None:
+            files = sorted(e.path for e in _dcm_files(folder))
+            if not files:
+                return out
+            ref = pydicom.dcmread(files[0], stop_before_pixels=True)
         for v in verdicts:
             d = v.to_dict() if hasattr(v, "to_dict") else dict(v)
             sr = verdict_to_sr(d, ref)
             path = write_sr(sr, sr_path(cfg.data_dir, meta.site_id, meta.study_uid,
                                         str(d.get("series_uid") or meta.series_uid)))
             out.append(path)
-            if cfg.sr_destination:
+            if cfg.sr_destination and send:
                 send_sr(sr, cfg.sr_destination, calling_ae=cfg.ae_title)
     except Exception:
         log.exception("series %s: verdict SR not written/sent", meta.series_uid)
     return out
 
 
-def processor_callback(processor: Any, cfg: ReceiverConfig) -> OnSeriesComplete:
-    """``on_series_complete`` that runs the service's single code path, then publishes the SR."""
+def processor_callback(processor: Any,
+                       cfg: ReceiverConfig) -> tuple[OnSeriesComplete, OnSeriesComplete, OnSeriesComplete]:
+    """(``on_series_complete``, ``on_series_final``, ``on_first_instance``) running the service's single code
+    path on the series assembled on arrival; verdicts are also published as SRs (sent on when final)."""
 
-    def on_series_complete(folder: Path, meta: SeriesArrival) -> list[Any]:
-        verdicts = processor.process_folder(folder, site_id=meta.site_id, station=meta.station, source="dicom",
-                                            received_at=meta.last_received)
-        publish_sr(verdicts, folder, meta, cfg)
-        return verdicts
+    def on_series_complete(folder: Path, meta: SeriesArrival) -> list[int]:
+        if meta.series is None:  # not assembled on arrival (a caller outside the tracker): read the folder
+            verdicts = processor.process_folder(folder, site_id=meta.site_id, station=meta.station,
+                                                source="dicom", received_at=meta.last_received)
+            publish_sr(verdicts, folder, meta, cfg)
+            return []
+        done = processor.process_series(meta.series, site_id=meta.site_id, stations=meta.stations or (meta.station,),
+                                        source="dicom", received_at=meta.last_received, arrival=meta)
+        if done:  # on disk for GET /api/series/<uid>/sr at once; sent on only when final
+            publish_sr([p.verdict for p in done if p.station == meta.station], folder, meta, cfg, send=meta.final)
+        return [p.verdict_id for p in done]
 
-    return on_series_complete
+    def on_series_final(folder: Path, meta: SeriesArrival) -> None:
+        verdicts = processor.finalize(list(meta.replaces), completed_by=meta.completed_by)
+        publish_sr(verdicts[:1], folder, meta, cfg)
+
+    def on_first_instance(folder: Path, meta: SeriesArrival) -> list[int]:
+        if not hasattr(processor, "process_header") or meta.series is None:
+            return []
+        done = processor.process_header(meta.series, site_id=meta.site_id, stations=meta.stations or (meta.station,),
+                                        source="dicom", received_at=meta.last_received, arrival=meta)
+        return [p.verdict_id for p in done]
+
+    return on_series_complete, on_series_final, on_first_instance
 
 
 def make_receiver(settings: Any, processor: Any, **overrides: Any) -> Receiver:
-    """A receiver wired to ``processor.process_folder`` (not started: call ``start()``/``stop()``)."""
+    """A receiver wired to ``processor.process_series`` (not started: call ``start()``/``stop()``)."""
     cfg = ReceiverConfig.from_settings(settings, **overrides)
-    return Receiver(cfg, processor_callback(processor, cfg))
+    complete, final, first = processor_callback(processor, cfg)
+    return Receiver(cfg, complete, final, first)
 
 
 def run_receiver(settings: Any, processor: Any, **overrides: Any) -> None:
@@ -661,9 +598,9 @@ def _serve_until_signalled(rx: Receiver) -> None:
 
 def _check_path_callback(folder: Path, meta: SeriesArrival) -> list[Any]:
     """Stand-alone mode without the service: check and log (the same pipeline, no store)."""
-    from scanqc.pipeline import check_path
+    from scanqc.pipeline import check_path, check_series
 
-    verdicts = check_path(folder)
+    verdicts = [check_series(meta.series)] if meta.series is not None else check_path(folder)
     for v in verdicts:
         log.info("verdict %s for series %s from %s: %s", v.status, v.series_uid, meta.station,
                  ", ".join(v.actions) or "no action")
@@ -685,7 +622,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = ReceiverConfig(a.data_dir, a.port, a.ae_title, a.quiet, dict(s.split("=", 1) for s in a.site))
 
     def on_complete(folder: Path, meta: SeriesArrival) -> None:
-        publish_sr(_check_path_callback(folder, meta), folder, meta, cfg)
+        verdicts = _check_path_callback(folder, meta)
+        if meta.final:
+            publish_sr(verdicts, folder, meta, cfg)
 
     _serve_until_signalled(Receiver(cfg, on_complete).start())
 

@@ -43,6 +43,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -145,6 +146,10 @@ class VerdictRow(Base):
     elapsed_ms: Mapped[float | None] = mapped_column(Float)  # pipeline time
     verdict: Mapped[dict] = mapped_column(JSON)  # the verdict contract, as returned to the caller
     kind: Mapped[str | None] = mapped_column(String(16))  # "phantom", or patient (NULL on rows before phantom QC)
+    # Provisional verdicts (a fast DICOM completion signal) are final=False until confirmed; a verdict
+    # replaced by a newer one of the same series (more instances arrived) points at it and leaves the metrics.
+    final: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
     checks: Mapped[list[CheckRow]] = relationship(back_populates="verdict_row", cascade="all, delete-orphan")
 
     __table_args__ = (Index("ix_verdicts_site_time", "site_id", "verdict_at"),)
@@ -469,23 +474,27 @@ class Store:
                      received_at: dt.datetime | None = None, acquired_at: dt.datetime | None = None,
                      patient_hash: str | None = None, accession_hash: str | None = None,
                      study_id: str | None = None, open_queries: bool = True,
-                     verdict_at: dt.datetime | None = None) -> int:
+                     verdict_at: dt.datetime | None = None, final: bool = True,
+                     replaces: list[int] | None = None) -> int:
         """Write a verdict, its checks and (for failed checks) queries; returns the verdict id.
 
         Called before the verdict is reported anywhere, so what the scanner saw is always on record.
         ``verdict_at`` defaults to now (a mobile unit's verdict was made earlier, offline).
+        ``final=False`` stores a provisional verdict (no queries until :meth:`finalize_verdicts`);
+        ``replaces``: earlier verdicts of the series this one supersedes (their open queries are closed).
         """
         with self.session(write=True) as s:
             return self._add_verdict(s, verdict, site_id=site_id, station=station, source=source,
                                      received_at=received_at, acquired_at=acquired_at, patient_hash=patient_hash,
                                      accession_hash=accession_hash, study_id=study_id, open_queries=open_queries,
-                                     verdict_at=verdict_at)
+                                     verdict_at=verdict_at, final=final, replaces=replaces)
 
     def _add_verdict(self, s: Session, verdict: Verdict, *, site_id: str, station: str, source: str,
                      received_at: dt.datetime | None, acquired_at: dt.datetime | None, patient_hash: str | None,
                      accession_hash: str | None, study_id: str | None, open_queries: bool,
-                     verdict_at: dt.datetime | None) -> int:
+                     verdict_at: dt.datetime | None, final: bool = True, replaces: list[int] | None = None) -> int:
         d = verdict.to_dict()
+        d["final"] = final
         now = utcnow()
         self.ensure_site(s, site_id)
         if study_id and s.get(Study, study_id) is None:
@@ -500,7 +509,7 @@ class Store:
             acquired_at=to_utc_naive(acquired_at), received_at=to_utc_naive(received_at),
             verdict_at=to_utc_naive(verdict_at) or now,
             elapsed_ms=verdict.elapsed_ms, verdict=json.loads(json.dumps(d, default=str)),
-            kind="phantom" if verdict.kind == "phantom" else None,
+            kind="phantom" if verdict.kind == "phantom" else None, final=final,
         )
         for name, c in d["checks"].items():
             row.checks.append(CheckRow(name=name, status=c["status"], score=c.get("score"),
@@ -509,10 +518,16 @@ class Store:
                                        else None))
         s.add(row)
         s.flush()
+        for old_id in replaces or []:
+            old = s.get(VerdictRow, old_id)
+            if old is not None and old.id != row.id:
+                old.superseded_by = row.id
+                for q in s.scalars(select(QueryRow).where(QueryRow.verdict_id == old.id, QueryRow.state != "closed")):
+                    q.state, q.resolution, q.closed_at = "closed", f"superseded by verdict {row.id}", now
         if verdict.kind == "phantom":
             # A failed phantom is the scanner's problem, not a series query: it flags the scanner instead.
             self._record_phantom(s, row, d["checks"].get("phantom"), acquired_at or now)
-        elif open_queries:
+        elif open_queries and final:
             for name, c in d["checks"].items():
                 if c["status"] == "fail":
                     s.add(QueryRow(verdict_id=row.id, site_id=site_id, station=station,
@@ -628,11 +643,63 @@ class Store:
                             "phantoms": len(results), "measurements": series})
         return out
 
+    def finalize_verdicts(self, verdict_ids: list[int], *, completed_by: str) -> list[dict[str, Any]]:
+        """Confirm provisional verdicts (nothing arrived since): final, queries opened. Returns the rows."""
+        now = utcnow()
+        out: list[dict[str, Any]] = []
+        with self.session(write=True) as s:
+            for vid in verdict_ids:
+                row = s.get(VerdictRow, vid)
+                if row is None or row.superseded_by is not None:
+                    continue
+                if not row.final:
+                    row.final = True
+                    v = dict(row.verdict)
+                    v["final"] = True
+                    v["completion"] = {**(v.get("completion") or {}), "final": True, "confirmed_by": completed_by}
+                    row.verdict = v
+                    if vid == verdict_ids[0]:  # the other ids are copies for further stations: one query each
+                        for c in row.checks:
+                            if c.status == "fail":
+                                s.add(QueryRow(verdict_id=row.id, site_id=row.site_id, station=row.station,
+                                               series_uid=row.series_uid, check_name=c.name, state="open",
+                                               message=c.message, action=c.action, opened_at=now))
+                out.append(self._verdict_out(row))
+        return out
+
+    def live_verdict_ids(self, site_id: str, series_uid: str | None, study_uid: str | None = None) -> list[int]:
+        """Verdicts of a series at a site that nothing has replaced yet (any station), oldest first."""
+        if not series_uid:
+            return []
+        with self.session() as s:
+            q = select(VerdictRow.id).where(VerdictRow.site_id == site_id, VerdictRow.series_uid == series_uid,
+                                            VerdictRow.superseded_by.is_(None))
+            if study_uid:
+                q = q.where(VerdictRow.study_uid == study_uid)
+            return list(s.scalars(q.order_by(VerdictRow.id)))
+
+    def change_marker(self) -> tuple[int, int]:
+        """Changes to any console's view: (newest verdict id, final verdicts), polled across processes."""
+        with self.session() as s:
+            m, n = s.execute(select(func.max(VerdictRow.id), func.count(VerdictRow.id)
+                                    .filter(VerdictRow.final.is_(True)))).one()
+            return int(m or 0), int(n or 0)
+
+    def latest_verdict_key(self, station: str, site_id: str | None = None) -> str | None:
+        """The console's change detector: the newest verdict id and whether it is final yet."""
+        with self.session() as s:
+            q = select(VerdictRow.id, VerdictRow.final).where(VerdictRow.station == station)
+            if site_id:
+                q = q.where(VerdictRow.site_id == site_id)
+            r = s.execute(q.order_by(VerdictRow.id.desc()).limit(1)).first()
+            return None if r is None else f"{r[0]}:{int(bool(r[1]))}"
+
     @staticmethod
     def _verdict_out(r: VerdictRow) -> dict[str, Any]:
         return {"id": r.id, "site_id": r.site_id, "study_id": r.study_id, "station": r.station,
                 "source": r.source, "received_at": iso(r.received_at), "acquired_at": iso(r.acquired_at),
-                "verdict_at": iso(r.verdict_at), "verdict": r.verdict}
+                "verdict_at": iso(r.verdict_at), "final": bool(r.final) if r.final is not None else True,
+                "superseded_by": r.superseded_by, "verdict": r.verdict}
 
     def get_verdict(self, verdict_id: int) -> dict[str, Any] | None:
         with self.session() as s:
@@ -941,7 +1008,8 @@ class Store:
         # of a unit's series sits next to the unit's verdict, and counting it would count the series twice
         # (unit_metrics reports the disagreements).
         in_window = [VerdictRow.verdict_at >= since, or_(VerdictRow.kind.is_(None), VerdictRow.kind != "phantom"),
-                     VerdictRow.source != "recheck"]
+                     VerdictRow.source != "recheck",
+                     VerdictRow.superseded_by.is_(None)]
         if site_id:
             in_window.append(VerdictRow.site_id == site_id)
         has_uid = and_(VerdictRow.series_uid.is_not(None), VerdictRow.series_uid != "")

@@ -173,7 +173,7 @@ class Notifier:
             if _state is None:
                 continue
             try:
-                m = await asyncio.to_thread(_state.store.max_verdict_id)
+                m = await asyncio.to_thread(_state.store.change_marker)  # new verdicts and confirmations
             except Exception:
                 continue
             if self._last_max is not None and m != self._last_max:
@@ -259,6 +259,32 @@ async def _db(fn: Any, *args: Any, **kw: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kw)
 
 
+def _preview_file(record: dict[str, Any]) -> Any:
+    from scanqc.serving.preview import preview_path
+
+    if _state is None:
+        return None
+    v = record["verdict"]
+    path = preview_path(_state.settings.data_dir, record["site_id"], v.get("study_uid"), v.get("series_uid"))
+    return path if path.is_file() else None
+
+
+def _preview_url(record: dict[str, Any]) -> str | None:
+    return f"/api/verdicts/{record['id']}/preview.png" if _preview_file(record) is not None else None
+
+
+async def api_verdict_preview(request: Request) -> Response:
+    vid = _path_int(request, "id")
+    rec = await _db(_st().store.get_verdict, vid)
+    if rec is None:
+        raise ApiError(404, "NOT_FOUND", f"verdict {vid} not found")
+    _own(request, rec["site_id"], f"verdict {vid}")
+    path = _preview_file(rec)
+    if path is None:
+        raise ApiError(404, "NOT_FOUND", f"no preview for verdict {vid}")
+    return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
 def console_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the console shows for one stored verdict: status, reasons, actions."""
     if record is None:
@@ -273,7 +299,15 @@ def console_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
     actions = list(v.get("actions") or [])
     if v.get("error") and not actions:
         actions = ["Check the export and resend the series"]
+    checks = [{"check": n, "status": c["status"], "message": c.get("message"), "score": c.get("score")}
+              for n, c in v.get("checks", {}).items()]
+    completion = v.get("completion") or {}
+    final = bool(record.get("final", v.get("final", True)))
+    n_new = int(completion.get("updated_with") or 0)
     return {"verdict_id": record["id"], "status": v["status"], "station": record["station"],
+            "final": final, "provisional": not final, "completed_by": completion.get("completed_by"),
+            "update": f"updated: {n_new} more image{'s' if n_new != 1 else ''}" if n_new else None,
+            "checks": checks, "preview": _preview_url(record),
             "site_id": record["site_id"], "series_uid": v.get("series_uid"),
             "series_description": v.get("series_description"), "modality": v.get("modality"),
             "series_number": v.get("series_number"), "n_instances": v.get("n_instances"),
@@ -312,7 +346,9 @@ async def api_series(request: Request) -> Response:
     records = await _series_records(request, uid)
     latest = records[0]
     return _json({"series_uid": uid, **latest, "history": [
-        {k: r[k] for k in ("id", "station", "source", "received_at", "verdict_at")} | {"status": r["verdict"]["status"]}
+        {k: r[k] for k in ("id", "station", "source", "received_at", "verdict_at", "final", "superseded_by")}
+        | {"status": r["verdict"]["status"],
+           "completed_by": (r["verdict"].get("completion") or {}).get("completed_by")}
         for r in records]})
 
 
@@ -449,15 +485,16 @@ async def api_station_events(request: Request) -> Response:
     site = _site_scope(request, None)
 
     async def stream() -> Any:
-        last_id: int | None = -1
+        last_id: str | None = "-"
         yield "retry: 1000\n\n"
         while True:
             seen = notifier.version  # read before the query so a change during it is not lost
-            vid = await _db(store.latest_verdict_id, station, site)
-            if vid != last_id:
-                last_id = vid
-                view = console_view(await _db(store.latest_verdict, station, site)) if vid is not None else None
-                yield f"id: {vid or 0}\nevent: verdict\ndata: {json.dumps(view)}\n\n"
+            key = await _db(store.latest_verdict_key, station, site)  # "id:final": a confirmation is news too
+            if key != last_id:
+                last_id = key
+                view = console_view(await _db(store.latest_verdict, station, site)) if key is not None else None
+                vid = key.split(":")[0] if key else 0
+                yield f"id: {vid}\nevent: verdict\ndata: {json.dumps(view)}\n\n"
             if not await notifier.wait(seen, SSE_KEEPALIVE_S):
                 if await request.is_disconnected():
                     return
@@ -736,6 +773,7 @@ app = Starlette(
         Route("/api/uploads/{id}", api_upload),
         Route("/api/verdicts", api_verdicts),
         Route("/api/verdicts/{id}", api_verdict),
+        Route("/api/verdicts/{id}/preview.png", api_verdict_preview),
         Route("/api/stations/{station}/latest", api_station_latest),
         Route("/api/stations/{station}/events", api_station_events),
         Route("/api/queries", api_queries, methods=["GET"]),

@@ -74,8 +74,11 @@ def test_kill_9_mid_series_then_restart(tmp_path: Path) -> None:
         assert send_c_store(srv.dicom_port, resend, "CT_SITE01") == [0] * 8
         with httpx.Client(base_url=srv.base, timeout=60) as c:
             for files in (a, b):
-                rec = _wait(c, f"/api/series/{series_uid(files)}", lambda d: True)
-                assert len(rec["history"]) == 1, rec["history"]  # exactly one verdict
+                rec = _wait(c, f"/api/series/{series_uid(files)}", lambda d: d["final"])
+                # Exactly one live verdict: a provisional one shown before the kill is superseded by it.
+                live = [h for h in rec["history"] if h["superseded_by"] is None]
+                assert len(live) == 1 and live[0]["final"], rec["history"]
+                assert all(h["final"] is False for h in rec["history"] if h["superseded_by"] is not None)
                 assert rec["verdict"]["n_instances"] == 12 and rec["verdict"]["status"] == "pass"
                 assert rec["site_id"] == "site01" and rec["source"] == "dicom"
             folder_b = next(srv.data_dir.glob(f"incoming/site01/*/{series_uid(b)}"))

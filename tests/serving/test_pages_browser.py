@@ -77,3 +77,33 @@ def test_dashboard_plots_and_recurring_sites(qc_server: Server, browser: Any, tm
     kinds = {r["kind"] for r in data["sites"]["site02"]["recurring_deviations"]}
     assert "slice_thickness_mm" in kinds
     page.close()
+
+
+def test_console_shows_dicom_verdict_checks_preview_and_update(qc_server: Server, browser: Any,
+                                                               tmp_path: Path) -> None:
+    """A C-STORE push: the verdict (provisional, then final) with every check and a preview; a late
+    instance updates it in place with "updated: 1 more image"."""
+    import pydicom
+
+    from .test_service_dicom import send_series
+
+    files = ct_series(tmp_path / "d", seed=77, n=10)
+    page = browser.new_page()
+    page.goto(qc_server.base + "/console/CT_SITE02")
+    page.wait_for_selector("#conn[data-state=live]", timeout=10_000)
+    assert set(send_series(qc_server.dicom_port, files[:9], "CT_SITE02")) == {0}
+    page.wait_for_selector("#banner[data-status=pass]", timeout=10_000)
+    page.wait_for_selector("#state[data-final=true]", timeout=10_000)  # confirmed after the quiet period
+    checks = page.locator("#checks li")
+    names = {checks.nth(i).inner_text().split()[0] for i in range(checks.count())}
+    assert {"integrity", "protocol", "deidentification", "coverage"} <= names  # passing checks listed too
+    page.wait_for_function("() => { const i = document.getElementById('preview');"
+                           " return !i.hidden && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    first_id = page.evaluate("document.body.dataset.verdictId")
+    assert set(send_series(qc_server.dicom_port, files[9:], "CT_SITE02")) == {0}  # a late slice
+    page.wait_for_function(f"() => document.body.dataset.verdictId !== '{first_id}'", timeout=10_000)
+    assert page.locator("#update").inner_text() == "updated: 1 more image"
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    _, rec = qc_server.get(f"/api/series/{uid}")
+    assert rec["verdict"]["n_instances"] == 10
+    page.close()

@@ -100,7 +100,10 @@ def start(tmp_path: Path) -> Iterator[Callable[..., tuple[Receiver, Calls]]]:
 
     def _start(callback: Callable[[Path, SeriesArrival], Any] | None = None, **kw: Any) -> tuple[Receiver, Calls]:
         calls = Calls()
+        # adaptive=False: these tests pin the final signals (quiet period, MPPS, restart); the fast,
+        # provisional ones are tested in tests/serving/test_realtime.py.
         opts: dict[str, Any] = dict(data_dir=tmp_path, port=0, host="127.0.0.1", quiet_period_s=QUIET,
+                                    adaptive=False,
                                     ae_sites={"SCANNER1": "site-a", "SCANNER2": "site-b", "SCANNER3": "site-c"})
         opts.update(kw)
         rx = Receiver(ReceiverConfig(**opts), callback or calls).start()
@@ -328,6 +331,29 @@ class FakeProcessor:
         self.done.set()
         return verdicts
 
+    def process_series(self, series: Any, *, site_id: str, stations: Any, source: str = "dicom",
+                       received_at: Any = None, arrival: Any = None) -> list[Any]:
+        from scanqc.serving.processing import Processed
+
+        from scanqc.pipeline import check_series
+
+        self.calls.append(dict(series=series, site_id=site_id, station=stations[0], source=source,
+                               received_at=received_at, final=arrival.final))
+        v = check_series(series)
+        self.done.set()
+        return [Processed(v, len(self.calls), site_id, st, source, None, received_at, received_at)
+                for st in stations]
+
+    def finalize(self, ids: list[int], *, completed_by: str) -> list[Any]:
+        self.calls.append(dict(finalize=ids, completed_by=completed_by))
+        return [check_series_of(self.calls[0]["series"])]
+
+
+def check_series_of(series: Any) -> Any:
+    from scanqc.pipeline import check_series
+
+    return check_series(series)
+
 
 def test_processor_wiring_writes_and_sends_sr(tmp_path: Path) -> None:
     # A tiny SCP standing in for the modality/PACS that wants the SR back.
@@ -377,10 +403,127 @@ def test_real_processor_stores_verdicts(tmp_path: Path) -> None:
     try:
         dss = make_series(5)
         assert send(rx.port, dss) == [0] * 5
-        assert eventually(lambda: bool(store.verdicts_for_series(dss[0].SeriesInstanceUID)), 15)
-        rec = store.verdicts_for_series(dss[0].SeriesInstanceUID)[0]
+        def checked() -> list[dict[str, Any]]:  # without the first instance's header-only verdict
+            return [r for r in store.verdicts_for_series(dss[0].SeriesInstanceUID)
+                    if (r["verdict"].get("completion") or {}).get("completed_by") != "first_instance"]
+
+        assert eventually(lambda: bool(checked()), 15)
+        rec = checked()[0]
         assert rec["verdict"]["n_instances"] == 5
         assert eventually(sr_path(tmp_path, "site-a", dss[0].StudyInstanceUID, dss[0].SeriesInstanceUID).exists)
     finally:
         rx.stop()
         store.close()
+
+
+# -- issue 15.6 / 15.7: series keyed by (site, study, series); MPPS scoped to the sender's site ----------
+
+
+def test_same_series_uid_from_two_sites_gets_two_verdicts(start: Callable[..., tuple[Receiver, Calls]]) -> None:
+    """Site A and site B send series with one SeriesInstanceUID: each folder gets its own verdict."""
+    rx, calls = start()
+    a = make_series(4, seed=11)
+    b = make_series(3, seed=12)
+    for d in b:  # the same series UID (a buggy or cloned export), another site and another study
+        d.SeriesInstanceUID = a[0].SeriesInstanceUID
+    assert send(rx.port, a, "SCANNER1") == [0] * 4
+    assert send(rx.port, b, "SCANNER2") == [0] * 3
+    got = calls.wait(2)
+    time.sleep(QUIET * 2)  # nothing more may come
+    by_site = {meta.site_id: (folder, meta, verdicts) for folder, meta, verdicts in got}
+    assert len(calls.items) == 2 and set(by_site) == {"site-a", "site-b"}
+    assert by_site["site-a"][1].n_instances == 4 and by_site["site-b"][1].n_instances == 3
+    assert by_site["site-a"][2][0].n_instances == 4 and by_site["site-b"][2][0].n_instances == 3
+    assert all(eventually((folder / MARKER).exists) for folder, _, _ in got)
+
+
+def test_one_series_uid_under_two_studies_gets_two_verdicts(start: Callable[..., tuple[Receiver, Calls]]) -> None:
+    rx, calls = start()
+    a = make_series(4, seed=13)
+    b = make_series(5, seed=14)
+    for d in b:
+        d.SeriesInstanceUID = a[0].SeriesInstanceUID  # same UID, b keeps its own StudyInstanceUID
+    assert send(rx.port, a + b, "SCANNER1") == [0] * 9
+    got = calls.wait(2)
+    time.sleep(QUIET * 2)
+    assert len(calls.items) == 2
+    assert sorted(meta.n_instances for _, meta, _ in got) == [4, 5]
+    assert {meta.study_uid for _, meta, _ in got} == {a[0].StudyInstanceUID, b[0].StudyInstanceUID}
+
+
+def test_restart_recovers_both_sites_with_one_series_uid(tmp_path: Path,
+                                                         start: Callable[..., tuple[Receiver, Calls]]) -> None:
+    """_recover used to file both folders under the series UID, so one of them never got a verdict."""
+    rx1, calls1 = start(quiet_period_s=60.0)
+    a = make_series(3, seed=15)
+    b = make_series(2, seed=16)
+    for d in b:
+        d.SeriesInstanceUID = a[0].SeriesInstanceUID
+    assert send(rx1.port, a, "SCANNER1") == [0] * 3
+    assert send(rx1.port, b, "SCANNER2") == [0] * 2
+    rx1.stop()  # "crash" inside the quiet period
+    assert not calls1.items
+    _, calls2 = start()
+    got = calls2.wait(2)
+    time.sleep(QUIET * 2)
+    assert len(calls2.items) == 2
+    assert sorted((m.site_id, m.n_instances, m.completed_by) for _, m, _ in got) == \
+        [("site-a", 3, "restart"), ("site-b", 2, "restart")]
+
+
+def test_mpps_from_another_site_does_not_complete_a_series(start: Callable[..., tuple[Receiver, Calls]]) -> None:
+    """Site B's N-SET COMPLETED naming site A's study and series must not end A's half-sent series."""
+    rx, calls = start(quiet_period_s=60.0)
+    a = make_series(6, seed=17)
+    assert send(rx.port, a[:3], "SCANNER1") == [0] * 3  # site A: half the series so far
+    ae = AE(ae_title="SCANNER2")  # site B
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", rx.port, ae_title="SCANQC")
+    assert assoc.is_established
+    try:
+        uid = str(generate_uid())
+        _mpps_create(assoc, uid, a[0].StudyInstanceUID)
+        _mpps_complete(assoc, uid, a[:3])  # names A's series and the three images that arrived
+        # Also without a series list: "everything of this study is done".
+        uid2 = str(generate_uid())
+        _mpps_create(assoc, uid2, a[0].StudyInstanceUID)
+        mod = Dataset()
+        mod.PerformedProcedureStepStatus = "COMPLETED"
+        assert assoc.send_n_set(mod, ModalityPerformedProcedureStep, uid2)[0].Status == 0
+    finally:
+        assoc.release()
+    time.sleep(1.0)
+    assert not calls.items, "site B's MPPS completed site A's series"
+    # Site A's own MPPS still completes it.
+    ae_a = AE(ae_title="SCANNER1")
+    ae_a.add_requested_context(ModalityPerformedProcedureStep)
+    ae_a.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae_a.associate("127.0.0.1", rx.port, ae_title="SCANQC")
+    try:
+        assert [assoc.send_c_store(d).Status for d in a[3:]] == [0] * 3
+        uid3 = str(generate_uid())
+        _mpps_create(assoc, uid3, a[0].StudyInstanceUID)
+        _mpps_complete(assoc, uid3, a)
+        (_, meta, _), = calls.wait(1, timeout=10)
+        assert meta.completed_by == "mpps" and meta.n_instances == 6 and meta.site_id == "site-a"
+    finally:
+        assoc.release()
+
+
+def test_mpps_instance_of_another_site_cannot_be_set(start: Callable[..., tuple[Receiver, Calls]]) -> None:
+    rx, _ = start(quiet_period_s=60.0)
+    a = make_series(2, seed=18)
+    uid = str(generate_uid())
+    for calling, expect in (("SCANNER1", None), ("SCANNER2", 0x0112)):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(ModalityPerformedProcedureStep)
+        assoc = ae.associate("127.0.0.1", rx.port, ae_title="SCANQC")
+        try:
+            if expect is None:
+                _mpps_create(assoc, uid, a[0].StudyInstanceUID)
+            else:
+                mod = Dataset()
+                mod.PerformedProcedureStepStatus = "COMPLETED"
+                assert assoc.send_n_set(mod, ModalityPerformedProcedureStep, uid)[0].Status == expect
+        finally:
+            assoc.release()

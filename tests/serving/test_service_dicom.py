@@ -35,7 +35,8 @@ def wait_verdict(server: Server, uid: str, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, rec = server.get(f"/api/series/{uid}")
-        if status == 200:
+        # The first instance's header checks come first (completed_by "first_instance"); wait for the images'.
+        if status == 200 and (rec["verdict"].get("completion") or {}).get("completed_by") != "first_instance":
             return rec
         time.sleep(0.1)
     raise AssertionError(f"no verdict for {uid} after {timeout} s:\n{server.log.read_text()[-3000:]}")
@@ -65,7 +66,12 @@ def test_concurrent_associations_each_get_their_verdict(qc_server: Server, tmp_p
     for i, rec in enumerate(recs):
         assert rec["verdict"]["series_uid"] == uids[i]
         assert rec["station"] == senders[i] and rec["verdict"]["n_instances"] == 12
-    # site03 uses the TEST-ST guideline: 8 mm slices fail it and open a query.
+    # site03 uses the TEST-ST guideline: 8 mm slices fail it and open a query, once the verdict is final
+    # (a provisional fail, shown while more images may come, opens none).
     assert recs[2]["study_id"] == "TEST-ST" and recs[2]["verdict"]["status"] == "fail"
+    deadline = time.monotonic() + 30
+    while not qc_server.get(f"/api/series/{uids[2]}")[1].get("final"):
+        assert time.monotonic() < deadline, "verdict never final"
+        time.sleep(0.1)
     _, qs = qc_server.get(f"/api/queries?series_uid={uids[2]}")
     assert [q["check"] for q in qs["queries"]] == ["protocol"]

@@ -1,0 +1,478 @@
+"""Streaming series assembly: one instance at a time, decoded on arrival, one :class:`Series` at the end.
+
+``SeriesAssembler`` is the only place a DICOM series becomes a volume. ``scanqc.series.load_series`` feeds it
+the files of a folder or archive; the DICOM receiver feeds it each C-STORE dataset the moment it arrives, so
+that when the series is complete only the model checks remain. Usage::
+
+    asm = SeriesAssembler("series 1.2.3", limits)
+    for ds, file in arrivals:            # pydicom Dataset with pixels + where it is stored
+        asm.add(ds, file)                # validates, decodes, rescales; returns "added" | "duplicate" | "error"
+    asm.stack()                          # StackState now: slices, gaps, duplicates, regular spacing
+    series = asm.finish()                # the Series load_series would build from the same files
+
+``add`` never raises for bad input: the first problem becomes the series' error (as ``load_series`` always
+did). After ``add`` the dataset's pixel data is dropped; the assembler keeps one float32 slice per frame.
+``finish`` may be called more than once (a provisional verdict, then more instances, then the final one).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
+
+from scanqc.cancel import checkpoint
+from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.io.dicom import FrameGeometry, check_image_size, decode_pixels, frame_geometries
+from scanqc.io.sources import InputFile
+from scanqc.limits import DEFAULT_LIMITS, Limits
+from scanqc.series import IntegrityIssue, Series
+
+# What pydicom raises when a lazily parsed element is malformed (wrong or unknown VR, bad length...).
+MALFORMED_HEADER = (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+                    NotImplementedError, BytesLengthException, EOFError, struct.error)
+
+# Attributes that split a multi-volume series (multi-echo, dynamic, diffusion) into 3D volumes.
+_VOLUME_SPLITTERS = ("EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber", "DiffusionBValue",
+                     "TriggerTime", "ImageType")
+
+AddResult = Literal["added", "duplicate", "error"]
+
+
+@dataclass
+class _Frame:
+    ds: Dataset
+    file: InputFile
+    index: int  # frame index within ds
+    geom: FrameGeometry
+    pixels: np.ndarray | None = None  # rescaled float32 (rows, cols), decoded on arrival
+    error: ScanQCError | None = None  # decoding failed for this frame's instance
+    key: tuple | None = None  # (orientation, rows, cols), computed once: pydicom attribute access is slow
+
+
+@dataclass
+class StackState:
+    """Geometry of what has arrived so far (the largest stack), for completion decisions."""
+
+    n_frames: int
+    positions: list[float] = field(default_factory=list)  # along the normal, sorted
+    spacing: float | None = None  # median step
+    missing: int = 0  # slices missing inside the covered range
+    duplicates: int = 0
+    regular: bool = False  # >= 3 slices, no gap, steps within 10 % of the median
+
+    @property
+    def complete(self) -> bool:
+        """A regular, gap-free stack (nothing missing *between* its ends; the ends cannot be known)."""
+        return self.regular and self.missing == 0
+
+
+def _normal(ori: list[float]) -> np.ndarray:
+    n = np.cross(np.asarray(ori[:3]), np.asarray(ori[3:]))
+    norm = np.linalg.norm(n)
+    return n / norm if norm > 0 else np.array([0.0, 0.0, 1.0])
+
+
+def _stack_key(f: _Frame) -> tuple:
+    if f.key is None:
+        ori = tuple(np.round(f.geom.orientation, 3)) if f.geom.orientation else None
+        f.key = (ori, int(f.ds.Rows), int(f.ds.Columns))
+    return f.key
+
+
+def _instance_number(ds: Dataset) -> int:
+    try:
+        return int(ds.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _num_or_str(v: str) -> tuple:
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def _split_multi_volume(frames: list[_Frame], pos: np.ndarray) -> tuple[list[_Frame], str] | None:
+    """If repeated positions come from several volumes (echoes, time points), keep the first one."""
+    n_unique = len(np.unique(np.round(pos, 2)))
+    for attr in _VOLUME_SPLITTERS:
+        values = [str(f.ds.get(attr, "")) for f in frames]
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, v in enumerate(values):
+            groups[v].append(i)
+        if len(groups) < 2:
+            continue
+        ok = all(len(np.unique(np.round(pos[idx], 2))) == len(idx) for idx in groups.values())
+        if ok and all(len(idx) == n_unique for idx in groups.values()):
+            first = sorted(groups, key=lambda v: (len(v) == 0, _num_or_str(v)))[0]
+            keep = [frames[i] for i in groups[first]]
+            return keep, f"{len(groups)} volumes by {attr}; checked {attr}={first or '(empty)'}"
+    return None
+
+
+def _largest_stack(frames: list[_Frame]) -> tuple[list[_Frame], dict[tuple, list[_Frame]]]:
+    stacks: dict[tuple, list[_Frame]] = defaultdict(list)
+    for f in frames:
+        stacks[_stack_key(f)].append(f)
+    best = max(stacks.values(), key=len) if stacks else []
+    # max() keeps the first of equal-sized stacks, as the sort by -len in build_volume does
+    return best, stacks
+
+
+def stack_state(frames: list[_Frame]) -> StackState:
+    """Slices, gaps and duplicates of the largest stack, as pure geometry (no pixels)."""
+    frames, _ = _largest_stack(frames)
+    if not frames or frames[0].geom.orientation is None or any(f.geom.position is None for f in frames):
+        return StackState(len(frames))
+    normal = _normal(frames[0].geom.orientation)
+    return positions_state([float(np.dot(f.geom.position, normal)) for f in frames])  # type: ignore[arg-type]
+
+
+def positions_state(positions: list[float]) -> StackState:
+    """:class:`StackState` of one stack from its slice positions along the normal (any order)."""
+    pos = np.sort(np.asarray(positions, dtype=np.float64))
+    st = StackState(len(pos))
+    uniq = np.unique(np.round(pos, 2))
+    st.duplicates = len(pos) - len(uniq)
+    st.positions = [float(p) for p in uniq]
+    if len(uniq) < 2:
+        return st
+    diffs = np.diff(uniq)
+    med = float(np.median(diffs))
+    st.spacing = med
+    gaps = diffs > 1.5 * med
+    st.missing = int(sum(round(d / med) - 1 for d in diffs[gaps]))
+    regular = diffs[~gaps]
+    st.regular = len(uniq) >= 3 and not gaps.any() and bool(np.max(np.abs(regular - med)) <= 0.1 * med)
+    return st
+
+
+def build_volume(frames: list[_Frame], name: str,
+                 limits: Limits) -> tuple[np.ndarray, tuple, tuple, np.ndarray, list[IntegrityIssue], list[str],
+                                          list[_Frame]]:
+    """Order decoded frames along the normal, detect geometry issues and stack them.
+
+    Returns (array, spacing, origin, direction, issues, notes, frames used).
+    """
+    issues: list[IntegrityIssue] = []
+    notes: list[str] = []
+    # 1. One stack: largest group of identical orientation and size.
+    _best, stacks = _largest_stack(frames)
+    if len(stacks) > 1:
+        keys = sorted(stacks, key=lambda k: -len(stacks[k]))
+        oris = {k[0] for k in keys}
+        sizes = {k[1:] for k in keys}
+        dropped = len(frames) - len(stacks[keys[0]])
+        if len(oris) > 1:
+            issues.append(IntegrityIssue("mixed_orientation", "warn",
+                                         f"series mixes {len(oris)} slice orientations (a localizer?); "
+                                         f"checked the largest stack of {len(stacks[keys[0]])}, "
+                                         f"set aside {dropped}", dropped))
+        if len(sizes) > 1:
+            issues.append(IntegrityIssue("mixed_size", "warn",
+                                         f"series mixes image sizes {sorted(f'{r}x{c}' for r, c in sizes)}; "
+                                         f"checked the largest stack, set aside {dropped}", dropped))
+        frames = stacks[keys[0]]
+    if len(frames) > limits.max_instances:
+        raise ScanQCError(ErrorCode.TOO_LARGE, f"{name}: {len(frames)} slices exceeds limit {limits.max_instances}")
+    rows, cols = int(frames[0].ds.Rows), int(frames[0].ds.Columns)
+    if len(frames) * rows * cols > limits.max_voxels:
+        raise ScanQCError(ErrorCode.TOO_LARGE,
+                          f"{name}: {len(frames)}x{rows}x{cols} voxels exceeds {limits.max_voxels}")
+
+    g0 = frames[0].geom
+    have_geometry = all(f.geom.position is not None for f in frames) and g0.orientation is not None
+    if have_geometry:
+        normal = _normal(g0.orientation)  # type: ignore[arg-type]
+        pos = np.array([np.dot(f.geom.position, normal) for f in frames])  # type: ignore[arg-type]
+        order = np.argsort(pos, kind="stable")
+        frames = [frames[i] for i in order]
+        pos = pos[order]
+        # 2. Duplicate positions: several volumes in one series, or true duplicates.
+        if len(np.unique(np.round(pos, 2))) < len(pos):
+            split = _split_multi_volume(frames, pos)
+            if split is not None:
+                frames, msg = split
+                issues.append(IntegrityIssue("multi_volume", "info", msg))
+                notes.append(msg)
+            else:
+                keep: dict[float, _Frame] = {}
+                for f, p in sorted(zip(frames, pos), key=lambda t: _instance_number(t[0].ds)):
+                    keep.setdefault(round(float(p), 2), f)
+                n_dup = len(frames) - len(keep)
+                frames = [keep[k] for k in sorted(keep)]
+                issues.append(IntegrityIssue("duplicate", "warn",
+                                             f"{n_dup} slice(s) share a position with another slice; "
+                                             "kept one per position",
+                                             n_dup))
+            pos = np.array([np.dot(f.geom.position, normal) for f in frames])  # type: ignore[arg-type]
+        # 3. Gaps and spacing regularity.
+        spacing_z = float(g0.slice_thickness or 1.0)
+        if len(frames) > 1:
+            diffs = np.diff(pos)
+            med = float(np.median(diffs))
+            spacing_z = med
+            gap_idx = np.where(diffs > 1.5 * med)[0]
+            if len(gap_idx):
+                missing = int(sum(round(diffs[i] / med) - 1 for i in gap_idx))
+                where = ", ".join(f"{pos[i]:.1f}..{pos[i + 1]:.1f} mm" for i in gap_idx[:5])
+                issues.append(IntegrityIssue("gap", "fail",
+                                             f"{missing} slice(s) missing along the slice axis ({where})", missing))
+            regular = np.delete(diffs, gap_idx)
+            if len(regular) and np.max(np.abs(regular - med)) > 0.1 * med:
+                issues.append(IntegrityIssue("irregular_spacing", "warn",
+                                             f"slice spacing varies {regular.min():.2f}-{regular.max():.2f} mm"))
+            step = np.asarray(frames[-1].geom.position) - np.asarray(frames[0].geom.position)
+            cosang = abs(float(np.dot(step, normal))) / max(float(np.linalg.norm(step)), 1e-9)
+            if cosang < np.cos(np.deg2rad(0.5)):
+                tilt = float(np.degrees(np.arccos(min(cosang, 1.0))))
+                issues.append(IntegrityIssue("gantry_tilt", "info",
+                                             f"slices are sheared by {tilt:.1f} deg (gantry tilt); "
+                                             "volume treated as orthogonal"))
+        ori = g0.orientation
+        direction = np.stack([normal, np.asarray(ori[3:]), np.asarray(ori[:3])], axis=1)  # type: ignore[index]
+        origin = tuple(frames[0].geom.position)  # type: ignore[arg-type]
+    else:
+        frames = sorted(frames, key=lambda f: (_instance_number(f.ds), f.index))
+        spacing_z = float(frames[0].ds.get("SpacingBetweenSlices") or g0.slice_thickness or 1.0)
+        if len(frames) > 1:
+            issues.append(IntegrityIssue("no_geometry", "warn",
+                                         "no ImagePositionPatient/ImageOrientationPatient; slices ordered by "
+                                         "InstanceNumber, gaps cannot be detected"))
+        if g0.orientation:
+            direction = np.stack([_normal(g0.orientation), np.asarray(g0.orientation[3:]),
+                                  np.asarray(g0.orientation[:3])], axis=1)
+        else:
+            direction = np.eye(3)[:, ::-1].copy()
+        origin = tuple(g0.position) if g0.position else (0.0, 0.0, 0.0)
+    ps = g0.pixel_spacing or [1.0, 1.0]
+    if g0.pixel_spacing is None:
+        notes.append("no PixelSpacing; assumed 1 mm")
+
+    # 4. Stack the slices decoded on arrival; instances that failed to decode are reported, not hidden.
+    n_instances = len({id(f.ds) for f in frames})
+    bad: list[str] = []
+    seen_bad: set[int] = set()
+    good = [f for f in frames if f.pixels is not None]
+    for f in frames:
+        if f.pixels is None and id(f.ds) not in seen_bad:
+            if len(frames) == 1 or n_instances == 1:
+                raise f.error or ScanQCError(ErrorCode.DECODE_FAILED, f"{name}: no pixels")
+            seen_bad.add(id(f.ds))
+            bad.append(f"{Path(f.file.name).name}: {(f.error.code.value if f.error else 'DECODE_FAILED')}")
+    if bad:
+        if not good:
+            raise ScanQCError(ErrorCode.DECODE_FAILED, f"{name}: no slice could be decoded ({bad[0]})")
+        frames = good
+        issues.append(IntegrityIssue("undecodable", "fail",
+                                     f"{len(bad)} instance(s) could not be decoded and are missing: "
+                                     f"{', '.join(bad[:3])}",
+                                     len(bad)))
+    out = np.empty((len(frames), rows, cols), dtype=np.float32)
+    for z, f in enumerate(frames):
+        out[z] = f.pixels
+    spacing = (abs(spacing_z) if spacing_z else 1.0, float(ps[0]), float(ps[1]))
+    return out, spacing, origin, direction, issues, notes, frames
+
+
+def _strip_pixels(ds: Dataset) -> Dataset:
+    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if kw in ds:
+            del ds[kw]
+    return ds
+
+
+def _as_input_file(file: InputFile | Path | str | None, sop: str) -> InputFile:
+    if isinstance(file, InputFile):
+        return file
+    if file is None:
+        return InputFile(Path(f"{sop}.dcm"), f"{sop}.dcm")
+    return InputFile(Path(file), str(file))
+
+
+class SeriesAssembler:
+    """Build one DICOM series instance by instance (see the module docstring). Not thread-safe: one owner."""
+
+    def __init__(self, input_name: str, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.input_name = input_name
+        self.limits = limits
+        self._instances: dict[str, tuple[InputFile, Dataset]] = {}  # SOPInstanceUID -> first arrival
+        self._frames: list[_Frame] = []
+        self._duplicates = 0
+        self._error: ScanQCError | None = None
+        self._first_ds: Dataset | None = None
+        self._voxels = 0
+        self.decode_ms = 0.0
+        # Per stack key: frame count and positions along that stack's normal (None: a frame without geometry),
+        # kept as instances arrive so that stack() costs O(n log n), not a pass over every header.
+        self._stack_n: dict[tuple, int] = {}
+        self._stack_pos: dict[tuple, list[float] | None] = {}
+        self._stack_normal: dict[tuple, np.ndarray] = {}
+
+    # -- what has arrived ------------------------------------------------------------------------
+    @property
+    def n_instances(self) -> int:
+        return len(self._instances)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self._frames)
+
+    @property
+    def sop_uids(self) -> set[str]:
+        return set(self._instances)
+
+    @property
+    def header(self) -> Dataset | None:
+        """The first instance's header (pixel data dropped)."""
+        return self._first_ds
+
+    @property
+    def series_uid(self) -> str | None:
+        return str(self._first_ds.get("SeriesInstanceUID", "")) or None if self._first_ds is not None else None
+
+    @property
+    def error(self) -> ScanQCError | None:
+        return self._error
+
+    def headers(self) -> list[Dataset]:
+        return [ds for _, ds in self._instances.values()]
+
+    def stack(self) -> StackState:
+        """Geometry of the largest stack so far (same as :func:`stack_state` of every frame)."""
+        if self._error is not None or not self._stack_n:
+            return StackState(len(self._frames))
+        key = max(self._stack_n, key=lambda k: self._stack_n[k])  # first of equal-sized, as _largest_stack
+        pos = self._stack_pos[key]
+        return positions_state(pos) if pos is not None else StackState(self._stack_n[key])
+
+    def _track(self, frames: list[_Frame]) -> None:
+        for fr in frames:
+            key = _stack_key(fr)
+            self._stack_n[key] = self._stack_n.get(key, 0) + 1
+            pos = self._stack_pos.setdefault(key, [])
+            if pos is None or fr.geom.position is None or fr.geom.orientation is None:
+                self._stack_pos[key] = None
+                continue
+            normal = self._stack_normal.setdefault(key, _normal(fr.geom.orientation))
+            pos.append(float(np.dot(fr.geom.position, normal)))
+
+    # -- feeding ---------------------------------------------------------------------------------
+    def add(self, ds: Dataset, file: InputFile | Path | str | None = None, sop: str | None = None) -> AddResult:
+        """Take one instance: validate its size, read its geometry, decode and rescale its frames.
+
+        ``sop``: the instance's key when the caller already has one (the receiver's validated UID); by
+        default its SOPInstanceUID (or the file name when it has none).
+        """
+        sop = sop or str(ds.get("SOPInstanceUID", "")) or f"__{getattr(file, 'name', file)}"
+        if sop in self._instances:  # the same instance again (a re-send): keep the first
+            self._duplicates += 1
+            return "duplicate"
+        f = _as_input_file(file, sop)
+        self._instances[sop] = (f, ds)
+        if self._first_ds is None:
+            self._first_ds = ds
+        if self._error is not None:
+            _strip_pixels(ds)
+            return "error"
+        name = f"series {self.series_uid}" if self.series_uid else self.input_name
+        checkpoint()  # before the decode: a cancelled check stops here (scanqc.cancel)
+        t0 = time.perf_counter()
+        try:
+            n_frames, rows, cols = check_image_size(ds, f.name, self.limits)
+            geoms = frame_geometries(ds)
+            frames = [_Frame(ds, f, i, g) for i, g in enumerate(geoms)]
+            for fr in frames:
+                _stack_key(fr)  # Rows/Columns/orientation must be usable before anything is decoded
+            self._voxels += n_frames * rows * cols
+            if self._voxels > self.limits.max_voxels:  # over the budget: nothing more is decoded
+                for fr in frames:
+                    fr.error = ScanQCError(ErrorCode.TOO_LARGE, f"{name}: more than {self.limits.max_voxels} voxels")
+            else:
+                try:
+                    arr = decode_pixels(ds, f.name)
+                except ScanQCError as exc:
+                    for fr in frames:
+                        fr.error = exc
+                else:
+                    for fr in frames:
+                        dst = arr[fr.index].astype(np.float32)  # one conversion, then rescale in place
+                        if fr.geom.slope != 1.0:
+                            dst *= fr.geom.slope
+                        if fr.geom.intercept != 0.0:
+                            dst += fr.geom.intercept
+                        fr.pixels = dst
+        except ScanQCError as exc:
+            self._error = exc
+            return "error"
+        except MALFORMED_HEADER as exc:
+            # Header values of the wrong type or shape (fuzzing finds these): name them, don't crash.
+            self._error = ScanQCError(ErrorCode.INCONSISTENT_SERIES,
+                                      f"{name}: cannot build a volume from the headers ({type(exc).__name__})")
+            return "error"
+        finally:
+            _strip_pixels(ds)
+            self.decode_ms += (time.perf_counter() - t0) * 1000
+        self._frames.extend(frames)
+        self._track(frames)
+        return "added"
+
+    # -- the series ------------------------------------------------------------------------------
+    def finish(self) -> Series:
+        """The series as it stands: volume, integrity issues, headers (same as ``load_series`` builds)."""
+        from scanqc.volume import Volume
+
+        t0 = time.perf_counter()
+        group = list(self._instances.values())
+        first = self._first_ds
+        if first is None:
+            raise ScanQCError(ErrorCode.NO_IMAGE_SERIES, f"{self.input_name}: no image instance received "
+                                                         "(only non-image objects, or none)")
+        uid = str(first.get("SeriesInstanceUID", "")) or None
+        modality = str(first.get("Modality", "")) or None
+        notes: list[str] = []
+        if self._duplicates:
+            notes.append(f"{self._duplicates} duplicate instance(s) with the same SOPInstanceUID ignored")
+        series = Series(input=self.input_name, series_uid=uid, modality=modality, volume=None, source="dicom",
+                        n_instances=len(group), notes=notes)
+        name = f"series {uid}" if uid else self.input_name
+        if self._error is not None:
+            series.error = self._error
+            series.header = first
+            return series
+        try:
+            arr, spacing, origin, direction, issues, more_notes, used = build_volume(list(self._frames), name,
+                                                                                     self.limits)
+            vmod = str(used[0].ds.get("Modality", "")) or None
+            vol = Volume(arr, spacing, origin, direction, vmod)  # type: ignore[arg-type]
+        except ScanQCError as exc:
+            series.error = exc
+            series.header = first
+            return series
+        except MALFORMED_HEADER as exc:
+            series.error = ScanQCError(ErrorCode.INCONSISTENT_SERIES,
+                                       f"{name}: cannot build a volume from the headers ({type(exc).__name__})")
+            series.header = first
+            return series
+        series.volume = vol
+        series.integrity = issues
+        series.notes += more_notes
+        used_ds: list[Dataset] = []
+        for fr in used:
+            if not used_ds or used_ds[-1] is not fr.ds:
+                used_ds.append(fr.ds)
+        series.headers = used_ds
+        series.header = used_ds[0]
+        series.files = [f.path for f, _ in group]
+        series.timings_ms["decode_on_arrival"] = self.decode_ms  # spent while instances arrived
+        series.timings_ms["assemble"] = (time.perf_counter() - t0) * 1000  # after the last one: ordering, stacking
+        return series

@@ -1,0 +1,159 @@
+"""SeriesAssembler: fed one instance at a time, it builds exactly what load_series builds from the files."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from scanqc.ingest.assembler import SeriesAssembler
+from scanqc.io.dicom_write import volume_to_datasets, write_dicom_series
+from scanqc.series import Series, load_series
+from scanqc.volume import Volume
+
+
+def _volume(n: int = 12, size: int = 32, modality: str = "CT", seed: int = 0) -> Volume:
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(40, 20, (n, size, size)).astype(np.float32)
+    return Volume(arr, (2.0, 0.7, 0.7), (-11.0, -11.0, 5.0), modality=modality)
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    """What the receiver holds: the dataset decoded from the bytes as sent (file meta attached)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return pydicom.dcmread(buf)
+
+
+def _same(a: Series, b: Series) -> None:
+    assert (a.series_uid, a.modality, a.n_instances, a.source) == (b.series_uid, b.modality, b.n_instances, b.source)
+    assert (a.error is None) == (b.error is None)
+    if a.error is not None:
+        assert (a.error.code, a.error.message) == (b.error.code, b.error.message)
+        return
+    assert a.volume is not None and b.volume is not None
+    assert a.volume.array.dtype == b.volume.array.dtype == np.float32
+    assert np.array_equal(a.volume.array, b.volume.array)
+    assert a.volume.spacing == b.volume.spacing and a.volume.origin == b.volume.origin
+    assert np.array_equal(a.volume.direction, b.volume.direction)
+    assert [i.to_dict() for i in a.integrity] == [i.to_dict() for i in b.integrity]
+    assert a.notes == b.notes
+    assert [h.SOPInstanceUID for h in a.headers] == [h.SOPInstanceUID for h in b.headers]
+    assert all("PixelData" not in h for h in a.headers)
+
+
+def _assemble(dss: list[Dataset], order: list[int] | None = None) -> Series:
+    asm = SeriesAssembler("pushed")
+    for i in order if order is not None else range(len(dss)):
+        asm.add(_roundtrip(dss[i]), f"{dss[i].SOPInstanceUID}.dcm")
+    return asm.finish()
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_streamed_equals_load_series_in_any_arrival_order(tmp_path: Path, modality: str) -> None:
+    vol = _volume(modality=modality)
+    write_dicom_series(vol, tmp_path / "s", modality)
+    (from_files,), _ = load_series(tmp_path / "s")
+    dss = [pydicom.dcmread(p) for p in sorted((tmp_path / "s").iterdir())]
+    order = list(range(len(dss)))
+    random.Random(3).shuffle(order)  # a router may forward out of order
+    streamed = _assemble(dss, order)
+    for s in (streamed, from_files):
+        s.input = "x"
+    _same(streamed, from_files)
+    assert np.allclose(streamed.volume.array, vol.array, atol=1.0)  # type: ignore[union-attr]
+
+
+def test_gap_duplicate_and_localizer_are_reported_like_load_series(tmp_path: Path) -> None:
+    vol = _volume(n=10)
+    dss = volume_to_datasets(vol, "CT")
+    del dss[4]  # a slice missing in the middle
+    dup = _roundtrip(dss[2])
+    dup.SOPInstanceUID = pydicom.uid.generate_uid()  # same position, another instance
+    dup.InstanceNumber = 99
+    loc = _roundtrip(dss[0])
+    loc.SOPInstanceUID = pydicom.uid.generate_uid()
+    loc.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal localizer inside the series
+    resend = _roundtrip(dss[1])  # the same SOP instance sent twice
+    allds = [*dss, dup, loc, resend]
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i, d in enumerate(allds):
+        d.save_as(folder / f"{i:03d}.dcm", enforce_file_format=True)
+    (from_files,), _ = load_series(folder)
+    streamed = _assemble([pydicom.dcmread(folder / f"{i:03d}.dcm") for i in range(len(allds))])
+    for s in (streamed, from_files):
+        s.input = "x"
+    _same(streamed, from_files)
+    kinds = {i.kind for i in streamed.integrity}
+    assert {"gap", "duplicate", "mixed_orientation"} <= kinds
+    assert any("duplicate instance" in n for n in streamed.notes)
+
+
+def test_stack_state_tracks_gaps_while_arriving() -> None:
+    dss = volume_to_datasets(_volume(n=8), "CT")
+    asm = SeriesAssembler("pushed")
+    for d in dss[:3]:
+        asm.add(_roundtrip(d))
+    st = asm.stack()
+    assert st.complete and st.missing == 0 and len(st.positions) == 3
+    asm.add(_roundtrip(dss[6]))  # slices 3-5 not there yet
+    st = asm.stack()
+    assert not st.complete and st.missing == 3
+    for d in dss[3:6]:
+        asm.add(_roundtrip(d))
+    assert asm.add(_roundtrip(dss[0])) == "duplicate"
+    st = asm.stack()
+    assert st.complete and len(st.positions) == 7 and asm.n_instances == 7
+
+
+def test_finish_twice_gives_the_growing_series() -> None:
+    dss = volume_to_datasets(_volume(n=6), "CT")
+    asm = SeriesAssembler("pushed")
+    for d in dss[:4]:
+        asm.add(_roundtrip(d))
+    first = asm.finish()
+    for d in dss[4:]:
+        asm.add(_roundtrip(d))
+    second = asm.finish()
+    assert first.volume.shape[0] == 4 and second.volume.shape[0] == 6  # type: ignore[union-attr]
+    assert np.array_equal(second.volume.array[:4], first.volume.array)  # type: ignore[union-attr]
+
+
+def test_bad_instance_becomes_the_series_error_not_an_exception(tmp_path: Path) -> None:
+    dss = volume_to_datasets(_volume(n=4), "CT")
+    bad = _roundtrip(dss[2])
+    del bad.PixelData
+    folder = tmp_path / "b"
+    folder.mkdir()
+    for i, d in enumerate([_roundtrip(dss[0]), _roundtrip(dss[1]), bad, _roundtrip(dss[3])]):
+        d.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+    (from_files,), _ = load_series(folder)
+    asm = SeriesAssembler("pushed")
+    results = [asm.add(pydicom.dcmread(folder / f"{i}.dcm"), folder / f"{i}.dcm") for i in range(4)]
+    assert results == ["added", "added", "error", "error"]
+    streamed = asm.finish()
+    assert streamed.error is not None and streamed.error.code.value == "NO_PIXEL_DATA"
+    streamed.input = from_files.input = "x"
+    _same(streamed, from_files)
+
+
+def test_incremental_stack_equals_the_pure_geometry_of_all_frames() -> None:
+    from scanqc.ingest.assembler import stack_state
+
+    dss = volume_to_datasets(_volume(n=9), "CT")
+    loc = _roundtrip(dss[0])
+    loc.SOPInstanceUID = pydicom.uid.generate_uid()
+    loc.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    order = [dss[i] for i in (4, 0, 8, 2)] + [loc] + [dss[i] for i in (1, 3, 5, 6, 7)]
+    asm = SeriesAssembler("pushed")
+    for d in order:
+        asm.add(_roundtrip(d))
+        assert asm.stack() == stack_state(asm._frames)
+    assert asm.stack().complete and len(asm.stack().positions) == 9
