@@ -33,9 +33,9 @@ app.add_typer(evaluate_app, name="evaluate")
 def evaluate(
     ctx: typer.Context,
     manifest: Annotated[list[Path] | None, typer.Option(
-        help="labeled held-out manifest(s); every task found is evaluated [required]")] = None,
+        help="labeled held-out manifest(s); every task found is evaluated (required)")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="report folder (report.md, report.html, report.json, PNGs) [required]")] = None,
+        help="report folder (report.md, report.html, report.json, PNGs) (required)")] = None,
     models: Annotated[Path | None, typer.Option(
         "--models", help="models folder (<task>/<version>/; its promoted or newest version) [promoted models]")] = None,
     baselines: Annotated[Path | None, typer.Option(

@@ -23,7 +23,7 @@ NAMES = ["air", "fat", "muscle", "cortical_bone", "cancellous_bone", "lung", "he
          "foam"]
 
 # Enhancement above baseline (HU at enhancement scale 1) at times after injection (s). Midpoints of the shared
-# table (/work/shared/README.md): late arterial ~35 s, portal venous ~70 s, delayed 3-5 min; bolus arrival ~15 s.
+# table (docs/hu-reference.md): late arterial ~35 s, portal venous ~70 s, delayed 3-5 min; bolus arrival ~15 s.
 T_ANCHORS = np.array([0.0, 15.0, 35.0, 70.0, 240.0, 600.0])
 ENH = {
     "aorta": [0, 0, 283, 133, 68, 45],

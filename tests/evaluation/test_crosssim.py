@@ -177,7 +177,7 @@ def test_abdomen_coverage_liver_dome_to_kidney_lower_poles(label, seed):
 
 def test_phase_table_hu_at_textbook_times():
     """Enhancement curves hit the shared HU table at the phases' nominal times (scale 1, mid baseline)."""
-    table = {  # structure: (non_contrast, arterial, portal_venous, delayed) ranges, /work/shared/README.md
+    table = {  # structure: (non_contrast, arterial, portal_venous, delayed) ranges, docs/hu-reference.md
         "aorta": [(35, 50), (250, 400), (150, 200), (90, 130)],
         "portal_vein": [(35, 50), (100, 160), (160, 200), (100, 130)],
         "ivc": [(35, 50), (50, 90), (120, 160), (100, 130)],
