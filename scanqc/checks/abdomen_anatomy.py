@@ -230,23 +230,38 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
     vb_front = sfront.copy()
     for z in range(nz):
         c = int(round(sc[z]))
-        colm = big[z, :, max(0, c - 1):c + 2].any(1)
-        r = int(sfront[z])
-        gap = 0
-        while r > 0 and not colm[r] and gap * sy <= 30:
-            r -= 1
-            gap += 1
-        if colm[r]:
-            while r > 0 and colm[r - 1]:
-                r -= 1
-            vb_front[z] = r
+        col = a[z, :, max(0, c - 1):c + 2].mean(1)
+        r0 = int(sfront[z])
+        lo, hi = max(1, r0 - int(70 / sy)), min(ny - 2, r0 + int(40 / sy))
+        # The spinal canal: a dark run (-30..70 HU, 5-30 mm) with bone (> 150 HU) on both sides.
+        canal = None
+        r = lo
+        while r <= hi:
+            if -30 < col[r] < 70:
+                e = r
+                while e + 1 < ny and -30 < col[e + 1] < 70:
+                    e += 1
+                length = (e - r + 1) * sy
+                if 5 <= length <= 30 and col[r - 1] > 150 and e + 1 < ny and col[e + 1] > 150:
+                    if canal is None or abs(r - r0) < abs(canal - r0):
+                        canal = r
+                r = e + 1
+            else:
+                r += 1
+        if canal is None:
+            continue
+        # The body: bone-bright (> 80 HU, one-pixel dips allowed) in front of the canal, at most 40 mm deep.
+        f = canal - 1
+        while f - 1 >= 0 and (canal - f) * sy < 40 and (col[f - 1] > 80 or (f - 2 >= 0 and col[f - 2] > 80)):
+            f -= 1
+        vb_front[z] = f
     vb_front = ndimage.median_filter(vb_front, 5, mode="nearest")
     # Aorta: brightest round structure anterior to the vertebral body, spine midline -10..+45 mm (left).
     dr = (rows - vb_front[:, None, None]) * sy
     dc = (colsg - sc[:, None, None]) * sx
     dense = ndimage.binary_dilation(a > 600, structure=np.ones((1, 3, 3), bool))
     bony = ndimage.binary_dilation(a > 450, structure=np.ones((1, 5, 5), bool))
-    roi_a = body & (dr > -65) & (dr < -5) & (dc > -10) & (dc < 35)
+    roi_a = body & (dr > -70) & (dr < -3) & (dc > -10) & (dc < 35)
     big_d = ndimage.binary_dilation(big, structure=np.ones((1, 3, 3), bool))
     ar, ac, ascore = _round_bright(a, roi_a, (sz, sy, sx), dense | big_d)
     abd = np.zeros(nz, bool)
@@ -267,7 +282,7 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
         rr, cc = int(ar[z]), int(ac[z])
         r0 = int(np.ceil(18.0 / sx))
         not_aorta[z, max(0, rr - r0):rr + r0 + 1, max(0, cc - r0):cc + r0 + 1] = True
-    roi_i = body & (dr > -65) & (dr < 0) & (dc > -55) & (dc < -5)
+    roi_i = body & (dr > -70) & (dr < 0) & (dc > -55) & (dc < -5)
     ir, ic, _ = _round_bright(a, roi_i, (sz, sy, sx), dense | not_aorta | big_d)
     ivc = _disc_median(a, ir, ic, good, 4.0 / sx)
     # Liver: soft tissue right of the spine, under the wall, opened with a ~20 mm disc.
@@ -298,7 +313,7 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
                         "liver_p05": float(np.percentile(v, 5))}
     liver = liver_hu["liver"]
     # Kidneys: paravertebral boxes either side at the depth of the vertebral body.
-    enhanced = liver is not None and aorta > max(liver + 25.0, 95.0)
+    enhanced = aorta > 90.0 or (liver is not None and liver > 80.0)
     depth_ok = (dr > -15) & (dr < 75)
     lateral = (np.abs(dc) > 45) & (np.abs(dc) < 125)
     box = body & depth_ok & lateral & (skin_in > 10.0)
@@ -331,7 +346,8 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
         v = a[grown]
         khu = {"kidney_p90": float(np.percentile(a[kid], 90)), "kidney_p25": float(np.percentile(a[kid], 25)),
                "kidney_p99": float(np.percentile(v, 99))}
-        kz = np.flatnonzero(kid.sum((1, 2)) * sy * sx >= 300.0)  # slices with >= 3 cm^2 of kidney
+        # Slices with >= 3 cm^2 of kidney (6 cm^2 unenhanced, where muscle and bowel look alike).
+        kz = np.flatnonzero(kid.sum((1, 2)) * sy * sx >= (300.0 if enhanced else 600.0))
         kz = kz if kz.size else np.flatnonzero(kid.any((1, 2)))
         last = int(kz[-1])
         kid_to_last = (nz - 1 - last) * sz
