@@ -593,7 +593,8 @@ def render(labels: np.ndarray, hu: dict[str, float], spacing: tuple[float, float
     img[solid] += tex_amp * tex[solid]
     if phase == "arterial":  # arciform splenic enhancement
         sp = labels == LABELS["spleen"]
-        img[sp] += 3.0 * tex_amp * (tex[sp] - tex[sp].mean())
+        if sp.any():
+            img[sp] += 3.0 * tex_amp * (tex[sp] - tex[sp].mean())
     sz, sy, sx = spacing
     psf = float(rng.uniform(0.3, 1.0))  # in-plane point spread (pixels), smooth to sharp kernels
     img = ndimage.gaussian_filter(img, (thickness / 2.355 / sz, psf, psf))

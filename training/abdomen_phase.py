@@ -59,6 +59,28 @@ def collect(n: int, seed: int, variant: str = "train", workers: int = 2) -> list
         return list(ex.map(_case, jobs, chunksize=2))
 
 
+def _manifest_case(row: dict[str, str]) -> dict[str, Any]:
+    from scanqc.checks.abdomen_anatomy import locate
+    from scanqc.series import load_series
+
+    series, _ = load_series(row["path"], modality_hint="CT")
+    an = locate(series[0].volume)
+    return {"case_id": row["case_id"], "phase": row["label"], "enhancement": row.get("enhancement") or "optimal",
+            "split": row.get("split", "train"), "features": an.features().tolist(), "in_domain": an.in_domain,
+            "measured": an.hu}
+
+
+def collect_manifest(manifests: list[Path], workers: int = 2) -> list[dict[str, Any]]:
+    """Features of every contrast_phase row of the manifests (``scanqc data generate --generator abdomen``)."""
+    from scanqc.models.evaluate import read_manifest
+
+    rows = [r for m in manifests for r in read_manifest(m, "contrast_phase", "all")]
+    if workers <= 1:
+        return [_manifest_case(r) for r in rows]
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(_manifest_case, rows, chunksize=2))
+
+
 def fit(rows: list[dict[str, Any]], c: float = 1.0) -> dict[str, Any]:
     """Standardisation + multinomial LR over phases + binary LR over suboptimal enhancement."""
     from sklearn.linear_model import LogisticRegression
@@ -169,7 +191,7 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
         "metrics": {"validation": val},
         "training": {**train_info, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z")},
         "onnx": {"file": "model.onnx", "exporter": "onnx.helper", "opset": 17, "input": "image", "output": "logits",
-                 "parity_max_abs_diff": diff, "parity_cases": int(len(x)), "parity_tolerance": 1e-4,
+                 "parity_max_abs_diff": diff, "parity_cases": len(x), "parity_tolerance": 1e-4,
                  "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
     }
     if diff > 1e-4:
@@ -180,6 +202,8 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--manifest", type=Path, action="append", default=[],
+                    help="generated manifest(s) to train on (split column: train / val); else draw --n cases")
     ap.add_argument("--n", type=int, default=320, help="training cases (phases balanced)")
     ap.add_argument("--n-val", type=int, default=80, help="validation cases (other seed)")
     ap.add_argument("--seed", type=int, default=0)
@@ -195,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.features_cache and a.features_cache.is_file():
         cached = json.loads(a.features_cache.read_text())
         rows, val_rows = cached["train"], cached["val"]
+    elif a.manifest:
+        got = collect_manifest(a.manifest, a.workers)
+        rows = [r for r in got if r["split"] != "val"]
+        val_rows = [r for r in got if r["split"] == "val"]
+        if a.features_cache:
+            a.features_cache.write_text(json.dumps({"train": rows, "val": val_rows}, default=float))
     else:
         rows = collect(a.n, a.seed, "train", a.workers)
         val_rows = collect(a.n_val, a.seed + 1, "train", a.workers)
@@ -204,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     clf = fit(rows, a.C)
     val = accuracy(clf, val_rows)
     print(json.dumps({"train": accuracy(clf, rows), "validation": val}, indent=1), file=sys.stderr)
-    info = {"command": "python -m scanqc.training.abdomen_phase " + " ".join(argv if argv is not None else sys.argv[1:]),
+    args = " ".join(str(v) for v in (argv if argv is not None else sys.argv[1:]))
+    info = {"command": f"python -m scanqc.training.abdomen_phase {args}", "manifests": [str(m) for m in a.manifest],
             "seed": a.seed, "n_train": len(rows), "n_val": len(val_rows), "generator": "scanqc.datasets.abdomen",
             "variant": "train", "collect_seconds": round(gen_s, 1), "_x": [r["features"] for r in rows]}
     folder = export(clf, a.out, a.version, info, val, a.changelog)

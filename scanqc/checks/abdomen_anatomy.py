@@ -227,7 +227,7 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
     k13 = _disc(13.0 / sx)
     for z in range(nz):
         big[z] = ndimage.binary_opening(a[z] > 100, structure=k13)
-    vb_front = sfront.copy()
+    vb_front = np.full(nz, np.nan)
     for z in range(nz):
         c = int(round(sc[z]))
         col = a[z, :, max(0, c - 1):c + 2].mean(1)
@@ -255,6 +255,9 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
         while f - 1 >= 0 and (canal - f) * sy < 40 and (col[f - 1] > 80 or (f - 2 >= 0 and col[f - 2] > 80)):
             f -= 1
         vb_front[z] = f
+    found_vb = ~np.isnan(vb_front)
+    # Slices where no canal was seen (discs, partial volume) take the body front of the nearest slices that had one.
+    vb_front = np.interp(idx, idx[found_vb], vb_front[found_vb]) if found_vb.any() else sfront.copy()
     vb_front = ndimage.median_filter(vb_front, 5, mode="nearest")
     # Aorta: brightest round structure anterior to the vertebral body, spine midline -10..+45 mm (left).
     dr = (rows - vb_front[:, None, None]) * sy
@@ -262,8 +265,10 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
     dense = ndimage.binary_dilation(a > 600, structure=np.ones((1, 3, 3), bool))
     bony = ndimage.binary_dilation(a > 450, structure=np.ones((1, 5, 5), bool))
     roi_a = body & (dr > -70) & (dr < -3) & (dc > -10) & (dc < 35)
-    big_d = ndimage.binary_dilation(big, structure=np.ones((1, 3, 3), bool))
-    ar, ac, ascore = _round_bright(a, roi_a, (sz, sy, sx), dense | big_d)
+    # Bone to keep the disc search off: the body behind its front (not an aorta lying against it), dense bone.
+    behind = (rows >= vb_front[:, None, None] - 1) & (np.abs(colsg - sc[:, None, None]) * sx < 35)
+    vb_mask = ndimage.binary_dilation(big & behind, structure=np.ones((1, 3, 3), bool))
+    ar, ac, ascore = _round_bright(a, roi_a, (sz, sy, sx), dense | vb_mask)
     abd = np.zeros(nz, bool)
     # Where to measure: slices with body area of an abdomen and not mostly lung.
     air_in = ((a < -400) & body).sum((1, 2)) * sy * sx / 100.0
@@ -283,7 +288,7 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
         r0 = int(np.ceil(18.0 / sx))
         not_aorta[z, max(0, rr - r0):rr + r0 + 1, max(0, cc - r0):cc + r0 + 1] = True
     roi_i = body & (dr > -70) & (dr < 0) & (dc > -55) & (dc < -5)
-    ir, ic, _ = _round_bright(a, roi_i, (sz, sy, sx), dense | not_aorta | big_d)
+    ir, ic, _ = _round_bright(a, roi_i, (sz, sy, sx), dense | not_aorta | vb_mask)
     ivc = _disc_median(a, ir, ic, good, 4.0 / sx)
     # Liver: soft tissue right of the spine, under the wall, opened with a ~20 mm disc.
     skin_in = np.stack([ndimage.distance_transform_edt(s, sampling=(sy, sx)) for s in body])
@@ -318,7 +323,7 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
     lateral = (np.abs(dc) > 45) & (np.abs(dc) < 125)
     box = body & depth_ok & lateral & (skin_in > 10.0)
     if enhanced:
-        thr = max(liver + 18.0, 90.0)
+        thr = max((liver if liver is not None else 55.0) + 18.0, 90.0)
         cand = box & (a > thr) & ~bony
         cand = ndimage.binary_opening(cand, structure=_disc(1.5)[None])
     else:
