@@ -30,6 +30,7 @@ The returned :class:`~scanqc.volume.Volume` is stored with slice 0 inferior (the
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,7 +249,7 @@ class _Painter:
         """A polyline tube (circular, or elliptical in the x-y plane when ``semi_y`` is given)."""
         pts = [np.asarray(p, float) for p in points]
         ry = semi_y or radius
-        for p0, p1 in zip(pts[:-1], pts[1:]):
+        for p0, p1 in itertools.pairwise(pts):
             reach = max(radius, ry) + 2.0
             b = self.g.box(np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach)
             if b is None:
@@ -321,7 +322,7 @@ def make_labels(rng: np.random.Generator, spacing: tuple[float, float, float], v
     # it bounds time and memory on shared CPUs. Thin slices still come with their own slice profile.
     sy, sx = max(sy, fov / 160), max(sx, fov / 160)
     spacing = (sz, sy, sx)
-    ny, nx = max(int(round(fov / sy)), 16), max(int(round(fov / sx)), 16)
+    ny, nx = max(int(np.round(fov / sy)), 16), max(int(np.round(fov / sx)), 16)
     grid = _Grid(x=((np.arange(nx) - (nx - 1) / 2) * sx).astype(np.float32),
                  y=((np.arange(ny) - (ny - 1) / 2) * sy + 5.0).astype(np.float32),
                  z=(z_range[1] + (np.arange(nz) + 0.5) * sz).astype(np.float32))
@@ -342,7 +343,7 @@ def make_labels(rng: np.random.Generator, spacing: tuple[float, float, float], v
     x2 = np.abs(grid.x[None, :] + disp[0][mid]).astype(np.float32)
     y2 = (grid.y[:, None] + disp[1][mid]).astype(np.float32)
     y2 = np.abs(np.where(y2 > 0, y2 * back_f, y2))
-    bx, by = ax * taper, ay * taper
+    by = ay * taper
 
     def inside(da: float, db: float) -> np.ndarray:
         ea = (ax - da) ** expo
@@ -413,7 +414,8 @@ def make_labels(rng: np.random.Generator, spacing: tuple[float, float, float], v
     # Painted after the kidneys, over fat only: the right kidney keeps its place under the liver.
     P.blob(L["liver"], liver_c, ls, 0.07, 10.0, within=cavity, only=cav_only)
     lls = np.array([60.0, 38.0, 35.0]) * organ()
-    left_c = liver_c + np.array([ls[0] * 0.9 + rng.uniform(-10, 15), -ls[1] * 0.45, -ls[2] * 0.35 + rng.uniform(-15, 5)])
+    left_c = liver_c + np.array([ls[0] * 0.9 + rng.uniform(-10, 15), -ls[1] * 0.45,
+                                 -ls[2] * 0.35 + rng.uniform(-15, 5)])
     P.blob(L["liver"], left_c, lls, 0.1, 15.0, within=cavity, only=cav_only)
     liver_mask = labels == L["liver"]
     # Gallbladder at the inferior surface, cysts inside.
@@ -558,11 +560,10 @@ def make_labels(rng: np.random.Generator, spacing: tuple[float, float, float], v
         for side in (-1, 1):
             ac = np.array([side * (ax + rng.uniform(35, 60)), rng.uniform(-20, 20)])
             ar = float(rng.uniform(35, 50))
-            P.tube(L["subcutaneous_fat"], [(ac[0], ac[1], z_range[0] + 20), (ac[0] + side * 5, ac[1], z_range[1] - 20)], ar)
-            P.tube(L["muscle"], [(ac[0], ac[1], z_range[0] + 20), (ac[0] + side * 5, ac[1], z_range[1] - 20)], ar - 8,
-                   only=(L["subcutaneous_fat"],))
-            P.tube(L["bone_cortical"], [(ac[0], ac[1], z_range[0] + 20), (ac[0] + side * 5, ac[1], z_range[1] - 20)],
-                   float(rng.uniform(9, 13)), only=(L["muscle"],))
+            axis = [(ac[0], ac[1], z_range[0] + 20), (ac[0] + side * 5, ac[1], z_range[1] - 20)]
+            P.tube(L["subcutaneous_fat"], axis, ar)
+            P.tube(L["muscle"], axis, ar - 8, only=(L["subcutaneous_fat"],))
+            P.tube(L["bone_cortical"], axis, float(rng.uniform(9, 13)), only=(L["muscle"],))
     # Table: a curved slab just under the back.
     gap = float(rng.uniform(0, 8))
     ty = float(by.max() + gap)
@@ -595,7 +596,7 @@ def render(labels: np.ndarray, hu: dict[str, float], spacing: tuple[float, float
         sp = labels == LABELS["spleen"]
         if sp.any():
             img[sp] += 3.0 * tex_amp * (tex[sp] - tex[sp].mean())
-    sz, sy, sx = spacing
+    sz = spacing[0]
     psf = float(rng.uniform(0.3, 1.0))  # in-plane point spread (pixels), smooth to sharp kernels
     img = ndimage.gaussian_filter(img, (thickness / 2.355 / sz, psf, psf))
     corr = float(rng.uniform(0.3, 1.5))
@@ -706,6 +707,7 @@ def abdomen_case(rng: np.random.Generator, task: str, label: str, variant: str =
         fields = {"modality": "CT", "label": end, "missing": [] if end == "full" else [end], "phase": phase,
                   "body_region": "abdomen"}
     else:
-        raise ScanQCError(ErrorCode.USAGE, f"the abdomen generator makes contrast_phase and coverage cases, not {task!r}")
+        raise ScanQCError(ErrorCode.USAGE,
+                          f"the abdomen generator makes contrast_phase and coverage cases, not {task!r}")
     info.pop("hu_map", None)
     return vol, fields, info

@@ -25,6 +25,9 @@ def generate(
     min_artefact_to_noise: Annotated[float | None, typer.Option(
         help="motion: redraw a moved case until its artefact reaches this share of the noise sigma "
              "[default: 0.3]; 0 keeps every draw, as the data of motion 1.0.0 / 1.1.0 did")] = None,
+    generator: Annotated[str, typer.Option(
+        help="abdominal CT source for contrast_phase / coverage: phantom (the models up to 1.2.0) | abdomen "
+             "(domain-randomised, datasets/abdomen.py)")] = "phantom",
 ) -> None:
     """Write N simulated cases for TASK plus a manifest."""
     from scanqc.datasets.generate import generate as _generate
@@ -32,7 +35,9 @@ def generate(
     from scanqc.errors import ScanQCError
 
     t0 = time.perf_counter()
-    extra = {} if min_artefact_to_noise is None else {"min_artefact_to_noise": min_artefact_to_noise}
+    extra: dict = {} if min_artefact_to_noise is None else {"min_artefact_to_noise": min_artefact_to_noise}
+    if generator != "phantom":
+        extra["generator"] = generator
     try:
         path = _generate(task, n, out, seed=seed, workers=workers, fmt=fmt, variant=variant,
                          val_fraction=val_fraction, progress=True, **extra)

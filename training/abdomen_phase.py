@@ -33,10 +33,13 @@ import numpy as np
 from scanqc.checks.abdomen_anatomy import FEATURES
 from scanqc.inference import PHASES
 
+SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+
 
 def _case(job: tuple[int, int, str, str]) -> dict[str, Any]:
-    from scanqc.checks.abdomen_anatomy import locate
     from scanqc.datasets.abdomen import make_abdomen
+
+    from scanqc.checks.abdomen_anatomy import locate
 
     seed, index, phase, variant = job
     rng = np.random.default_rng([seed, index, 77])
@@ -70,11 +73,12 @@ def _manifest_case(row: dict[str, str]) -> dict[str, Any]:
             "measured": an.hu}
 
 
-def collect_manifest(manifests: list[Path], workers: int = 2) -> list[dict[str, Any]]:
+def collect_manifest(manifests: list[Path], workers: int = 2, limit: int | None = None) -> list[dict[str, Any]]:
     """Features of every contrast_phase row of the manifests (``scanqc data generate --generator abdomen``)."""
     from scanqc.models.evaluate import read_manifest
 
     rows = [r for m in manifests for r in read_manifest(m, "contrast_phase", "all")]
+    rows = sorted(rows, key=lambda r: r["case_id"])[:limit] if limit else rows
     if workers <= 1:
         return [_manifest_case(r) for r in rows]
     with ProcessPoolExecutor(max_workers=workers) as ex:
@@ -160,8 +164,9 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     data = (folder / "model.onnx").read_bytes()
     f = len(FEATURES)
     meta = {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
-        "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version, "changelog": {version: changelog},
+        "schema": SCHEMA,
+        "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version,
+        "changelog": {version: changelog},
         "monai_version": None, "pytorch_version": None, "numpy_version": np.__version__,
         "required_packages_version": {"onnxruntime": ">=1.17"},
         "optional_packages_version": {"python": platform.python_version(), "onnx": onnx.__version__,
@@ -172,7 +177,8 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
         "data_source": "scanqc.datasets.abdomen domain-randomised abdominal CT (see training)",
         "data_type": "nifti", "image_classes": f"{f} measured HU features, see preprocessing",
         "label_classes": [*PHASES, "suboptimal"], "labels": [*PHASES, "suboptimal"],
-        "network": {"class": "multinomial logistic regression (scikit-learn) exported as ONNX", "parameters": 5 * (f + 1)},
+        "network": {"class": "multinomial logistic regression (scikit-learn) exported as ONNX",
+                    "parameters": 5 * (f + 1)},
         "network_data_format": {
             "inputs": {"image": {"type": "features", "format": "hu", "modality": "CT", "num_channels": 1,
                                  "spatial_shape": [1, 1, f], "dtype": "float32", "value_range": [],
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", type=Path, action="append", default=[],
                     help="generated manifest(s) to train on (split column: train / val); else draw --n cases")
+    ap.add_argument("--limit", type=int, default=None, help="first N manifest rows only")
     ap.add_argument("--n", type=int, default=320, help="training cases (phases balanced)")
     ap.add_argument("--n-val", type=int, default=80, help="validation cases (other seed)")
     ap.add_argument("--seed", type=int, default=0)
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         cached = json.loads(a.features_cache.read_text())
         rows, val_rows = cached["train"], cached["val"]
     elif a.manifest:
-        got = collect_manifest(a.manifest, a.workers)
+        got = collect_manifest(a.manifest, a.workers, a.limit)
         rows = [r for r in got if r["split"] != "val"]
         val_rows = [r for r in got if r["split"] == "val"]
         if a.features_cache:

@@ -92,8 +92,8 @@ def _work_grid(volume: Volume, cache: dict | None) -> tuple[np.ndarray, tuple[fl
     arr, spacing = canonicalize(volume)
     sz, sy, sx = spacing
     tz = sz if sz >= 2.4 else WORK_MM
-    shape = (max(int(round(arr.shape[0] * sz / tz)), 1), max(int(round(arr.shape[1] * sy / WORK_MM)), 8),
-             max(int(round(arr.shape[2] * sx / WORK_MM)), 8))
+    shape = (max(int(np.round(arr.shape[0] * sz / tz)), 1), max(int(np.round(arr.shape[1] * sy / WORK_MM)), 8),
+             max(int(np.round(arr.shape[2] * sx / WORK_MM)), 8))
     work = resample_fit(arr, shape, True, None)
     return work, (arr.shape[0] * sz / shape[0], arr.shape[1] * sy / shape[1], arr.shape[2] * sx / shape[2])
 
@@ -229,7 +229,7 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
         big[z] = ndimage.binary_opening(a[z] > 100, structure=k13)
     vb_front = np.full(nz, np.nan)
     for z in range(nz):
-        c = int(round(sc[z]))
+        c = int(np.round(sc[z]))
         col = a[z, :, max(0, c - 1):c + 2].mean(1)
         r0 = int(sfront[z])
         lo, hi = max(1, r0 - int(70 / sy)), min(ny - 2, r0 + int(40 / sy))
@@ -268,7 +268,7 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
     # Bone to keep the disc search off: the body behind its front (not an aorta lying against it), dense bone.
     behind = (rows >= vb_front[:, None, None] - 1) & (np.abs(colsg - sc[:, None, None]) * sx < 35)
     vb_mask = ndimage.binary_dilation(big & behind, structure=np.ones((1, 3, 3), bool))
-    ar, ac, ascore = _round_bright(a, roi_a, (sz, sy, sx), dense | vb_mask)
+    ar, ac, _ = _round_bright(a, roi_a, (sz, sy, sx), dense | vb_mask)
     abd = np.zeros(nz, bool)
     # Where to measure: slices with body area of an abdomen and not mostly lung.
     air_in = ((a < -400) & body).sum((1, 2)) * sy * sx / 100.0
@@ -309,8 +309,8 @@ def _locate(volume: Volume, cache: dict | None) -> Anatomy:
             run += 1
         liver_extent = float(liver_rows[dome_idx:].sum()) * sz
         # Parenchyma: the top 30-90 mm of the liver (kidneys start lower), eroded 6 mm from its edges.
-        z0 = dome_idx + int(round(10 / sz))
-        z1 = min(run, dome_idx + max(int(round(90 / sz)), 3))
+        z0 = dome_idx + int(np.round(10 / sz))
+        z1 = min(run, dome_idx + max(int(np.round(90 / sz)), 3))
         core = ndimage.binary_erosion(soft[z0:z1], structure=_disc(6.0 / sx)[None])
         v = a[z0:z1][core] if core.sum() > 50 else a[dome_idx:run][soft[dome_idx:run]]
         if v.size:

@@ -43,6 +43,10 @@ class CoverageCheck(ModelCheck):
         if MODALITY_FOR[region] != modality:
             return CheckResult.skipped(f"coverage model for {region} is trained on {MODALITY_FOR[region]}, "
                                        f"not {modality}")
+        if region == "liver_dome_to_kidneys":  # by geometry from located anatomy, not the CNN
+            from scanqc.checks.abdomen_coverage import abdominal_coverage
+
+            return abdominal_coverage(series, ctx)
         out = self.predict(series, ctx, model)
         thr = model.thresholds
         probs = {e: out[f"missing_{e}"] for e in COVERAGE_ENDS}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scanqc.datasets.abdomen import PHASES, make_abdomen, make_labels, render, bolus_hu
+from scanqc.datasets.abdomen import PHASES, bolus_hu, make_abdomen, make_labels, render
 
 from scanqc.checks.abdomen_anatomy import FEATURES, locate
 from scanqc.checks.base import CheckContext
@@ -39,7 +39,8 @@ def test_measurement_recovers_the_generated_hu(phase):
 
 
 def test_full_scan_with_kidneys_10_mm_above_the_last_slice_passes():
-    vol, _, info = make_abdomen(np.random.default_rng(5), "portal_venous", margins_mm=(30.0, 10.0), **COARSE)
+    vol, _, info = make_abdomen(np.random.default_rng(5), "portal_venous", margins_mm=(30.0, 11.5), **COARSE)
+    # The lowest kidney voxel's centre lies 10-14 mm above the last slice's centre.
     assert 10.0 <= info["coverage"]["kidney_bottom_to_last_slice_mm"] <= 14.0
     r = CoverageCheck()(_series(vol), CheckContext())
     assert r.status == "pass", r.message
@@ -57,7 +58,7 @@ def test_liver_dome_cut_fails_the_superior_end():
 
 
 def test_kidneys_cut_fails_the_inferior_end():
-    vol, _, info = make_abdomen(np.random.default_rng(8), "portal_venous", coverage="inferior", cut_fraction=0.2,
+    vol, _, _ = make_abdomen(np.random.default_rng(8), "portal_venous", coverage="inferior", cut_fraction=0.2,
                                 **COARSE)
     r = CoverageCheck()(_series(vol), CheckContext())
     assert r.status == "fail" and "inferior" in r.extra["missing"], r.message
@@ -66,7 +67,7 @@ def test_kidneys_cut_fails_the_inferior_end():
 def _chest_only() -> Volume:
     """Lungs, heart and chest wall: the generator's anatomy above the liver dome, no liver or kidneys."""
     rng = np.random.default_rng(4)
-    labels, grid, _ = make_labels(rng, COARSE["spacing"], z_range=(160.0, -40.0))
+    labels, _, _ = make_labels(rng, COARSE["spacing"], z_range=(160.0, -40.0))
     liver_top = np.flatnonzero((labels == 6).any((1, 2)))[-1]
     labels = labels[liver_top + 6:]
     hu, _ = bolus_hu(rng, "arterial")
@@ -80,7 +81,11 @@ def test_chest_only_ct_is_outside_the_domain_of_both_checks():
     assert not an.in_domain and "liver" in an.reason
     r = CoverageCheck()(s, CheckContext())
     assert r.status == "skipped" and r.message.startswith("outside the model's domain (")
-    r = ContrastPhaseCheck()(s, CheckContext())
+    from scanqc.models.registry import ModelRegistry
+
+    folder, _ = _shipped()
+    model = ModelRegistry(user_dir=Path("/nonexistent")).find("contrast_phase", folder.name)
+    r = ContrastPhaseCheck()(s, CheckContext(models={"contrast_phase": model}))
     assert r.status == "skipped" and r.message.startswith("outside the model's domain ("), r.message
     assert "predicted" not in r.extra
 
@@ -88,7 +93,7 @@ def test_chest_only_ct_is_outside_the_domain_of_both_checks():
 def test_head_sized_ct_is_outside_the_domain():
     rng = np.random.default_rng(0)
     arr = np.full((40, 80, 80), -1000.0, np.float32)
-    zz, yy, xx = np.mgrid[:40, :80, :80]
+    _, yy, xx = np.mgrid[:40, :80, :80]
     arr[((yy - 40) ** 2 + (xx - 40) ** 2) < 30 ** 2] = 35.0  # 180 mm across at 3 mm
     arr += rng.normal(0, 5, arr.shape).astype(np.float32)
     an = locate(Volume(arr, (3.0, 3.0, 3.0), modality="CT"))
@@ -119,8 +124,9 @@ def test_shipped_hu_classifier_onnx_matches_its_coefficients():
 
 
 def test_contrast_phase_check_reports_measured_hu_on_a_dicom_series(tmp_path):
-    from scanqc.io.dicom_write import write_dicom_series
     from scanqc.models.registry import ModelRegistry
+
+    from scanqc.io.dicom_write import write_dicom_series
     from scanqc.pipeline import check_path
 
     folder, _ = _shipped()
