@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scanqc.datasets.abdomen import PHASES, bolus_hu, make_abdomen, make_labels, render
 
+from scanqc.checks import abdomen_coverage
 from scanqc.checks.abdomen_anatomy import FEATURES, locate
 from scanqc.checks.base import CheckContext
 from scanqc.checks.contrast_phase import ContrastPhaseCheck
@@ -19,6 +20,11 @@ from scanqc.volume import Volume
 
 COARSE = {"spacing": (3.0, 3.0, 3.0), "thickness": 3.0}
 MODELS = Path(__file__).resolve().parents[2] / "models" / "contrast_phase"
+
+
+@pytest.fixture(autouse=True)
+def _coverage_by_anatomy(monkeypatch):
+    monkeypatch.setattr(abdomen_coverage, "ENABLED", True)
 
 
 def _series(vol: Volume) -> Series:
