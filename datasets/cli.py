@@ -28,6 +28,9 @@ def generate(
     anatomy: Annotated[str, typer.Option(
         help="brain MR: template (MNI152 brain, models up to motion 1.1.0) | head (domain-randomised whole "
              "heads with scalp, skull, face and neck)")] = "template",
+    generator: Annotated[str, typer.Option(
+        help="abdominal CT source for contrast_phase / coverage: phantom (the models up to 1.2.0) | abdomen "
+             "(domain-randomised, datasets/abdomen.py)")] = "phantom",
 ) -> None:
     """Write N simulated cases for TASK plus a manifest."""
     from scanqc.datasets.generate import generate as _generate
@@ -35,7 +38,9 @@ def generate(
     from scanqc.errors import ScanQCError
 
     t0 = time.perf_counter()
-    extra = {} if min_artefact_to_noise is None else {"min_artefact_to_noise": min_artefact_to_noise}
+    extra: dict = {} if min_artefact_to_noise is None else {"min_artefact_to_noise": min_artefact_to_noise}
+    if generator != "phantom":
+        extra["generator"] = generator
     try:
         path = _generate(task, n, out, seed=seed, workers=workers, fmt=fmt, variant=variant,
                          val_fraction=val_fraction, progress=True, anatomy=anatomy, **extra)

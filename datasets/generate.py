@@ -11,6 +11,10 @@ Tasks:
   arterial, see :func:`_contrast_case`).
 - ``coverage``: brain MR and abdominal CT, cut at the superior or inferior end or complete.
 
+``generator="abdomen"`` (contrast_phase, coverage) draws the abdominal CT cases from the domain-randomised
+generator :mod:`~scanqc.datasets.abdomen` instead of the phantom (coverage then has abdominal cases only);
+the default ``"phantom"`` reproduces the data of the models up to contrast_phase 1.2.0 / coverage 1.2.0.
+
 Every case has its own generator seeded from ``(seed, case index, variant)``, so the data do not
 depend on ``workers`` and the same seed gives the same data.
 """
@@ -35,6 +39,7 @@ from scanqc.volume import Volume
 TASKS = tuple(TASK_LABELS)
 FORMATS = ("nifti", "dicom")
 ANATOMIES = ("template", "head")
+GENERATORS = ("phantom", "abdomen")
 BRAIN_RESOLUTION_MM = 2.0
 _VARIANT_CODE = {"train": 0, "test": 1}
 # Orientations of brain acquisitions: (name, array order from canonical, flips) - see geometry.reorient.
@@ -279,9 +284,13 @@ def _motion_visible(index: int, label: str, seed: int, variant: str,
 
 
 def _one_case(job: tuple) -> ManifestRow:
-    task, index, label, seed, variant, split, out, fmt, kind, min_anr, anatomy = job
+    task, index, label, seed, variant, split, out, fmt, kind, min_anr, anatomy, generator = job
     if task == "motion":  # draws its own generators (one per redraw)
         vol, fields, prov = _motion_visible(index, label, seed, variant, min_anr, anatomy)
+    elif generator == "abdomen" and kind == "abdomen":
+        from scanqc.datasets.abdomen import abdomen_case
+
+        vol, fields, prov = abdomen_case(case_rng(seed, index, variant), task, label, variant)
     else:
         rng = case_rng(seed, index, variant)
         make = _contrast_case if task == "contrast_phase" else (
@@ -312,7 +321,8 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def plan(task: str, n: int, seed: int, variant: str, val_fraction: float) -> list[tuple[str, str, str]]:
+def plan(task: str, n: int, seed: int, variant: str, val_fraction: float,
+         generator: str = "phantom") -> list[tuple[str, str, str]]:
     """(label, split, body kind) per case: classes balanced, splits ~(1 - val_fraction)/val_fraction."""
     classes = TASK_LABELS[task]
     rng = np.random.default_rng([int(seed), 7919, _VARIANT_CODE[variant]])
@@ -322,7 +332,7 @@ def plan(task: str, n: int, seed: int, variant: str, val_fraction: float) -> lis
     splits = ["test" if variant == "test" else ("val" if i in val else "train") for i in range(n)]
     if task == "motion":
         kinds = ["brain"] * n
-    elif task == "contrast_phase":
+    elif task == "contrast_phase" or generator == "abdomen":
         kinds = ["abdomen"] * n
     else:
         kinds = [("brain", "abdomen")[int(v)] for v in rng.permutation(n) % 2]
@@ -331,7 +341,8 @@ def plan(task: str, n: int, seed: int, variant: str, val_fraction: float) -> lis
 
 def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1, fmt: str = "nifti",
              variant: str = "train", val_fraction: float = 0.2, progress: bool | Callable[[int, int], None] = False,
-             min_artefact_to_noise: float = motion_mod.MIN_ARTEFACT_TO_NOISE, anatomy: str = "template") -> Path:
+             min_artefact_to_noise: float = motion_mod.MIN_ARTEFACT_TO_NOISE, anatomy: str = "template",
+             generator: str = "phantom") -> Path:
     """Generate ``n`` cases for ``task`` into ``out`` and return the path of ``out/manifest.csv``.
 
     ``variant='test'`` draws from ranges disjoint from training (:mod:`scanqc.datasets.variants`)
@@ -340,10 +351,16 @@ def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1
     (motion): a moved case is redrawn until its artefact reaches this share of the noise sigma; 0 keeps every
     draw (the data of motion 1.0.0 and 1.1.0). ``anatomy`` (brain MR cases): ``template`` (the MNI152 brain, the
     data of every model up to motion 1.1.0 / coverage 1.2.0) or ``head`` (domain-randomised whole heads,
-    :mod:`scanqc.datasets.head`).
+    :mod:`scanqc.datasets.head`). ``generator`` (abdominal CT cases of contrast_phase, coverage): ``phantom`` or
+    the domain-randomised ``abdomen``.
     """
     if task not in TASKS:
         raise ScanQCError(ErrorCode.USAGE, f"task must be one of {list(TASKS)}, got {task!r}")
+    if generator not in GENERATORS:
+        raise ScanQCError(ErrorCode.USAGE, f"generator must be one of {list(GENERATORS)}, got {generator!r}")
+    if generator == "abdomen" and task == "motion":
+        raise ScanQCError(ErrorCode.USAGE, "generator 'abdomen' makes abdominal CT: tasks contrast_phase and "
+                                           "coverage only, not motion")
     if fmt not in FORMATS:
         raise ScanQCError(ErrorCode.USAGE, f"fmt must be one of {list(FORMATS)}, got {fmt!r}")
     check_variant(variant)
@@ -358,8 +375,9 @@ def generate(task: str, n: int, out: Path | str, seed: int = 0, workers: int = 1
     workers = max(1, min(int(workers), os.cpu_count() or 1, int(n)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(task, i, label, int(seed), variant, split, str(out), fmt, kind, float(min_artefact_to_noise), anatomy)
-            for i, (label, split, kind) in enumerate(plan(task, int(n), int(seed), variant, val_fraction))]
+    jobs = [(task, i, label, int(seed), variant, split, str(out), fmt, kind, float(min_artefact_to_noise), anatomy,
+             generator)
+            for i, (label, split, kind) in enumerate(plan(task, int(n), int(seed), variant, val_fraction, generator))]
     rows: list[ManifestRow] = []
     if progress is True:
         from rich.progress import Progress

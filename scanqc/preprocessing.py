@@ -53,6 +53,11 @@ CANONICAL_ORIENTATION = "IPL"
 _CANON = ((2, -1.0), (1, 1.0), (0, 1.0))
 
 
+#: ``fit``: the whole scanned extent resampled onto ``shape`` (the CNNs); ``abdomen_hu``: no image at all, the
+#: HU measured at located abdominal structures (:mod:`scanqc.checks.abdomen_anatomy`) for a classifier over them.
+MODES = ("fit", "abdomen_hu")
+
+
 @dataclass
 class PreprocessSpec:
     """Everything :func:`preprocess` needs; serialised verbatim into ``metadata.json``."""
@@ -86,10 +91,17 @@ class PreprocessSpec:
             raise ScanQCError(ErrorCode.BAD_MODEL, "background_margin/background_far must be >= 0 and "
                                                    f"background_clip > 0, got {self.background_margin}, "
                                                    f"{self.background_far}, {self.background_clip}")
+        if self.mode not in MODES:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing mode {self.mode!r} unknown (expected one of "
+                                                   f"{list(MODES)})")
+        if self.mode == "abdomen_hu":
+            # Measured HU features (scanqc.checks.abdomen_anatomy.FEATURES) as a [1, 1, 1, F] "volume".
+            if len(self.shape) != 3 or self.shape[:2] != (1, 1) or self.shape[2] < 1:
+                raise ScanQCError(ErrorCode.BAD_MODEL, f"abdomen_hu preprocessing shape must be [1, 1, F], "
+                                                       f"got {self.shape}")
+            return
         if len(self.shape) != 3 or min(self.shape) < 4:
             raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing shape must be 3 sizes >= 4, got {self.shape}")
-        if self.mode != "fit":
-            raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing mode {self.mode!r} unknown (expected 'fit')")
         if not 0 <= self.pad_slices < self.shape[0] // 2 - 1:
             raise ScanQCError(ErrorCode.BAD_MODEL, f"pad_slices {self.pad_slices} does not fit shape {self.shape}")
         if any(hi <= lo for lo, hi in self.ct_windows) or not self.ct_windows:
@@ -100,6 +112,8 @@ class PreprocessSpec:
 
     def channels(self, modality: str) -> int:
         """Number of input channels for a modality (intensity channels + optional mask)."""
+        if self.mode == "abdomen_hu":
+            return 1
         n = len(self.ct_windows) + len(self.ct_max_windows) if modality.upper() == "CT" else 1
         return n + (1 if self.pad_slices else 0) + (1 if self.background_channel else 0)
 
@@ -367,6 +381,10 @@ def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None
     mod = (modality or volume.modality or "").upper()
     if mod not in ("CT", "MR"):
         raise ScanQCError(ErrorCode.USAGE, f"cannot preprocess modality {mod or 'unknown'!r}: CT or MR only")
+    if spec.mode == "abdomen_hu":
+        from scanqc.checks.abdomen_anatomy import feature_input
+
+        return feature_input(volume, spec.shape[2], cache)
     arr, spacing = canonicalize(volume)
     inner = (spec.shape[0] - 2 * spec.pad_slices, spec.shape[1], spec.shape[2])
     res = resample_fit(arr, inner, spec.antialias, cache)

@@ -5,6 +5,11 @@ venous, delayed); the check fails only against the phase the guideline expects (
 or ``contrast: none`` -> non-contrast, ``contrast: required`` -> any enhanced phase). Suboptimal
 enhancement (e.g. portal-venous liver below ~100 HU, arterial aorta below ~250 HU; see
 docs/hu-reference.md) is a separate warning. Phase timing: Bae KT, Radiology 2010;256:32-61.
+
+Models whose preprocessing mode is ``abdomen_hu`` (2.x) classify from HU *measured* at the located
+aorta, IVC, liver and kidneys (:mod:`scanqc.checks.abdomen_anatomy`), the approach of TotalSegmentator's
+``totalseg_get_phase``; the measurements go into the output (``measured_hu``) and the message, and a
+series without liver or kidneys in view is ``skipped: outside the model's domain (...)``, never guessed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ def mismatch_action(expected: str, predicted: str) -> str:
             "record a protocol deviation and check the bolus-tracking trigger / scan delay before the next patient")
 
 
+_SHOWN = (("aorta", "aorta"), ("ivc", "IVC"), ("liver", "liver"), ("kidney_p90", "renal cortex"),
+          ("kidney_p25", "renal medulla"), ("kidney_p99", "collecting system"))
+
+
+def measured_text(hu: dict[str, float | None]) -> str:
+    """'aorta 312 HU, IVC 74 HU, ...' for the structures that were measured."""
+    return ", ".join(f"{name} {hu[k]:.0f} HU" for k, name in _SHOWN if hu.get(k) is not None)
+
+
 ACTION_SUBOPTIMAL = ("Suboptimal enhancement: check the IV access, injection rate and volume and the bolus timing; "
                      "repeat per protocol if the study is not diagnostic")
 
@@ -55,6 +69,15 @@ class ContrastPhaseCheck(ModelCheck):
         if region != "abdomen" and expected is None:
             return CheckResult.skipped(f"contrast phase model is trained on abdominal CT; this series is not "
                                        f"abdomen ({why})")
+        anat = None
+        if model.spec.mode == "abdomen_hu":
+            from scanqc.checks.abdomen_anatomy import locate
+
+            assert series.volume is not None
+            anat = locate(series.volume, ctx.cache)
+            if not anat.in_domain:
+                return CheckResult.skipped(f"outside the model's domain ({anat.reason})",
+                                           model_version=model.version)
         out = self.predict(series, ctx, model)
         probs: dict[str, float] = out["probabilities"]
         pred: str = out["predicted"]
@@ -62,21 +85,25 @@ class ContrastPhaseCheck(ModelCheck):
         thr = model.thresholds
         extra = {"predicted": pred, "probabilities": {k: round(v, 4) for k, v in probs.items()},
                  "expected": expected, "suboptimal": round(p_sub, 4), "model_version": out["model_version"]}
+        seen = ""
+        if anat is not None:
+            extra.update(anat.details())
+            seen = "; " + measured_text(anat.hu)
         conf_t = float(thr.get("mismatch_fail_confidence", 0.5))
         if expected is not None and pred != expected:
             score = 1.0 - probs[expected]
             msg = (f"{_NAMES[pred]} phase (P={probs[pred]:.2f}); protocol expects {_NAMES[expected]} "
-                   f"(P={probs[expected]:.2f})")
+                   f"(P={probs[expected]:.2f}){seen}")
             status = "fail" if probs[pred] >= conf_t else "warn"
             return CheckResult(status, msg, score, mismatch_action(expected, pred), extra)
         if expected is None and required == "required" and pred == "non_contrast":
             return CheckResult("fail", f"no contrast enhancement (P(non-contrast)={probs[pred]:.2f}); protocol "
-                               "requires contrast", probs[pred],
+                               f"requires contrast{seen}", probs[pred],
                                mismatch_action("portal_venous", "non_contrast"), extra)
         score = 1.0 - probs[expected] if expected else p_sub
         sub_t = float(thr.get("suboptimal_warn", 0.5))
         if pred != "non_contrast" and p_sub >= sub_t:
-            return CheckResult("warn", f"{_NAMES[pred]} phase with suboptimal enhancement (P={p_sub:.2f})",
+            return CheckResult("warn", f"{_NAMES[pred]} phase with suboptimal enhancement (P={p_sub:.2f}){seen}",
                                max(score, p_sub), ACTION_SUBOPTIMAL, extra)
         tail = ", as expected" if expected else ""
-        return CheckResult("pass", f"{_NAMES[pred]} phase (P={probs[pred]:.2f}){tail}", score, None, extra)
+        return CheckResult("pass", f"{_NAMES[pred]} phase (P={probs[pred]:.2f}){tail}{seen}", score, None, extra)

@@ -43,6 +43,11 @@ class CoverageCheck(ModelCheck):
         if MODALITY_FOR[region] != modality:
             return CheckResult.skipped(f"coverage model for {region} is trained on {MODALITY_FOR[region]}, "
                                        f"not {modality}")
+        if region == "liver_dome_to_kidneys":
+            from scanqc.checks import abdomen_coverage
+
+            if abdomen_coverage.ENABLED:  # by geometry from located anatomy (off until its figures beat the CNN's)
+                return abdomen_coverage.abdominal_coverage(series, ctx)
         out = self.predict(series, ctx, model)
         thr = model.thresholds
         probs = {e: out[f"missing_{e}"] for e in COVERAGE_ENDS}

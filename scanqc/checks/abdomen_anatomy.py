@@ -1,0 +1,389 @@
+"""Classical anatomical localisation on abdominal CT: where the spine, aorta, IVC, liver and kidneys are,
+their HU, and where the liver dome and the lower kidney poles lie relative to the scan's ends.
+
+The contrast-phase check classifies from these measurements (as TotalSegmentator's ``totalseg_get_phase``
+does from median HU of segmented structures) and the abdominal coverage check decides from the geometry,
+so both say *why*: the measured HU and the distances in mm go into the check details.
+
+Rules (all relative to the patient, none to a particular simulator), on a ~3 mm working grid:
+
+- **body**: the largest connected region above -500 HU, holes filled (lungs, bowel gas);
+- **spine**: dense bone (> 500 HU) in the central, posterior part of the body, slice by slice; its
+  centroid is the reference for everything else (right = smaller column index in LPS storage);
+- **aorta / IVC**: the brightest round structure (disc mean minus the ring around it, radius 7-13 mm)
+  anterior to the vertebral body, left of (aorta) / right of (IVC) the spine's midline;
+- **liver**: soft tissue (-20..300 HU) more than 40 mm right of the spine midline, at least 12 mm under
+  the skin, opened with a ~20 mm disc (drops the chest and abdominal wall); its top-most slice with
+  >= 8 cm^2 (continuing inferiorly) is the dome;
+- **kidneys**: in the paravertebral box either side (50-125 mm lateral of the spine midline, at the depth
+  of the vertebral body): voxels brighter than the liver by 30 HU when the aorta shows contrast, else
+  soft tissue (10-75 HU) blobs; 3D components of >= 15 cm^3; their lowest slice is the lower pole.
+
+numpy/scipy only (runtime path). One 200-slice 512^2 CT takes ~0.3-0.6 s, mostly the resampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from scanqc.volume import Volume
+
+WORK_MM = 3.0
+DEBUG: dict[str, Any] | None = None  # set to a dict to receive the intermediate maps (development)
+#: Feature vector the contrast-phase classifier takes (order matters: it is the ONNX model's input).
+FEATURES: tuple[str, ...] = (
+    "aorta", "ivc", "liver", "liver_p95", "liver_p05", "kidney_p90", "kidney_p25", "kidney_p99",
+    "aorta_minus_liver", "aorta_minus_ivc", "kidney_cortex_minus_medulla", "collecting_minus_cortex",
+    "kidney_p90_minus_liver", "kidneys_found",
+)
+
+
+@dataclass
+class Anatomy:
+    """What :func:`locate` found. Distances are mm; HU are medians or percentiles over the structure."""
+
+    in_domain: bool
+    reason: str
+    hu: dict[str, float | None] = field(default_factory=dict)
+    found: dict[str, bool] = field(default_factory=dict)
+    # Superior end -> liver dome (mm, > 0 = the dome is inside the scan by this much; <= 0: cut).
+    dome_to_first_slice_mm: float | None = None
+    # Lower kidney poles -> inferior end (mm, > 0 = inside by this much; <= 0: cut).
+    kidneys_to_last_slice_mm: float | None = None
+    liver_cut_superior: bool = False
+    kidneys_cut_inferior: bool = False
+    extent_mm: float = 0.0
+    liver_extent_mm: float = 0.0
+
+    def features(self) -> np.ndarray:
+        """The classifier input (:data:`FEATURES`); missing kidney values fall back to the liver's."""
+        h = self.hu
+        liver = h.get("liver") or 55.0
+        aorta = h.get("aorta") if h.get("aorta") is not None else liver
+        ivc = h.get("ivc") if h.get("ivc") is not None else aorta
+        k90 = h.get("kidney_p90") if h.get("kidney_p90") is not None else liver
+        k25 = h.get("kidney_p25") if h.get("kidney_p25") is not None else liver
+        k99 = h.get("kidney_p99") if h.get("kidney_p99") is not None else k90
+        vals = [aorta, ivc, liver, h.get("liver_p95") or liver, h.get("liver_p05") or liver, k90, k25, k99,
+                aorta - liver, aorta - ivc, k90 - k25, k99 - k90, k90 - liver,
+                1.0 if self.found.get("kidneys") else 0.0]
+        return np.asarray(vals, np.float32)
+
+    def details(self) -> dict[str, Any]:
+        """JSON-ready summary for the check output."""
+        return {"measured_hu": {k: (None if v is None else round(float(v), 1)) for k, v in self.hu.items()},
+                "found": dict(self.found),
+                "liver_dome_below_first_slice_mm": _r(self.dome_to_first_slice_mm),
+                "kidneys_above_last_slice_mm": _r(self.kidneys_to_last_slice_mm),
+                "scan_extent_mm": _r(self.extent_mm)}
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 1)
+
+
+def _work_grid(volume: Volume, cache: dict | None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    from scanqc.preprocessing import canonicalize, resample_fit
+
+    arr, spacing = canonicalize(volume)
+    sz, sy, sx = spacing
+    tz = sz if sz >= 2.4 else WORK_MM
+    shape = (max(int(np.round(arr.shape[0] * sz / tz)), 1), max(int(np.round(arr.shape[1] * sy / WORK_MM)), 8),
+             max(int(np.round(arr.shape[2] * sx / WORK_MM)), 8))
+    work = resample_fit(arr, shape, True, None)
+    return work, (arr.shape[0] * sz / shape[0], arr.shape[1] * sy / shape[1], arr.shape[2] * sx / shape[2])
+
+
+def _disc(radius_px: float) -> np.ndarray:
+    r = int(np.ceil(radius_px))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return (yy ** 2 + xx ** 2) <= radius_px ** 2 + 1e-6
+
+
+def _body_mask(a: np.ndarray, px: float) -> np.ndarray:
+    """Torso per slice: > -500 HU, opened with a 15 mm disc so the table and arms resting against the body
+    come off (their contact is a neck narrower than 30 mm), largest component, grown back, holes filled."""
+    m = a > -500
+    k = _disc(15.0 / px)
+    out = np.zeros_like(m)
+    for z in range(m.shape[0]):
+        o = ndimage.binary_opening(m[z], structure=k)
+        lab, n = ndimage.label(o)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())[1:]
+        torso = lab == (int(np.argmax(sizes)) + 1)
+        torso = ndimage.binary_dilation(torso, structure=k) & m[z]
+        out[z] = ndimage.binary_fill_holes(torso)
+    return out
+
+
+def _round_bright(a: np.ndarray, roi: np.ndarray, spacing: tuple[float, float, float],
+                  exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice: (row, col, score) of the brightest disc-minus-ring in ``roi`` (radius 7-13 mm)."""
+    px = spacing[1]
+    best_s = np.full(a.shape[0], -np.inf)
+    best_r = np.zeros(a.shape[0], int)
+    best_c = np.zeros(a.shape[0], int)
+    clipped = np.clip(a, -150, 500)
+    for rad in (7.0, 10.0, 13.0):
+        d = _disc(rad / px).astype(np.float32)
+        ring = _disc((rad + 6.0) / px).astype(np.float32)
+        ring[tuple(slice((ring.shape[i] - d.shape[i]) // 2, (ring.shape[i] + d.shape[i]) // 2) for i in range(2))] -= d
+        dm = ndimage.convolve(clipped, (d / d.sum())[None], mode="nearest")
+        rm = ndimage.convolve(clipped, (ring / ring.sum())[None], mode="nearest")
+        score = dm - 0.7 * rm + 0.3 * dm
+        score = np.where(roi, score, -np.inf)
+        if exclude is not None:
+            score = np.where(exclude, -np.inf, score)
+        flat = score.reshape(a.shape[0], -1)
+        idx = np.argmax(flat, axis=1)
+        s = flat[np.arange(a.shape[0]), idx]
+        better = s > best_s
+        best_s = np.where(better, s, best_s)
+        rr, cc = np.unravel_index(idx, a.shape[1:])
+        best_r, best_c = np.where(better, rr, best_r), np.where(better, cc, best_c)
+    return best_r, best_c, best_s
+
+
+def _disc_median(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, slices: np.ndarray, radius_px: float) -> float:
+    d = _disc(radius_px)
+    r = d.shape[0] // 2
+    vals = []
+    for z in slices:
+        y0, x0 = int(rows[z]), int(cols[z])
+        sl = a[z, max(0, y0 - r):y0 + r + 1, max(0, x0 - r):x0 + r + 1]
+        dd = d[r - (y0 - max(0, y0 - r)):, r - (x0 - max(0, x0 - r)):][:sl.shape[0], :sl.shape[1]]
+        vals.append(float(np.median(sl[dd])))
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def locate(volume: Volume, cache: dict | None = None) -> Anatomy:
+    """Find the abdominal landmarks of a CT volume (HU). Never raises on odd anatomy: says out of domain."""
+    key = "abdomen_anatomy"
+    if cache is not None and key in cache:
+        return cache[key]
+    out = _locate(volume, cache)
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def _locate(volume: Volume, cache: dict | None) -> Anatomy:
+    a, (sz, sy, sx) = _work_grid(volume, cache)
+    nz, ny, nx = a.shape
+    extent = nz * sz
+    if nz < 4:
+        return Anatomy(False, f"only {nz} slices at {sz:.1f} mm: too short an extent for abdominal landmarks",
+                       extent_mm=extent)
+    body = _body_mask(a, sx)
+    area = body.sum((1, 2)) * sy * sx / 100.0  # cm^2 per slice
+    cols_any = body.any(1)
+    width = np.array([(np.flatnonzero(c)[-1] - np.flatnonzero(c)[0] + 1) * sx if c.any() else 0 for c in cols_any])
+    med_width = float(np.median(width))
+    if med_width < 200:
+        return Anatomy(False, f"body {med_width:.0f} mm across: smaller than an adult abdomen (head or limb?)",
+                       extent_mm=extent)
+    # Spine: dense bone in the central band of the posterior body, slice by slice.
+    rows = np.arange(ny)[None, :, None]
+    colsg = np.arange(nx)[None, None, :]
+    brows = np.where(body.any(2), np.arange(ny)[None, :], np.nan)
+    top_row, bot_row = np.nanmin(brows, 1), np.nanmax(brows, 1)
+    bcols = np.where(body.any(1), np.arange(nx)[None, :], np.nan)
+    left_col, right_col = np.nanmin(bcols, 1), np.nanmax(bcols, 1)
+    mid_col = (left_col + right_col) / 2
+    half_w = (right_col - left_col) / 2
+    central = (np.abs(colsg - mid_col[:, None, None]) < 0.3 * half_w[:, None, None]) & \
+              (rows > ((top_row + bot_row) / 2)[:, None, None])
+    bone = (a > 500) & body & central
+    has_spine = bone.sum((1, 2)) * sy * sx >= 150.0  # mm^2
+    if has_spine.mean() < 0.5:
+        return Anatomy(False, f"no vertebral column found in {100 * (1 - has_spine.mean()):.0f} % of slices "
+                              "(not an axial body CT?)", extent_mm=extent)
+    zz = np.flatnonzero(has_spine)
+    sr = np.array([np.nan] * nz)
+    sc = np.array([np.nan] * nz)
+    sfront = np.array([np.nan] * nz)
+    for z in zz:
+        r_, c_ = np.nonzero(bone[z])
+        sc[z] = np.median(c_)
+        near = np.abs(c_ - sc[z]) * sx < 15
+        sfront[z] = np.min(r_[near]) if near.any() else np.min(r_)
+        sr[z] = np.median(r_)
+    idx = np.arange(nz)
+    for arr_ in (sr, sc, sfront):
+        ok = ~np.isnan(arr_)
+        arr_[:] = np.interp(idx, idx[ok], arr_[ok])
+    sc = ndimage.median_filter(sc, 5, mode="nearest")
+    sfront = ndimage.median_filter(sfront, 5, mode="nearest")
+    # Vertebral body: bone-bright (> 100 HU) regions wide enough to hold a 26 mm disc (the body is 28-40 mm
+    # deep; the aorta, <= 28 mm across, drops out). The body's front is the end of that mask along the
+    # midline column, walking anteriorly from the dense bone across at most 30 mm of spinal canal.
+    big = np.zeros_like(body)
+    k13 = _disc(13.0 / sx)
+    for z in range(nz):
+        big[z] = ndimage.binary_opening(a[z] > 100, structure=k13)
+    vb_front = np.full(nz, np.nan)
+    for z in range(nz):
+        c = int(np.round(sc[z]))
+        col = a[z, :, max(0, c - 1):c + 2].mean(1)
+        r0 = int(sfront[z])
+        lo, hi = max(1, r0 - int(70 / sy)), min(ny - 2, r0 + int(40 / sy))
+        # The spinal canal: a dark run (-30..70 HU, 5-30 mm) with bone (> 150 HU) on both sides.
+        canal = None
+        r = lo
+        while r <= hi:
+            if -30 < col[r] < 70:
+                e = r
+                while e + 1 < ny and -30 < col[e + 1] < 70:
+                    e += 1
+                length = (e - r + 1) * sy
+                if 5 <= length <= 30 and col[r - 1] > 150 and e + 1 < ny and col[e + 1] > 150:
+                    if canal is None or abs(r - r0) < abs(canal - r0):
+                        canal = r
+                r = e + 1
+            else:
+                r += 1
+        if canal is None:
+            continue
+        # The body: bone-bright (> 80 HU, one-pixel dips allowed) in front of the canal, at most 40 mm deep.
+        f = canal - 1
+        while f - 1 >= 0 and (canal - f) * sy < 40 and (col[f - 1] > 80 or (f - 2 >= 0 and col[f - 2] > 80)):
+            f -= 1
+        vb_front[z] = f
+    found_vb = ~np.isnan(vb_front)
+    # Slices where no canal was seen (discs, partial volume) take the body front of the nearest slices that had one.
+    vb_front = np.interp(idx, idx[found_vb], vb_front[found_vb]) if found_vb.any() else sfront.copy()
+    vb_front = ndimage.median_filter(vb_front, 5, mode="nearest")
+    # Aorta: brightest round structure anterior to the vertebral body, spine midline -10..+45 mm (left).
+    dr = (rows - vb_front[:, None, None]) * sy
+    dc = (colsg - sc[:, None, None]) * sx
+    dense = ndimage.binary_dilation(a > 600, structure=np.ones((1, 3, 3), bool))
+    bony = ndimage.binary_dilation(a > 450, structure=np.ones((1, 5, 5), bool))
+    roi_a = body & (dr > -70) & (dr < -3) & (dc > -10) & (dc < 35)
+    # Bone to keep the disc search off: the body behind its front (not an aorta lying against it), dense bone.
+    behind = (rows >= vb_front[:, None, None] - 1) & (np.abs(colsg - sc[:, None, None]) * sx < 35)
+    vb_mask = ndimage.binary_dilation(big & behind, structure=np.ones((1, 3, 3), bool))
+    ar, ac, _ = _round_bright(a, roi_a, (sz, sy, sx), dense | vb_mask)
+    abd = np.zeros(nz, bool)
+    # Where to measure: slices with body area of an abdomen and not mostly lung.
+    air_in = ((a < -400) & body).sum((1, 2)) * sy * sx / 100.0
+    abd = (air_in < 0.35 * area) & has_spine
+    if abd.sum() < 3:
+        abd = has_spine
+    zs = np.flatnonzero(abd)
+    med_c, med_r = np.median(ac[zs]), np.median(ar[zs])
+    good = zs[(np.abs(ac[zs] - med_c) * sx < 20) & (np.abs(ar[zs] - med_r) * sy < 25)]
+    if good.size < 2:
+        good = zs
+    aorta = _disc_median(a, ar, ac, good, 5.0 / sx)
+    # IVC: right of the aorta (smaller column), same depth band, not overlapping the aorta's disc.
+    not_aorta = np.zeros_like(body)
+    for z in range(nz):
+        rr, cc = int(ar[z]), int(ac[z])
+        r0 = int(np.ceil(18.0 / sx))
+        not_aorta[z, max(0, rr - r0):rr + r0 + 1, max(0, cc - r0):cc + r0 + 1] = True
+    roi_i = body & (dr > -70) & (dr < 0) & (dc > -55) & (dc < -5)
+    ir, ic, _ = _round_bright(a, roi_i, (sz, sy, sx), dense | not_aorta | vb_mask)
+    ivc = _disc_median(a, ir, ic, good, 4.0 / sx)
+    # Liver: soft tissue right of the spine, under the wall, opened with a ~20 mm disc.
+    skin_in = np.stack([ndimage.distance_transform_edt(s, sampling=(sy, sx)) for s in body])
+    soft = (a > -20) & (a < 300) & body & (skin_in > 12.0) & (dc < -40)
+    soft = ndimage.binary_opening(soft, structure=_disc(10.0 / sx)[None])
+    larea = soft.sum((1, 2)) * sy * sx / 100.0
+    liver_rows = larea >= 8.0
+    dome_idx = None
+    for z in range(nz):
+        if liver_rows[z] and liver_rows[z:z + 4].all() and z + 4 <= nz:
+            dome_idx = z
+            break
+    liver_hu: dict[str, float | None] = {"liver": None, "liver_p95": None, "liver_p05": None}
+    liver_extent = 0.0
+    if dome_idx is not None:
+        run = dome_idx
+        while run < nz and liver_rows[run]:
+            run += 1
+        liver_extent = float(liver_rows[dome_idx:].sum()) * sz
+        # Parenchyma: the top 30-90 mm of the liver (kidneys start lower), eroded 6 mm from its edges.
+        z0 = dome_idx + int(np.round(10 / sz))
+        z1 = min(run, dome_idx + max(int(np.round(90 / sz)), 3))
+        core = ndimage.binary_erosion(soft[z0:z1], structure=_disc(6.0 / sx)[None])
+        v = a[z0:z1][core] if core.sum() > 50 else a[dome_idx:run][soft[dome_idx:run]]
+        if v.size:
+            liver_hu = {"liver": float(np.median(v)), "liver_p95": float(np.percentile(v, 95)),
+                        "liver_p05": float(np.percentile(v, 5))}
+    liver = liver_hu["liver"]
+    # Kidneys: paravertebral boxes either side at the depth of the vertebral body.
+    enhanced = aorta > 90.0 or (liver is not None and liver > 80.0)
+    depth_ok = (dr > -15) & (dr < 75)
+    lateral = (np.abs(dc) > 45) & (np.abs(dc) < 125)
+    box = body & depth_ok & lateral & (skin_in > 10.0)
+    if enhanced:
+        thr = max((liver if liver is not None else 55.0) + 18.0, 90.0)
+        cand = box & (a > thr) & ~bony
+        cand = ndimage.binary_opening(cand, structure=_disc(1.5)[None])
+    else:
+        cand = box & (a > 10) & (a < 75)
+        cand = ndimage.binary_opening(cand, structure=_disc(8.0 / sx)[None])
+    lab, n = ndimage.label(cand)
+    kid = np.zeros_like(cand)
+    if n:
+        vox_cm3 = sz * sy * sx / 1000.0
+        sizes = ndimage.sum_labels(cand, lab, np.arange(1, n + 1)) * vox_cm3
+        objs = ndimage.find_objects(lab)
+        for i, (s, sl) in enumerate(zip(sizes, objs)):
+            if s < 15.0 or sl is None:
+                continue
+            zext = (sl[0].stop - sl[0].start) * sz
+            if zext < 30.0 or zext > 220.0:
+                continue
+            kid |= lab == i + 1
+    kidneys_found = bool(kid.sum() * sz * sy * sx / 1000.0 >= 15.0)
+    khu: dict[str, float | None] = {"kidney_p90": None, "kidney_p25": None, "kidney_p99": None}
+    kid_to_last = None
+    kid_cut = False
+    if kidneys_found:
+        grown = ndimage.binary_dilation(kid, structure=np.ones((1, 5, 5), bool)) & box
+        v = a[grown]
+        khu = {"kidney_p90": float(np.percentile(a[kid], 90)), "kidney_p25": float(np.percentile(a[kid], 25)),
+               "kidney_p99": float(np.percentile(v, 99))}
+        # Slices with >= 3 cm^2 of kidney (6 cm^2 unenhanced, where muscle and bowel look alike).
+        kz = np.flatnonzero(kid.sum((1, 2)) * sy * sx >= (300.0 if enhanced else 600.0))
+        kz = kz if kz.size else np.flatnonzero(kid.any((1, 2)))
+        last = int(kz[-1])
+        kid_to_last = (nz - 1 - last) * sz
+        kid_cut = last >= nz - 1
+    hu: dict[str, float | None] = {"aorta": aorta, "ivc": ivc, **liver_hu, **khu}
+    found = {"spine": True, "aorta": bool(np.isfinite(aorta)), "liver": dome_idx is not None,
+             "kidneys": kidneys_found}
+    dome_mm = None
+    liver_cut = False
+    if dome_idx is not None:
+        dome_mm = dome_idx * sz
+        liver_cut = dome_idx == 0
+    anat = Anatomy(True, "", hu, found, dome_mm, kid_to_last, liver_cut, kid_cut, extent, liver_extent)
+    if DEBUG is not None:
+        DEBUG.update(a=a, sc=sc, sr=sr, vb_front=vb_front, ar=ar, ac=ac, ir=ir, ic=ic, soft=soft, kid=kid, box=box,
+                     cand=cand, larea=larea, good=good)
+    if dome_idx is None and not kidneys_found:
+        anat.in_domain = False
+        anat.reason = "no liver or kidneys in view (chest-only or pelvis-only CT?)"
+    elif liver_extent < 30.0 and not kidneys_found:
+        anat.in_domain = False
+        anat.reason = (f"only {liver_extent:.0f} mm of liver and no kidneys in view (a chest CT reaching the "
+                       "liver dome?)")
+    return anat
+
+
+def feature_input(volume: Volume, n_features: int, cache: dict | None = None) -> np.ndarray:
+    """The ``abdomen_hu`` model input: :data:`FEATURES` of :func:`locate` as float32 ``[1, 1, 1, F]``."""
+    from scanqc.errors import ErrorCode, ScanQCError
+
+    if n_features != len(FEATURES):
+        raise ScanQCError(ErrorCode.BAD_MODEL, f"model expects {n_features} HU features; this scanqc measures "
+                                               f"{len(FEATURES)} ({', '.join(FEATURES)})")
+    return locate(volume, cache).features().reshape(1, 1, 1, -1)

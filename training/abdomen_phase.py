@@ -1,0 +1,254 @@
+"""Contrast phase by measurement: fit the classifier over measured HU and export it as an ONNX model.
+
+The check (:mod:`scanqc.checks.contrast_phase`) locates the aorta, IVC, liver and kidneys
+(:mod:`scanqc.checks.abdomen_anatomy`) and measures their HU; this module draws domain-randomised
+abdominal CTs (:mod:`scanqc.datasets.abdomen`), runs the same localisation on them, and fits
+
+- a multinomial logistic regression (scikit-learn, standardised features) over the four phases, and
+- a binary logistic regression for suboptimal enhancement (contrast-enhanced cases),
+
+then writes ``<out>/contrast_phase/<version>/`` with ``model.onnx`` (standardise -> two linear maps ->
+``[N, 5]`` logits, the contrast-phase output layout) and a MONAI-bundle-style ``metadata.json`` whose
+``preprocessing.mode`` is ``abdomen_hu`` and which also lists the coefficients in plain numbers
+(``classifier``), so a reader sees what each HU measurement weighs. Runtime needs onnxruntime only.
+
+    python -m scanqc.training.abdomen_phase --n 320 --seed 0 --out models --version 2.0.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scanqc.checks.abdomen_anatomy import FEATURES
+from scanqc.inference import PHASES
+
+SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+
+
+def _case(job: tuple[int, int, str, str]) -> dict[str, Any]:
+    from scanqc.datasets.abdomen import make_abdomen
+
+    from scanqc.checks.abdomen_anatomy import locate
+
+    seed, index, phase, variant = job
+    rng = np.random.default_rng([seed, index, 77])
+    enh = "suboptimal" if phase != "non_contrast" and rng.uniform() < 0.3 else "optimal"
+    # Coarse grids keep collection fast; the localisation works on a ~3 mm grid whatever the input.
+    thick = float(rng.choice([2.5, 3.0, 5.0]))
+    px = float(rng.uniform(2.5, 3.0))
+    vol, _, info = make_abdomen(rng, phase, enh, variant, spacing=(thick, px, px), thickness=thick)
+    an = locate(vol)
+    return {"index": index, "phase": phase, "enhancement": enh, "features": an.features().tolist(),
+            "in_domain": an.in_domain, "measured": an.hu, "true_hu": info["hu"], "timing": info["timing"]}
+
+
+def collect(n: int, seed: int, variant: str = "train", workers: int = 2) -> list[dict[str, Any]]:
+    """``n`` cases (phases balanced) with their measured features."""
+    jobs = [(seed, i, PHASES[i % len(PHASES)], variant) for i in range(n)]
+    if workers <= 1:
+        return [_case(j) for j in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(_case, jobs, chunksize=2))
+
+
+def _manifest_case(row: dict[str, str]) -> dict[str, Any]:
+    from scanqc.checks.abdomen_anatomy import locate
+    from scanqc.series import load_series
+
+    series, _ = load_series(row["path"], modality_hint="CT")
+    an = locate(series[0].volume)
+    return {"case_id": row["case_id"], "phase": row["label"], "enhancement": row.get("enhancement") or "optimal",
+            "split": row.get("split", "train"), "features": an.features().tolist(), "in_domain": an.in_domain,
+            "measured": an.hu}
+
+
+def collect_manifest(manifests: list[Path], workers: int = 2, limit: int | None = None) -> list[dict[str, Any]]:
+    """Features of every contrast_phase row of the manifests (``scanqc data generate --generator abdomen``)."""
+    from scanqc.models.evaluate import read_manifest
+
+    rows = [r for m in manifests for r in read_manifest(m, "contrast_phase", "all")]
+    rows = sorted(rows, key=lambda r: r["case_id"])[:limit] if limit else rows
+    if workers <= 1:
+        return [_manifest_case(r) for r in rows]
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(_manifest_case, rows, chunksize=2))
+
+
+def fit(rows: list[dict[str, Any]], c: float = 1.0) -> dict[str, Any]:
+    """Standardisation + multinomial LR over phases + binary LR over suboptimal enhancement."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.array([r["features"] for r in rows], np.float64)
+    y = np.array([PHASES.index(r["phase"]) for r in rows])
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    phase = LogisticRegression(C=c, max_iter=5000).fit(z, y)
+    enhanced = y > 0
+    sub_y = np.array([r["enhancement"] == "suboptimal" for r in rows])[enhanced]
+    sub = LogisticRegression(C=c, max_iter=5000).fit(z[enhanced], sub_y)
+    return {"features": list(FEATURES), "mean": mean.tolist(), "std": std.tolist(),
+            "phase_coef": phase.coef_.tolist(), "phase_intercept": phase.intercept_.tolist(),
+            "suboptimal_coef": sub.coef_[0].tolist(), "suboptimal_intercept": float(sub.intercept_[0]),
+            "C": c, "n": len(rows)}
+
+
+def logits_numpy(clf: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """The ONNX graph in numpy (parity reference): ``[N, F]`` features -> ``[N, 5]`` logits."""
+    z = (np.asarray(x, np.float64) - np.asarray(clf["mean"])) / np.asarray(clf["std"])
+    ph = z @ np.asarray(clf["phase_coef"]).T + np.asarray(clf["phase_intercept"])
+    sub = z @ np.asarray(clf["suboptimal_coef"]) + clf["suboptimal_intercept"]
+    return np.concatenate([ph, sub[:, None]], axis=1).astype(np.float32)
+
+
+def to_onnx(clf: dict[str, Any], path: Path) -> None:
+    """Write the classifier as ONNX: input ``image`` ``[N, 1, 1, 1, F]``, output ``logits`` ``[N, 5]``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = len(clf["features"])
+    w = np.concatenate([np.asarray(clf["phase_coef"]).T, np.asarray(clf["suboptimal_coef"])[:, None]], axis=1)
+    b = np.concatenate([np.asarray(clf["phase_intercept"]), [clf["suboptimal_intercept"]]])
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), name) for name, v in (
+        ("mean", clf["mean"]), ("inv_std", 1.0 / np.asarray(clf["std"])), ("W", w), ("b", b))]
+    inits.append(numpy_helper.from_array(np.array([-1, f], np.int64), "flat_shape"))
+    nodes = [helper.make_node("Reshape", ["image", "flat_shape"], ["x"]),
+             helper.make_node("Sub", ["x", "mean"], ["xc"]),
+             helper.make_node("Mul", ["xc", "inv_std"], ["xz"]),
+             helper.make_node("MatMul", ["xz", "W"], ["xw"]),
+             helper.make_node("Add", ["xw", "b"], ["logits"])]
+    graph = helper.make_graph(nodes, "scanqc_contrast_phase_hu",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 1, 1, f])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scanqc")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def accuracy(clf: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    x = np.array([r["features"] for r in rows])
+    y = np.array([PHASES.index(r["phase"]) for r in rows])
+    pred = logits_numpy(clf, x)[:, :4].argmax(1)
+    return {"n": len(rows), "accuracy": float(np.mean(pred == y)),
+            "confusion": {p: {q: int(np.sum((y == i) & (pred == j))) for j, q in enumerate(PHASES)}
+                          for i, p in enumerate(PHASES)}}
+
+
+def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, Any], val: dict[str, Any],
+           changelog: str) -> Path:
+    import onnx
+    import onnxruntime
+    import sklearn
+
+    folder = Path(out) / "contrast_phase" / version
+    folder.mkdir(parents=True, exist_ok=True)
+    to_onnx(clf, folder / "model.onnx")
+    # Parity: onnxruntime against the numpy reference on the training features.
+    from scanqc.inference import make_session
+
+    x = np.array(train_info.pop("_x"), np.float32)
+    sess = make_session(folder / "model.onnx", 1)
+    got = sess.run(None, {"image": x.reshape(len(x), 1, 1, 1, -1)})[0]
+    diff = float(np.abs(got - logits_numpy(clf, x)).max())
+    data = (folder / "model.onnx").read_bytes()
+    f = len(FEATURES)
+    meta = {
+        "schema": SCHEMA,
+        "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version,
+        "changelog": {version: changelog},
+        "monai_version": None, "pytorch_version": None, "numpy_version": np.__version__,
+        "required_packages_version": {"onnxruntime": ">=1.17"},
+        "optional_packages_version": {"python": platform.python_version(), "onnx": onnx.__version__,
+                                      "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__},
+        "description": "Abdominal CT contrast phase (non-contrast / arterial / portal venous / delayed) and suboptimal "
+                       "enhancement, classified from HU measured at the located aorta, IVC, liver and kidneys",
+        "authors": "scanqc contributors", "copyright": "Apache-2.0",
+        "data_source": "scanqc.datasets.abdomen domain-randomised abdominal CT (see training)",
+        "data_type": "nifti", "image_classes": f"{f} measured HU features, see preprocessing",
+        "label_classes": [*PHASES, "suboptimal"], "labels": [*PHASES, "suboptimal"],
+        "network": {"class": "multinomial logistic regression (scikit-learn) exported as ONNX",
+                    "parameters": 5 * (f + 1)},
+        "network_data_format": {
+            "inputs": {"image": {"type": "features", "format": "hu", "modality": "CT", "num_channels": 1,
+                                 "spatial_shape": [1, 1, f], "dtype": "float32", "value_range": [],
+                                 "is_patch_data": False, "channel_def": {str(i): n for i, n in enumerate(FEATURES)}}},
+            "outputs": {"logits": {"type": "logits", "format": "classes", "num_channels": 5, "spatial_shape": [5],
+                                   "dtype": "float32", "value_range": [], "is_onehot": False,
+                                   "channel_def": {str(i): n for i, n in enumerate([*PHASES, "suboptimal"])}}}},
+        "preprocessing": {"shape": [1, 1, f], "mode": "abdomen_hu", "modalities": ["CT"], "version": 1,
+                          "in_channels": 1},
+        "calibration": {"method": "none (logistic regression outputs)", "temperature": 1.0},
+        "thresholds": {"rule": "suboptimal warn at P >= 0.5; a phase mismatch fails at P >= 0.5",
+                       "suboptimal_warn": 0.5, "mismatch_fail_confidence": 0.5},
+        "classifier": clf,
+        "domain": {"modality": "CT", "region": "abdomen (liver and/or kidneys in view)",
+                   "slice_thickness_mm": [0.6, 5.0], "gate": "scanqc.checks.abdomen_anatomy.locate().in_domain"},
+        "metrics": {"validation": val},
+        "training": {**train_info, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "onnx": {"file": "model.onnx", "exporter": "onnx.helper", "opset": 17, "input": "image", "output": "logits",
+                 "parity_max_abs_diff": diff, "parity_cases": len(x), "parity_tolerance": 1e-4,
+                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+    }
+    if diff > 1e-4:
+        raise SystemExit(f"ONNX parity failed: max abs diff {diff}")
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--manifest", type=Path, action="append", default=[],
+                    help="generated manifest(s) to train on (split column: train / val); else draw --n cases")
+    ap.add_argument("--limit", type=int, default=None, help="first N manifest rows only")
+    ap.add_argument("--n", type=int, default=320, help="training cases (phases balanced)")
+    ap.add_argument("--n-val", type=int, default=80, help="validation cases (other seed)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of both regressions")
+    ap.add_argument("--out", type=Path, default=Path("models"))
+    ap.add_argument("--version", default="2.0.0")
+    ap.add_argument("--features-cache", type=Path, default=None, help="JSON of collected cases (reused if present)")
+    ap.add_argument("--changelog", default="contrast phase by measurement: HU at the located aorta, IVC, liver and "
+                                           "kidneys -> logistic regression; trained on scanqc.datasets.abdomen")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if a.features_cache and a.features_cache.is_file():
+        cached = json.loads(a.features_cache.read_text())
+        rows, val_rows = cached["train"], cached["val"]
+    elif a.manifest:
+        got = collect_manifest(a.manifest, a.workers, a.limit)
+        rows = [r for r in got if r["split"] != "val"]
+        val_rows = [r for r in got if r["split"] == "val"]
+        if a.features_cache:
+            a.features_cache.write_text(json.dumps({"train": rows, "val": val_rows}, default=float))
+    else:
+        rows = collect(a.n, a.seed, "train", a.workers)
+        val_rows = collect(a.n_val, a.seed + 1, "train", a.workers)
+        if a.features_cache:
+            a.features_cache.write_text(json.dumps({"train": rows, "val": val_rows}, default=float))
+    gen_s = time.perf_counter() - t0
+    clf = fit(rows, a.C)
+    val = accuracy(clf, val_rows)
+    print(json.dumps({"train": accuracy(clf, rows), "validation": val}, indent=1), file=sys.stderr)
+    args = " ".join(str(v) for v in (argv if argv is not None else sys.argv[1:]))
+    info = {"command": f"python -m scanqc.training.abdomen_phase {args}", "manifests": [str(m) for m in a.manifest],
+            "seed": a.seed, "n_train": len(rows), "n_val": len(val_rows), "generator": "scanqc.datasets.abdomen",
+            "variant": "train", "collect_seconds": round(gen_s, 1), "_x": [r["features"] for r in rows]}
+    folder = export(clf, a.out, a.version, info, val, a.changelog)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
