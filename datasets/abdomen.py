@@ -14,7 +14,7 @@ cannot lean on one appearance. What is randomised:
   random displacement field deforms the whole map.
 - **Contrast** (:func:`bolus_hu`): the mean HU of each structure is its native value plus
   ``k * E_s(t)``, where ``E_s`` is an enhancement curve through the textbook values per phase
-  (docs/hu-reference.md, the table in /work/shared/README.md), ``t`` a continuous time after
+  (docs/hu-reference.md), ``t`` a continuous time after
   injection (arterial 25-45 s, portal venous 58-100 s, delayed 150-480 s of physiological time) and
   ``k`` a patient-level enhancement scale (cardiac output, body size, iodine dose): 0.75-1.35 for an
   adequate bolus, 0.30-0.55 for a weak one (labelled ``suboptimal``). The nominal time after
@@ -54,7 +54,7 @@ KIDNEY_CODES = (LABELS["kidney_cortex"], LABELS["kidney_medulla"], LABELS["colle
 LIVER_CODES = (LABELS["liver"], LABELS["liver_cyst"], LABELS["hepatic_vein"])
 
 # Textbook HU per phase (docs/hu-reference.md): (low, high) for non-contrast, late arterial (~35 s),
-# portal venous (~70 s), delayed (3-5 min). Rows aorta .. collecting system: /work/shared/README.md.
+# portal venous (~70 s), delayed (3-5 min). Rows aorta .. collecting system: docs/hu-reference.md.
 HU_TABLE: dict[str, dict[str, tuple[float, float]]] = {
     "aorta": {"non_contrast": (35, 50), "arterial": (250, 400), "portal_venous": (150, 200), "delayed": (90, 130)},
     "portal_vein": {"non_contrast": (35, 50), "arterial": (100, 160), "portal_venous": (160, 200),
