@@ -41,7 +41,8 @@ def test_generate_writes_labeled_cases(tmp_path, task):
     from scanqc.datasets.generate import _one_case, plan
 
     label, split, kind = plan(task, 3, 3, "train", 0.2)[0]
-    again = _one_case((task, 0, label, 3, "train", split, str(tmp_path / "b"), "nifti", kind, 0.3, "template", "phantom"))
+    again = _one_case((task, 0, label, 3, "train", split, str(tmp_path / "b"), "nifti", kind, 0.3, "template",
+                       "phantom"))
     assert again.provenance == rows[0].provenance and again.label == rows[0].label
     assert np.array_equal(load_series(again.resolve(tmp_path / "b"))[0][0].volume.array, arrays[0])
 
