@@ -19,7 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from scanqc.cancel import checkpoint
-from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.io.dicom import non_image_reason, read_file
 from scanqc.io.nifti import read_nifti
 from scanqc.io.sources import InputFile, expand_input, is_nifti_name
@@ -147,7 +147,7 @@ def load_series(path: str | Path, limits: Limits = DEFAULT_LIMITS,
                 key = str(ds.get("SeriesInstanceUID", "")) or f"__file__{f.name}"
             except MALFORMED_HEADER as exc:
                 errors.append(ScanQCError(ErrorCode.UNREADABLE, f"{f.name}: malformed header "
-                                                                f"({type(exc).__name__})"))
+                                                                f"({exc_summary(exc)})"))
                 continue
             finally:
                 parse_ms += (time.perf_counter() - t1) * 1000

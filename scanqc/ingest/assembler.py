@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 
 from scanqc.cancel import checkpoint
-from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.io.dicom import FrameGeometry, check_image_size, decode_pixels, frame_geometries
 from scanqc.io.sources import InputFile
 from scanqc.limits import DEFAULT_LIMITS, Limits
@@ -417,7 +417,7 @@ class SeriesAssembler:
         except MALFORMED_HEADER as exc:
             # Header values of the wrong type or shape (fuzzing finds these): name them, don't crash.
             self._error = ScanQCError(ErrorCode.INCONSISTENT_SERIES,
-                                      f"{name}: cannot build a volume from the headers ({type(exc).__name__})")
+                                      f"{name}: cannot build a volume from the headers ({exc_summary(exc)})")
             return "error"
         finally:
             _strip_pixels(ds)
@@ -460,7 +460,7 @@ class SeriesAssembler:
             return series
         except MALFORMED_HEADER as exc:
             series.error = ScanQCError(ErrorCode.INCONSISTENT_SERIES,
-                                       f"{name}: cannot build a volume from the headers ({type(exc).__name__})")
+                                       f"{name}: cannot build a volume from the headers ({exc_summary(exc)})")
             series.header = first
             return series
         series.volume = vol

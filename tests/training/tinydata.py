@@ -31,16 +31,17 @@ def make_case(task: str, label: str, rng: np.random.Generator, n: int = 20) -> t
         if label != "none":  # ghost copies along the phase-encode axis
             k = 2 if label == "mild" else 5
             img = img + (0.15 * k) * np.roll(img, n // 4, axis=1) + (0.1 * k) * np.roll(img, -n // 4, axis=1)
-        return Volume(img.astype(np.float32), (2.0, 2.0, 2.0), modality="MR"), "MR"
+        # 4 mm voxels: the tiny head spans >= 80 mm, inside the trained domain (checks.ml.DEFAULT_DOMAINS)
+        return Volume(img.astype(np.float32), (4.0, 4.0, 4.0), modality="MR"), "MR"
     if task == "contrast_phase":
         hu = {"non_contrast": 40, "arterial": 300, "portal_venous": 160, "delayed": 110}[label]
         img = -1000 + 1050 * _ball(n, (c, c, c), n / 2.5) + (hu - 50) * _ball(n, (c, c, c), n / 6)
-        return Volume((img + rng.normal(0, 5, img.shape)).astype(np.float32), (5.0, 15.0, 15.0), modality="CT"), "CT"
+        return Volume((img + rng.normal(0, 5, img.shape)).astype(np.float32), (5.0, 8.0, 8.0), modality="CT"), "CT"
     # coverage: an object whose top or bottom is cut by the first/last slice
     shift = {"full": 0.0, "superior": n / 3, "inferior": -n / 3}[label]
     img = 100 * _ball(n, (c + shift, c, c), n / 3) + rng.normal(0, 2, (n, n, n))
     # array axis 0 runs inferior -> superior (default LPS direction: z = superior): the top end is index n-1
-    return Volume(img.astype(np.float32), (3.0, 3.0, 3.0), modality="MR"), "MR"
+    return Volume(img.astype(np.float32), (4.0, 4.0, 4.0), modality="MR"), "MR"
 
 
 def write_manifest(root: Path, task: str, labels: list[str], per_label: int, seed: int) -> Path:
