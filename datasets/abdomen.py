@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scanqc.datasets.ct_phantom import HU_TABLE as _PHANTOM_HU
 from scipy import ndimage
 
 from scanqc.errors import ErrorCode, ScanQCError
@@ -55,22 +56,11 @@ LIVER_CODES = (LABELS["liver"], LABELS["liver_cyst"], LABELS["hepatic_vein"])
 
 # Textbook HU per phase (docs/hu-reference.md): (low, high) for non-contrast, late arterial (~35 s),
 # portal venous (~70 s), delayed (3-5 min). Rows aorta .. collecting system: docs/hu-reference.md.
+# One table: the shared rows (aorta .. collecting system) and the heart come from the phantom's HU_TABLE.
 HU_TABLE: dict[str, dict[str, tuple[float, float]]] = {
-    "aorta": {"non_contrast": (35, 50), "arterial": (250, 400), "portal_venous": (150, 200), "delayed": (90, 130)},
-    "portal_vein": {"non_contrast": (35, 50), "arterial": (100, 160), "portal_venous": (160, 200),
-                    "delayed": (100, 130)},
-    "ivc": {"non_contrast": (35, 50), "arterial": (50, 90), "portal_venous": (120, 160), "delayed": (100, 130)},
-    "liver": {"non_contrast": (50, 65), "arterial": (65, 85), "portal_venous": (100, 130), "delayed": (85, 105)},
-    "spleen": {"non_contrast": (40, 50), "arterial": (90, 140), "portal_venous": (110, 130), "delayed": (90, 110)},
-    "kidney_cortex": {"non_contrast": (30, 40), "arterial": (150, 200), "portal_venous": (150, 180),
-                      "delayed": (100, 150)},
-    "kidney_medulla": {"non_contrast": (30, 40), "arterial": (60, 90), "portal_venous": (140, 170),
-                       "delayed": (110, 150)},
-    "collecting_system": {"non_contrast": (0, 15), "arterial": (0, 15), "portal_venous": (0, 20),
-                          "delayed": (200, 400)},
-    # Not in the shared table (see docs/hu-reference.md): blood pool of the heart (between IVC and aorta),
-    # hepatic veins (unenhanced in the arterial phase, like the IVC later), skeletal muscle (Bae 2010).
-    "heart": {"non_contrast": (35, 50), "arterial": (180, 300), "portal_venous": (140, 180), "delayed": (95, 130)},
+    **{k: v for k, v in _PHANTOM_HU.items() if k != "muscle"},
+    # Not in the shared table (see docs/hu-reference.md): hepatic veins (unenhanced in the arterial phase, like
+    # the IVC later).
     "hepatic_vein": {"non_contrast": (35, 50), "arterial": (45, 70), "portal_venous": (140, 180),
                      "delayed": (100, 130)},
     "muscle": {"non_contrast": (40, 55), "arterial": (50, 65), "portal_venous": (55, 70), "delayed": (50, 65)},

@@ -363,45 +363,46 @@ class Processor:
     def _record_one(self, v: Verdict, series: Series | None, *, site: str, station: str, source: str,
                     study: str | None, received_at: dt.datetime, final: bool, open_queries: bool,
                     replaces: list[int]) -> list[Processed]:
+        try:
+            vid = self._save(v, series, site=site, station=station, source=source, study=study,
+                             received_at=received_at, open_queries=open_queries, final=final, replaces=replaces)
+        except Exception as exc:
+            log.error("storing verdict for series %s failed: %s", v.series_uid, type(exc).__name__)
+            raise  # the tracker retries, then leaves the series for the next start
+        return [self._notify(v, vid, site, station, source, study, received_at)]
+
+    def _save(self, v: Verdict, series: Series | None, *, site: str, station: str, source: str,
+              study: str | None, received_at: dt.datetime, **kw: Any) -> int:
+        """Store one verdict with the identifiers hashed as configured (the one place that does)."""
         patient = accession = None
         if series is not None:
             patient = series.get("PatientID") or series.get("PatientName")
             accession = series.get("AccessionNumber")
-        try:
-            vid = self.store.save_verdict(
-                v, site_id=site, station=station, source=source, received_at=received_at,
-                acquired_at=_dicom_datetime(series), study_id=study,
-                patient_hash=self.settings.hash_identifier(patient),
-                accession_hash=self.settings.hash_identifier(accession),
-                open_queries=open_queries, final=final, replaces=replaces,
-            )
-        except Exception as exc:
-            log.error("storing verdict for series %s failed: %s", v.series_uid, type(exc).__name__)
-            raise  # the tracker retries, then leaves the series for the next start
+        return self.store.save_verdict(
+            v, site_id=site, station=station, source=source, received_at=received_at,
+            acquired_at=_dicom_datetime(series), study_id=study,
+            patient_hash=self.settings.hash_identifier(patient),
+            accession_hash=self.settings.hash_identifier(accession), **kw)
+
+    def _notify(self, v: Verdict, vid: int, site: str, station: str, source: str, study: str | None,
+                received_at: dt.datetime) -> Processed:
+        """Tell the listeners (console, SSE) about a stored verdict; a failing listener costs nothing else."""
         event = Processed(v, vid, site, station, source, study, received_at, dt.datetime.now(dt.timezone.utc))
         for listener in list(self.listeners):
             try:
                 listener(event)
             except Exception:
                 log.warning("verdict listener failed", exc_info=True)
-        return [event]
+        return event
 
     def _record(self, verdicts: list[Verdict], taps: dict[str, Series], *, site: str, station: str,
                 source: str, study: str | None, received_at: dt.datetime) -> list[tuple[Verdict, int | None]]:
         out: list[tuple[Verdict, int | None]] = []
         for v in verdicts:
             series = taps.get(v.series_uid or v.input)
-            patient = accession = None
-            if series is not None:
-                patient = series.get("PatientID") or series.get("PatientName")
-                accession = series.get("AccessionNumber")
             try:
-                vid = self.store.save_verdict(
-                    v, site_id=site, station=station, source=source, received_at=received_at,
-                    acquired_at=_dicom_datetime(series), study_id=study,
-                    patient_hash=self.settings.hash_identifier(patient),
-                    accession_hash=self.settings.hash_identifier(accession),
-                )
+                vid = self._save(v, series, site=site, station=station, source=source, study=study,
+                                 received_at=received_at)
             except Exception as exc:
                 # Storage down: the verdict is still the scanner's answer; say so in it rather than hide it.
                 log.error("storing verdict for series %s failed: %s", v.series_uid, type(exc).__name__)
@@ -409,13 +410,7 @@ class Processor:
                 out.append((v, None))
                 continue
             out.append((v, vid))
-            event = Processed(v, vid, site, station, source, study, received_at,
-                              dt.datetime.now(dt.timezone.utc))
-            for listener in list(self.listeners):
-                try:
-                    listener(event)
-                except Exception:
-                    log.warning("verdict listener failed", exc_info=True)
+            self._notify(v, vid, site, station, source, study, received_at)
         return out
 
 
