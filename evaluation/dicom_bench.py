@@ -133,6 +133,7 @@ def _iso(s: str) -> float:
 def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[Path]]], station: str,
                 console: _Console, quiet: float) -> dict[str, Any]:
     stored, shown, final, signals, sent_s = [], [], [], {}, []
+    stages: dict[str, list[float]] = {}  # the server's own stage times after the last instance, per push
     ends: dict[str, float] = {}
     for uid, files in pushes:
         t0 = time.monotonic()
@@ -148,6 +149,10 @@ def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[
         hist = [h for h in first.get("history") or [] if h.get("completed_by") != "first_instance"]
         first_h = min(hist, key=lambda h: h["id"]) if hist else first
         stored.append((_iso(first_h["verdict_at"]) - end) * 1000)
+        v = first.get("verdict") or {}
+        for k, ms in {**(v.get("timings_ms") or {}), "elapsed": v.get("elapsed_ms")}.items():
+            if isinstance(ms, (int, float)) and k != "decode_on_arrival":
+                stages.setdefault(k, []).append(float(ms))
         sig = first_h.get("completed_by") or (first["verdict"].get("completion") or {}).get("completed_by", "?")
         signals[sig] = signals.get(sig, 0) + 1
         deadline = time.monotonic() + 5
@@ -161,7 +166,8 @@ def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[
         if done is not None:
             final.append(((console.final.get(uid) or _iso(done["verdict_at"])) - end) * 1000)
     return {"stored_ms": _summary(stored), "console_ms": _summary(shown), "final_ms": _summary(final),
-            "signals": signals, "push_s": _summary([s * 1000 for s in sent_s]), "instances": len(pushes[0][1])}
+            "signals": signals, "push_s": _summary([s * 1000 for s in sent_s]), "instances": len(pushes[0][1]),
+            "server_stage_ms_p50": {k: _pct(v, 50) for k, v in stages.items()}}
 
 
 def bench_dicom(out: Path, pushes: int = 10, orthanc_pushes: int | None = None,

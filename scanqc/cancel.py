@@ -70,6 +70,11 @@ def cancel_scope(token: CancelToken | None) -> Iterator[CancelToken | None]:
         _local.token = previous
 
 
+def current_token() -> CancelToken | None:
+    """This thread's token (to carry into worker threads with :func:`cancel_scope`)."""
+    return getattr(_local, "token", None)
+
+
 def checkpoint() -> None:
     """Raise :class:`CheckCancelled` if this thread's check has been cancelled; cheap otherwise."""
     token = getattr(_local, "token", None)

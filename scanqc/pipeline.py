@@ -11,13 +11,14 @@ import logging
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scanqc.cancel import CheckCancelled, checkpoint
+from scanqc.cancel import CancelToken, CheckCancelled, cancel_scope, checkpoint, current_token
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.checks.deidentification import DeidentificationCheck
 from scanqc.checks.integrity import IntegrityCheck
-from scanqc.checks.ml import model_checks
+from scanqc.checks.ml import ModelCheck, model_checks
 from scanqc.checks.phantom import PHANTOM_CHECK_NAMES, PhantomCheck, ScannerQualificationCheck, phantom_route
 from scanqc.checks.protocol import ProtocolCheck, VisitWindowCheck
 from scanqc.errors import ErrorCode, ScanQCError, exc_summary
@@ -67,6 +68,7 @@ def check_series(series: Series, guideline: Guideline | None = None, *, visit: s
                        models=models, infer=infer, station=station, scanners=scanners, phantom=phantom)
     results: dict[str, CheckResult] = {}
     timings = base["timings_ms"]
+    selected: list[Check] = []
     for check in checks if checks is not None else default_checks():
         checkpoint()
         if phantom and check.name not in PHANTOM_CHECK_NAMES:
@@ -74,23 +76,50 @@ def check_series(series: Series, guideline: Guideline | None = None, *, visit: s
         applies = getattr(check, "applies", None)
         if applies is not None and not applies(series, ctx):
             continue
-        t = time.perf_counter()
-        try:
-            results[check.name] = check(series, ctx)
-        except CheckCancelled:
-            raise
-        except ScanQCError as exc:
-            results[check.name] = CheckResult.skipped(f"could not run: {exc.code.value}: {exc.message}")
-        except Exception as exc:  # a bug in one check must not cost the others their verdict
-            _log_crash(f"check {check.name} crashed", exc)
-            results[check.name] = CheckResult.skipped(f"internal error in {check.name}: {type(exc).__name__}")
-        timings[check.name] = (time.perf_counter() - t) * 1000
+        selected.append(check)
+        results[check.name] = CheckResult.skipped("not run")  # placeholder: keeps the verdict's check order
+    # Header checks take milliseconds; the model checks (preprocessing + inference, numpy and onnxruntime
+    # release the GIL) run at once, so a CT's contrast phase and coverage do not wait for each other.
+    concurrent = [c for c in selected if isinstance(c, ModelCheck)]
+    for check in selected:
+        if not isinstance(check, ModelCheck) or len(concurrent) < 2:
+            checkpoint()
+            results[check.name], timings[check.name] = _run_check(check, series, ctx)
+    if len(concurrent) >= 2:
+        token = current_token()
+        with ThreadPoolExecutor(max_workers=len(concurrent), thread_name_prefix="scanqc-check") as pool:
+            futures = {c.name: pool.submit(_run_in_scope, token, c, series, ctx) for c in concurrent}
+            for name, fut in futures.items():
+                results[name], timings[name] = fut.result()
     vol = series.volume
     return Verdict(input=series.input, series_uid=series.series_uid, modality=series.modality,
                    status=overall_status(results), checks=results, elapsed_ms=(time.perf_counter() - t0) * 1000,
                    shape=vol.shape if vol is not None else None, spacing_mm=vol.spacing if vol is not None else None,
                    **{k: v for k, v in base.items() if k != "timings_ms"}, timings_ms=timings,
                    kind="phantom" if phantom else "patient")
+
+
+def _run_check(check: Check, series: Series, ctx: CheckContext) -> tuple[CheckResult, float]:
+    """One check's result and its wall time (ms); a failing check is skipped, never the verdict lost."""
+    t = time.perf_counter()
+    try:
+        result = check(series, ctx)
+    except CheckCancelled:
+        raise
+    except ScanQCError as exc:
+        result = CheckResult.skipped(f"could not run: {exc.code.value}: {exc.message}")
+    except Exception as exc:  # a bug in one check must not cost the others their verdict
+        _log_crash(f"check {check.name} crashed", exc)
+        result = CheckResult.skipped(f"internal error in {check.name}: {type(exc).__name__}")
+    return result, (time.perf_counter() - t) * 1000
+
+
+def _run_in_scope(token: CancelToken | None, check: Check, series: Series,
+                  ctx: CheckContext) -> tuple[CheckResult, float]:
+    """:func:`_run_check` in a worker thread, under the caller's cancellation token (it is per thread)."""
+    with cancel_scope(token):
+        checkpoint()
+        return _run_check(check, series, ctx)
 
 
 def check_path(path: str | Path, guideline: Guideline | None = None, *, limits: Limits = DEFAULT_LIMITS,

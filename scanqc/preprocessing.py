@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from scanqc.cache import cached
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.volume import Volume
 
@@ -250,34 +251,54 @@ def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool =
         return np.ascontiguousarray(arr)
     mz, my, mx = (_axis_matrix(int(a), int(b), antialias) for a, b in zip(arr.shape, shape))
     key = ("resample_fit.inplane", arr.shape, arr.strides, arr.__array_interface__["data"][0], shape[1:], antialias)
-    out = cache.get(key) if cache is not None else None
-    if out is None:
+    # A flipped axis (canonicalize's view) would make tensordot copy the whole array first (200 MB for a CT):
+    # undo the flip on the view and reverse that axis' matrix columns instead, the same weighted sums.
+    if arr.strides[0] < 0:
+        arr, mz = arr[::-1], mz[:, ::-1]
+    if arr.strides[1] < 0:
+        arr, my = arr[:, ::-1], my[:, ::-1]
+    if arr.strides[2] < 0:
+        arr, mx = arr[:, :, ::-1], mx[:, ::-1]
+
+    def inplane() -> np.ndarray:
         out = np.tensordot(arr, mx, axes=([2], [1]))  # (z, y, X): contract the largest axis first
-        out = np.einsum("zyx,Yy->zYx", out, my, optimize=True)
-        if cache is not None:
-            cache[key] = out
+        return np.einsum("zyx,Yy->zYx", out, my, optimize=True)
+
+    out = cached(cache, key, inplane)
     out = np.einsum("zyx,Zz->Zyx", out, mz, optimize=True)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _block_reduce(arr: np.ndarray, ax: int, k: int, op: str) -> np.ndarray:
-    """Mean or max over consecutive blocks of ``k`` along ``ax``; the last block edge-padded.
+    """Mean or max over consecutive blocks of ``k`` along ``ax``; the last, partial block as if edge-padded.
 
     Combines ``k`` strided views element-wise: much faster than a reduction over a short reshaped axis
-    when ``ax`` is the contiguous one.
+    when ``ax`` is the contiguous one. The partial block is computed on its own rather than padding (and so
+    copying) the whole array: edge padding repeats the last element, so its mean is
+    ``(sum + (k - r) * last) / k`` and its max the max of the ``r`` elements.
     """
-    m = -(-arr.shape[ax] // k)
-    if m * k != arr.shape[ax]:
-        pad = [(0, 0)] * arr.ndim
-        pad[ax] = (0, m * k - arr.shape[ax])
-        arr = np.pad(arr, pad, mode="edge")
-    view = [slice(None)] * arr.ndim
-    view[ax] = slice(0, None, k)
-    out = np.array(arr[tuple(view)], dtype=np.float32)
-    for i in range(1, k):
-        view[ax] = slice(i, None, k)
-        (np.add if op == "mean" else np.maximum)(out, arr[tuple(view)], out=out)
-    return out / k if op == "mean" else out
+    n = arr.shape[ax]
+    m, r = divmod(n, k)
+
+    def part(sl: slice) -> np.ndarray:
+        view = [slice(None)] * arr.ndim
+        view[ax] = sl
+        return arr[tuple(view)]
+
+    blocks: list[np.ndarray] = []
+    if m:
+        out = np.array(part(slice(0, m * k, k)), dtype=np.float32)
+        for i in range(1, k):
+            (np.add if op == "mean" else np.maximum)(out, part(slice(i, m * k, k)), out=out)
+        blocks.append(out / k if op == "mean" else out)
+    if r:
+        rest = part(slice(m * k, n)).astype(np.float32)
+        if op == "mean":
+            last = part(slice(n - 1, n)).astype(np.float32)
+            blocks.append((rest.sum(axis=ax, keepdims=True) + (k - r) * last) / k)
+        else:
+            blocks.append(rest.max(axis=ax, keepdims=True))
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=ax)
 
 
 def resample_max(arr: np.ndarray, shape: tuple[int, int, int], spacing: tuple[float, float, float],

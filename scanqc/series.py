@@ -156,7 +156,7 @@ def load_series(path: str | Path, limits: Limits = DEFAULT_LIMITS,
                 continue
             asm = images.get(key)
             if asm is None:
-                asm = images[key] = SeriesAssembler(input_name, limits)
+                asm = images[key] = SeriesAssembler(input_name, limits, expected_frames=len(files))
             asm.add(ds, f)
         series: list[Series] = list(nifti)
         total = max(sum(a.n_instances for a in images.values()), 1)

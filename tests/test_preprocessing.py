@@ -206,3 +206,35 @@ def test_contrast_grid_keeps_the_collecting_system_hu_of_a_small_kidney():
     hu = preprocess(vol, spec, "CT")[1] * (spec.ct_windows[1][1] - spec.ct_windows[1][0]) + spec.ct_windows[1][0]
     at_cs = float(hu.reshape(-1)[np.argmax(share)])
     assert abs(at_cs - info["hu"]["collecting_system"]) < 40, (at_cs, info["hu"]["collecting_system"])
+
+
+def test_resample_fit_of_a_flipped_view_equals_that_of_a_contiguous_copy():
+    # canonicalize returns flipped views; resample_fit folds the flips into its matrices instead of copying.
+    rng = np.random.default_rng(4)
+    a = rng.normal(0, 100, (23, 40, 36)).astype(np.float32)
+    for view in (a[::-1], a[:, ::-1], a[:, :, ::-1], a[::-1, ::-1, ::-1]):
+        got = resample_fit(view, (9, 12, 10))
+        want = resample_fit(np.ascontiguousarray(view), (9, 12, 10))
+        assert np.allclose(got, want, atol=1e-3)
+    cache: dict = {}
+    # The in-plane cache must tell a flipped view from the unflipped array (same memory, other matrices).
+    first = resample_fit(a, (9, 12, 10), cache=cache)
+    flipped = resample_fit(a[:, ::-1], (9, 12, 10), cache=cache)
+    assert np.allclose(flipped, first[:, ::-1], atol=1e-3) and not np.allclose(flipped, first, atol=1e-3)
+
+
+@pytest.mark.parametrize("op", ["mean", "max"])
+def test_block_reduce_partial_block_is_the_edge_padded_definition(op):
+    from scanqc.preprocessing import _block_reduce
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(7, 11, 13)).astype(np.float32)
+    for ax in range(3):
+        for k in (2, 3, 4, 5):
+            m = -(-a.shape[ax] // k)
+            pad = [(0, 0)] * 3
+            pad[ax] = (0, m * k - a.shape[ax])
+            p = np.moveaxis(np.pad(a, pad, mode="edge"), ax, 0)
+            blocks = p.reshape(m, k, *p.shape[1:])
+            want = np.moveaxis(blocks.mean(1) if op == "mean" else blocks.max(1), 0, ax)
+            assert np.allclose(_block_reduce(a, ax, k, op), want, atol=1e-5), (ax, k)

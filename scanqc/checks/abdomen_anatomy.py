@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from scanqc.cache import cached
 from scanqc.volume import Volume
 
 WORK_MM = 3.0
@@ -164,13 +165,7 @@ def _disc_median(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, slices: np.n
 
 def locate(volume: Volume, cache: dict | None = None) -> Anatomy:
     """Find the abdominal landmarks of a CT volume (HU). Never raises on odd anatomy: says out of domain."""
-    key = "abdomen_anatomy"
-    if cache is not None and key in cache:
-        return cache[key]
-    out = _locate(volume, cache)
-    if cache is not None:
-        cache[key] = out
-    return out
+    return cached(cache, "abdomen_anatomy", lambda: _locate(volume, cache))
 
 
 def _locate(volume: Volume, cache: dict | None) -> Anatomy:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from scanqc.cache import SeriesCache
 from scanqc.guideline import Guideline, SeriesRule
 from scanqc.series import Series
 from scanqc.verdict import CheckResult
@@ -26,7 +27,7 @@ class CheckContext:
     baseline_date: dt.date | None = None  # subject's baseline acquisition date, for visit windows
     models: Any = None  # scanqc.models registry of loaded models; None = load the installed defaults
     infer: InferFn | None = None
-    cache: dict[str, Any] = field(default_factory=dict)  # per-series scratch (preprocessed arrays...)
+    cache: dict[str, Any] = field(default_factory=SeriesCache)  # per-series scratch (preprocessed arrays...)
     station: str | None = None  # calling AE title / station the series came from, when known
     scanners: Any = None  # scanqc.checks.phantom.ScannerRegistry (the service's store); None offline
     phantom: str | None = None  # why the series is a phantom (scanqc.checks.phantom.phantom_route), else None

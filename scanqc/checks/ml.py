@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from scanqc.cache import cached
 from scanqc.checks.base import CheckContext
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.series import Series
@@ -147,11 +148,9 @@ class ModelCheck:
         spec = model.spec
         modality = (series.modality or "").upper()
         key = "pre:" + json.dumps(spec.to_dict(), sort_keys=True) + modality
-        x = ctx.cache.get(key)
-        if x is None:
-            assert series.volume is not None
-            x = preprocess(series.volume, spec, modality, cache=ctx.cache)
-            ctx.cache[key] = x
+        assert series.volume is not None
+        vol = series.volume
+        x = cached(ctx.cache, key, lambda: preprocess(vol, spec, modality, cache=ctx.cache))
         batch = x[None]
         logits = ctx.infer(self.task, batch) if ctx.infer is not None else model.run(batch)
         logits = np.asarray(logits, dtype=np.float32)

@@ -46,13 +46,43 @@ _VOLUME_SPLITTERS = ("EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNu
 AddResult = Literal["added", "duplicate", "error"]
 
 
+class _SliceBuffer:
+    """Decoded slices of one in-plane size in one float32 block, in arrival order.
+
+    Each frame is cast and rescaled straight into its slot (one pass over the pixels, no per-slice array), and a
+    volume whose slices are consecutive slots (the usual case: instances arrive, or files sort, in table order)
+    is a view of the block: no 200 MB copy after the last instance. The block doubles when full (while
+    instances arrive); ``np.empty`` pages are only touched when written, so spare capacity costs no memory.
+    """
+
+    def __init__(self, rows: int, cols: int, capacity: int) -> None:
+        self.block = np.empty((max(int(capacity), 1), rows, cols), np.float32)
+        self.n = 0
+
+    def take(self) -> tuple[np.ndarray, int]:
+        if self.n == len(self.block):
+            bigger = np.empty((2 * len(self.block), *self.block.shape[1:]), np.float32)
+            bigger[:self.n] = self.block[:self.n]
+            self.block = bigger  # earlier frames' views keep the old block (same values)
+        self.n += 1
+        return self.block[self.n - 1], self.n - 1
+
+    def stack(self, slots: list[int]) -> np.ndarray:
+        """The slices in ``slots`` order: a view when they are consecutive, else one gathered copy."""
+        i0 = slots[0]
+        if slots == list(range(i0, i0 + len(slots))):
+            return self.block[i0:i0 + len(slots)]
+        return np.take(self.block, slots, axis=0)
+
+
 @dataclass
 class _Frame:
     ds: Dataset
     file: InputFile
     index: int  # frame index within ds
     geom: FrameGeometry
-    pixels: np.ndarray | None = None  # rescaled float32 (rows, cols), decoded on arrival
+    pixels: np.ndarray | None = None  # rescaled float32 (rows, cols), decoded on arrival (a view of its slot)
+    slot: tuple[_SliceBuffer, int] | None = None  # where ``pixels`` lives
     error: ScanQCError | None = None  # decoding failed for this frame's instance
     key: tuple | None = None  # (orientation, rows, cols), computed once: pydicom attribute access is slow
 
@@ -277,9 +307,13 @@ def build_volume(frames: list[_Frame], name: str,
                                      f"{len(bad)} instance(s) could not be decoded and are missing: "
                                      f"{', '.join(bad[:3])}",
                                      len(bad)))
-    out = np.empty((len(frames), rows, cols), dtype=np.float32)
-    for z, f in enumerate(frames):
-        out[z] = f.pixels
+    buf = frames[0].slot[0] if frames[0].slot is not None else None
+    if buf is not None and all(f.slot is not None and f.slot[0] is buf for f in frames):
+        out = buf.stack([f.slot[1] for f in frames])  # type: ignore[index]
+    else:
+        out = np.empty((len(frames), rows, cols), dtype=np.float32)
+        for z, f in enumerate(frames):
+            out[z] = f.pixels
     spacing = (abs(spacing_z) if spacing_z else 1.0, float(ps[0]), float(ps[1]))
     return out, spacing, origin, direction, issues, notes, frames
 
@@ -302,9 +336,11 @@ def _as_input_file(file: InputFile | Path | str | None, sop: str) -> InputFile:
 class SeriesAssembler:
     """Build one DICOM series instance by instance (see the module docstring). Not thread-safe: one owner."""
 
-    def __init__(self, input_name: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, input_name: str, limits: Limits = DEFAULT_LIMITS, expected_frames: int = 64) -> None:
         self.input_name = input_name
         self.limits = limits
+        self._expected = max(int(expected_frames), 1)  # first block size (a folder knows its file count)
+        self._buffers: dict[tuple[int, int], _SliceBuffer] = {}
         self._instances: dict[str, tuple[InputFile, Dataset]] = {}  # SOPInstanceUID -> first arrival
         self._frames: list[_Frame] = []
         self._duplicates = 0
@@ -404,13 +440,20 @@ class SeriesAssembler:
                     for fr in frames:
                         fr.error = exc
                 else:
+                    buf = self._buffers.get((rows, cols))
+                    if buf is None:
+                        cap = min(self._expected, max(self.limits.max_voxels // max(rows * cols, 1), 1))
+                        buf = self._buffers[(rows, cols)] = _SliceBuffer(rows, cols, cap)
                     for fr in frames:
-                        dst = arr[fr.index].astype(np.float32)  # one conversion, then rescale in place
-                        if fr.geom.slope != 1.0:
-                            dst *= fr.geom.slope
+                        dst, i = buf.take()
+                        src = arr[fr.index]
+                        if fr.geom.slope != 1.0:  # cast and scale in one pass, then shift in place
+                            np.multiply(src, np.float32(fr.geom.slope), out=dst)
+                        else:
+                            np.copyto(dst, src, casting="unsafe")
                         if fr.geom.intercept != 0.0:
-                            dst += fr.geom.intercept
-                        fr.pixels = dst
+                            dst += np.float32(fr.geom.intercept)
+                        fr.pixels, fr.slot = dst, (buf, i)
         except ScanQCError as exc:
             self._error = exc
             return "error"

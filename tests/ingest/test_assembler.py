@@ -157,3 +157,22 @@ def test_incremental_stack_equals_the_pure_geometry_of_all_frames() -> None:
         asm.add(_roundtrip(d))
         assert asm.stack() == stack_state(asm._frames)
     assert asm.stack().complete and len(asm.stack().positions) == 9
+
+
+def test_slice_block_growth_and_a_provisional_volume_unchanged_by_later_arrivals() -> None:
+    # Slices are written into one growing block and an in-order volume is a view of it: a verdict's volume
+    # must not change when more instances arrive (or the block grows) after it was built.
+    vol = _volume(n=12)
+    dss = [_roundtrip(d) for d in volume_to_datasets(vol, "CT")]
+    asm = SeriesAssembler("s", expected_frames=2)  # grows 2 -> 4 -> 8 -> 16 while instances arrive
+    for ds in dss[:5]:
+        assert asm.add(ds) == "added"
+    early = asm.finish()
+    assert early.volume is not None
+    snapshot = early.volume.array.copy()
+    for ds in reversed(dss[5:]):  # the rest in reverse: the final stack is gathered, not a view
+        assert asm.add(ds) == "added"
+    final = asm.finish()
+    assert np.array_equal(early.volume.array, snapshot)
+    assert final.volume is not None and final.volume.shape == (12, 32, 32)
+    assert np.allclose(final.volume.array, vol.array, atol=1.0)
