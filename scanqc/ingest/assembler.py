@@ -447,12 +447,15 @@ class SeriesAssembler:
                     for fr in frames:
                         dst, i = buf.take()
                         src = arr[fr.index]
-                        if fr.geom.slope != 1.0:  # cast and scale in one pass, then shift in place
-                            np.multiply(src, np.float32(fr.geom.slope), out=dst)
+                        slope, inter = np.float32(fr.geom.slope), np.float32(fr.geom.intercept)
+                        if slope != 1.0:  # cast and scale in one pass (then shift in place)
+                            np.multiply(src, slope, out=dst)
+                            if inter != 0.0:
+                                dst += inter
+                        elif inter != 0.0:  # the usual CT (slope 1): cast and shift in one pass
+                            np.add(src, inter, out=dst)
                         else:
                             np.copyto(dst, src, casting="unsafe")
-                        if fr.geom.intercept != 0.0:
-                            dst += np.float32(fr.geom.intercept)
                         fr.pixels, fr.slot = dst, (buf, i)
         except ScanQCError as exc:
             self._error = exc

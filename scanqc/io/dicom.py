@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -153,6 +155,28 @@ def _spacing(value: object) -> list[float] | None:
     return ps if ps is not None and all(v > 0 for v in ps) else None
 
 
+def decimal_strings(ds: Dataset, keyword: str, single: bool = False) -> object:
+    """A DS attribute's value(s) parsed straight from the still-undecoded element, else ``ds.get(keyword)``.
+
+    pydicom converts each value into a validated ``DSfloat``: for the six geometry and rescale attributes of
+    every slice that was a third of a CT's header time. Only a plain ``1.5\\-2`` string takes the fast path;
+    anything else (empty, padded with NULs, already converted, not a number) is left to pydicom, so a
+    malformed value fails exactly as before. ``single``: one number, as a float (several: pydicom's value).
+    """
+    tag = tag_for_keyword(keyword)
+    elem = ds.get_item(tag) if tag is not None else None
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.value.strip():
+        try:
+            vals = [float(v) for v in elem.value.split(b"\\")]
+        except ValueError:
+            return ds.get(keyword)
+        if not single:
+            return vals
+        if len(vals) == 1:
+            return vals[0]
+    return ds.get(keyword)
+
+
 def _first(seq_parent: Dataset | None, seq: str, attr: str) -> object:
     if seq_parent is None or seq not in seq_parent or not seq_parent[seq].value:
         return None
@@ -197,12 +221,13 @@ def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
                 inter if inter is not None else float(header_number(ds, "RescaleIntercept", 0) or 0),
             ))
         return out
-    pos = _float_list(ds.get("ImagePositionPatient"), 3)
-    ori = _float_list(ds.get("ImageOrientationPatient"), 6)
-    ps = _spacing(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
-    st = header_number(ds, "SliceThickness")
-    slope = float(header_number(ds, "RescaleSlope", 1) or 1)
-    inter = float(header_number(ds, "RescaleIntercept", 0) or 0)
+    pos = _float_list(decimal_strings(ds, "ImagePositionPatient"), 3)
+    ori = _float_list(decimal_strings(ds, "ImageOrientationPatient"), 6)
+    ps = _spacing(decimal_strings(ds, "PixelSpacing") or ds.get("ImagerPixelSpacing"))
+    st = header_number(ds, "SliceThickness", value=decimal_strings(ds, "SliceThickness", single=True))
+    slope = float(header_number(ds, "RescaleSlope", 1, value=decimal_strings(ds, "RescaleSlope", single=True)) or 1)
+    inter = float(header_number(ds, "RescaleIntercept", 0,
+                                value=decimal_strings(ds, "RescaleIntercept", single=True)) or 0)
     if frames == 1:
         return [FrameGeometry(pos, ori, ps, st, slope, inter)]
     # Classic multi-frame: frame positions from a frame offset vector along the normal.

@@ -54,3 +54,50 @@ def test_bits_stored_masking_and_sign_extension_match_pydicom(signed, stored, va
     ds.PixelData = raw.astype("<u2").tobytes()
     np.testing.assert_array_equal(_native_pixels(ds, "x").ravel(), ds.pixel_array.ravel())
     np.testing.assert_array_equal(_native_pixels(ds, "x").ravel(), values)
+
+
+def _geometry_slow(ds):
+    """frame_geometries' values the way pydicom converts them (the reference for the raw fast path)."""
+    def floats(v):
+        try:
+            return [float(x) for x in v]
+        except (TypeError, ValueError):
+            return None
+    return (floats(ds.get("ImagePositionPatient")), floats(ds.get("ImageOrientationPatient")),
+            floats(ds.get("PixelSpacing")), ds.get("SliceThickness"), ds.get("RescaleSlope"),
+            ds.get("RescaleIntercept"))
+
+
+@pytest.mark.parametrize("name", sorted(f.name for f in PYDICOM_TEST_FILES.glob("*.dcm"))[:80])
+def test_raw_decimal_strings_equal_pydicoms_conversion(name):
+    from scanqc.io.dicom import decimal_strings
+
+    try:
+        ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = _geometry_slow(pydicom.dcmread(PYDICOM_TEST_FILES / name))
+    except Exception:
+        pytest.skip("pydicom cannot read or convert this file itself")
+    got = (decimal_strings(ds, "ImagePositionPatient"), decimal_strings(ds, "ImageOrientationPatient"),
+           decimal_strings(ds, "PixelSpacing"), decimal_strings(ds, "SliceThickness", single=True),
+           decimal_strings(ds, "RescaleSlope", single=True), decimal_strings(ds, "RescaleIntercept", single=True))
+    for g, w in zip(got[:3], want[:3]):
+        assert (None if g is None else [float(x) for x in g]) == w or (g in (None, "") and w in (None, []))
+    for g, w in zip(got[3:], want[3:]):
+        assert (g is None and w in (None, "")) or float(g) == float(w)
+
+
+def test_malformed_decimal_string_still_fails_as_a_named_header_error(tmp_path):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from scanqc.io.dicom import HeaderValueError, frame_geometries
+
+    ds = pydicom.Dataset()
+    ds.Rows, ds.Columns = 4, 4
+    # A raw (undecoded) element as read from a file: not a number, so the fast path hands it to pydicom.
+    ds._dict[Tag("SliceThickness")] = RawDataElement(Tag("SliceThickness"), "DS", 6, b"DOE^J ", 0, False, True)
+    with pytest.raises(HeaderValueError) as exc:
+        frame_geometries(ds)
+    assert exc.value.keyword == "SliceThickness" and "DOE" not in str(exc.value)
