@@ -66,6 +66,7 @@ def check_series(series: Series, guideline: Guideline | None = None, *, visit: s
     rule = guideline.rule_for(series.modality, series.description) if guideline and not phantom else None
     ctx = CheckContext(guideline=guideline, rule=rule, visit=visit, baseline_date=baseline_date,
                        models=models, infer=infer, station=station, scanners=scanners, phantom=phantom)
+    ctx.cache.update(series.scratch)  # e.g. the in-plane resampling the receiver did per slice
     results: dict[str, CheckResult] = {}
     timings = base["timings_ms"]
     selected: list[Check] = []

@@ -206,18 +206,27 @@ def canonicalize(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]
     Raises ``ScanQCError(BAD_MODEL)``-free: an ambiguous (e.g. 45° oblique) direction matrix keeps the
     stored axis order, since there is no nearest canonical axis to snap to.
     """
-    d = np.asarray(volume.direction, dtype=np.float64)
-    dominant = np.argmax(np.abs(d), axis=0)  # LPS component each array axis mostly follows
     arr = volume.array
     spacing = np.asarray(volume.spacing, dtype=np.float64)
-    if sorted(dominant.tolist()) != [0, 1, 2]:
+    axes = canonical_axes(volume.direction)
+    if axes is None:
         return arr, tuple(spacing.tolist())  # type: ignore[return-value]
-    perm = [int(np.where(dominant == comp)[0][0]) for comp, _ in _CANON]
+    perm, flips = axes
     arr = np.transpose(arr, perm)
-    flips = tuple(i for i, (comp, sign) in enumerate(_CANON) if np.sign(d[comp, perm[i]]) != sign)
     if flips:
         arr = np.flip(arr, axis=flips)
-    return arr, tuple(spacing[perm].tolist())  # type: ignore[return-value]
+    return arr, tuple(spacing[list(perm)].tolist())  # type: ignore[return-value]
+
+
+def canonical_axes(direction: Any) -> tuple[tuple[int, int, int], tuple[int, ...]] | None:
+    """(array axis per canonical axis, canonical axes to flip) for a direction matrix; None when ambiguous."""
+    d = np.asarray(direction, dtype=np.float64)
+    dominant = np.argmax(np.abs(d), axis=0)  # LPS component each array axis mostly follows
+    if sorted(dominant.tolist()) != [0, 1, 2]:
+        return None
+    perm = tuple(int(np.where(dominant == comp)[0][0]) for comp, _ in _CANON)
+    flips = tuple(i for i, (comp, sign) in enumerate(_CANON) if np.sign(d[comp, perm[i]]) != sign)
+    return perm, flips  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=64)
@@ -239,6 +248,28 @@ def _axis_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def inplane_key(arr: np.ndarray, shape_yx: tuple[int, int], antialias: bool = True) -> tuple:
+    """The series-cache key of :func:`resample_fit`'s in-plane pass of this (canonical view of an) array."""
+    return ("resample_fit.inplane", arr.shape, arr.strides, arr.__array_interface__["data"][0],
+            (int(shape_yx[0]), int(shape_yx[1])), bool(antialias))
+
+
+def slice_inplane(slice2d: np.ndarray, shape_yx: tuple[int, int], flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """:func:`resample_fit`'s in-plane pass (anti-aliased) of one stored slice of an axial stack.
+
+    The DICOM receiver runs it as each slice arrives (``scanqc.ingest``), so that after the last instance only
+    the pass along the slices remains. ``flip_rows`` / ``flip_cols``: the canonical view flips that axis. Same
+    sums as the whole-volume pass: ``my @ slice @ mx.T`` with a flipped axis' matrix columns reversed.
+    """
+    my = _axis_matrix(int(slice2d.shape[0]), int(shape_yx[0]), True)
+    mx = _axis_matrix(int(slice2d.shape[1]), int(shape_yx[1]), True)
+    if flip_rows:
+        my = my[:, ::-1]
+    if flip_cols:
+        mx = mx[:, ::-1]
+    return (my @ np.asarray(slice2d, np.float32)) @ mx.T
+
+
 def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool = True,
                  cache: dict[Any, Any] | None = None) -> np.ndarray:
     """Map the whole array extent onto ``shape`` (trilinear, pixel-edge aligned, anti-aliased when shrinking).
@@ -250,7 +281,7 @@ def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool =
     if tuple(arr.shape) == tuple(shape):
         return np.ascontiguousarray(arr)
     mz, my, mx = (_axis_matrix(int(a), int(b), antialias) for a, b in zip(arr.shape, shape))
-    key = ("resample_fit.inplane", arr.shape, arr.strides, arr.__array_interface__["data"][0], shape[1:], antialias)
+    key = inplane_key(arr, (int(shape[1]), int(shape[2])), antialias)
     # A flipped axis (canonicalize's view) would make tensordot copy the whole array first (200 MB for a CT):
     # undo the flip on the view and reverse that axis' matrix columns instead, the same weighted sums.
     if arr.strides[0] < 0:

@@ -57,6 +57,7 @@ class Series:
     files: list[Path] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     sidecar: dict[str, Any] = field(default_factory=dict)  # NIfTI: BIDS-style JSON next to the file
+    scratch: dict[Any, Any] = field(default_factory=dict)  # made while instances arrived; seeds the checks' cache
 
     def get(self, keyword: str) -> Any:
         from scanqc.io.dicom import header_value

@@ -197,7 +197,7 @@ class Receiver:
 
     def __init__(self, settings: Any, on_series_complete: OnSeriesComplete,
                  on_series_final: OnSeriesComplete | None = None, on_first_instance: OnSeriesComplete | None = None,
-                 **overrides: Any) -> None:
+                 inplane: dict[str, tuple[tuple[int, int], ...]] | None = None, **overrides: Any) -> None:
         self.cfg = ReceiverConfig.from_settings(settings, **overrides)
         self.on_series_complete = on_series_complete
         self.incoming = Path(self.cfg.data_dir) / "incoming"
@@ -210,7 +210,8 @@ class Receiver:
                                      on_final=_on_final, on_provisional=_on_provisional,
                                      on_first=on_first_instance if self.cfg.adaptive else None,
                                      workers=self.cfg.workers, retries=self.cfg.retries,
-                                     retry_delay_s=self.cfg.retry_delay_s, max_instances=self.cfg.max_instances)
+                                     retry_delay_s=self.cfg.retry_delay_s, max_instances=self.cfg.max_instances,
+                                     inplane=inplane)
 
     @property
     def completed(self) -> int:
@@ -570,9 +571,16 @@ def processor_callback(processor: Any,
 
 def make_receiver(settings: Any, processor: Any, **overrides: Any) -> Receiver:
     """A receiver wired to ``processor.process_series`` (not started: call ``start()``/``stop()``)."""
+    from scanqc.checks.ml import inplane_targets
+
     cfg = ReceiverConfig.from_settings(settings, **overrides)
     complete, final, first = processor_callback(processor, cfg)
-    return Receiver(cfg, complete, final, first)
+    try:  # the models' in-plane grids, so each slice is resampled as it arrives (none: all after the last)
+        inplane = inplane_targets(getattr(processor, "models", None))
+    except Exception:
+        log.warning("model input grids unknown; slices are resampled after the last instance", exc_info=True)
+        inplane = None
+    return Receiver(cfg, complete, final, first, inplane=inplane)
 
 
 def run_receiver(settings: Any, processor: Any, **overrides: Any) -> None:

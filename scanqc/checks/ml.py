@@ -186,3 +186,22 @@ def model_checks() -> list[ModelCheck]:
     from scanqc.checks.motion import MotionCheck
 
     return [MotionCheck(), ContrastPhaseCheck(), CoverageCheck()]
+
+
+def inplane_targets(models: Any = None) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Per modality, the in-plane grids of the installed models' anti-aliased ``fit`` inputs: what the DICOM
+    receiver resamples each slice onto as it arrives (``scanqc.ingest.SeriesAssembler(inplane=...)``)."""
+    out: dict[str, set[tuple[int, int]]] = {}
+    ctx = CheckContext(models=models)
+    for check in model_checks():
+        try:
+            model = check.model(ctx)
+        except ScanQCError:
+            continue
+        spec = getattr(model, "spec", None)
+        if spec is None or spec.mode != "fit" or not spec.antialias:
+            continue
+        for mod in spec.modalities:
+            out.setdefault(mod.upper(), set()).add((int(spec.shape[1]), int(spec.shape[2])))
+    return {m: tuple(sorted(g)) for m, g in out.items()}
+

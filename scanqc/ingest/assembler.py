@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -33,6 +33,7 @@ from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.io.dicom import FrameGeometry, check_image_size, decode_pixels, frame_geometries
 from scanqc.io.sources import InputFile
 from scanqc.limits import DEFAULT_LIMITS, Limits
+from scanqc.preprocessing import slice_inplane
 from scanqc.series import IntegrityIssue, Series
 
 # What pydicom raises when a lazily parsed element is malformed (wrong or unknown VR, bad length...).
@@ -83,6 +84,7 @@ class _Frame:
     geom: FrameGeometry
     pixels: np.ndarray | None = None  # rescaled float32 (rows, cols), decoded on arrival (a view of its slot)
     slot: tuple[_SliceBuffer, int] | None = None  # where ``pixels`` lives
+    inplane: dict[tuple[int, int], np.ndarray] | None = None  # in-plane pass per model grid, made on arrival
     error: ScanQCError | None = None  # decoding failed for this frame's instance
     key: tuple | None = None  # (orientation, rows, cols), computed once: pydicom attribute access is slow
 
@@ -108,6 +110,19 @@ def _normal(ori: list[float]) -> np.ndarray:
     n = np.cross(np.asarray(ori[:3]), np.asarray(ori[3:]))
     norm = np.linalg.norm(n)
     return n / norm if norm > 0 else np.array([0.0, 0.0, 1.0])
+
+
+def _axial_flips(ori: list[float] | None) -> tuple[bool, bool] | None:
+    """(flip rows, flip columns) of the canonical view when the slices are axial (their in-plane axes are the
+    canonical in-plane axes), else None: only then can a model grid's in-plane pass be made slice by slice."""
+    from scanqc.preprocessing import canonical_axes
+
+    if ori is None:
+        return None
+    axes = canonical_axes(np.stack([_normal(ori), np.asarray(ori[3:]), np.asarray(ori[:3])], axis=1))
+    if axes is None or axes[0] != (0, 1, 2):
+        return None
+    return 1 in axes[1], 2 in axes[1]
 
 
 def _stack_key(f: _Frame) -> tuple:
@@ -318,6 +333,20 @@ def build_volume(frames: list[_Frame], name: str,
     return out, spacing, origin, direction, issues, notes, frames
 
 
+def _inplane_scratch(vol: Any, frames: list[_Frame], grids: tuple[tuple[int, int], ...]) -> dict[Any, Any]:
+    """The in-plane passes made on arrival, under the keys ``resample_fit`` looks up for this volume."""
+    from scanqc.preprocessing import canonical_axes, canonicalize, inplane_key
+
+    out: dict[Any, Any] = {}
+    if not grids or canonical_axes(vol.direction) is None or canonical_axes(vol.direction)[0] != (0, 1, 2):
+        return out
+    arr, _ = canonicalize(vol)
+    for g in grids:
+        if all(f.inplane is not None and g in f.inplane for f in frames):
+            out[inplane_key(arr, g, True)] = np.stack([f.inplane[g] for f in frames])  # type: ignore[index]
+    return out
+
+
 def _strip_pixels(ds: Dataset) -> Dataset:
     for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if kw in ds:
@@ -336,9 +365,13 @@ def _as_input_file(file: InputFile | Path | str | None, sop: str) -> InputFile:
 class SeriesAssembler:
     """Build one DICOM series instance by instance (see the module docstring). Not thread-safe: one owner."""
 
-    def __init__(self, input_name: str, limits: Limits = DEFAULT_LIMITS, expected_frames: int = 64) -> None:
+    def __init__(self, input_name: str, limits: Limits = DEFAULT_LIMITS, expected_frames: int = 64,
+                 inplane: dict[str, tuple[tuple[int, int], ...]] | None = None) -> None:
+        """``inplane``: per modality, the in-plane grids of the installed models (``scanqc.checks.ml.
+        inplane_targets``); each axial slice is resampled onto them as it arrives (the receiver passes them)."""
         self.input_name = input_name
         self.limits = limits
+        self._inplane = inplane or {}
         self._expected = max(int(expected_frames), 1)  # first block size (a folder knows its file count)
         self._buffers: dict[tuple[int, int], _SliceBuffer] = {}
         self._instances: dict[str, tuple[InputFile, Dataset]] = {}  # SOPInstanceUID -> first arrival
@@ -440,6 +473,7 @@ class SeriesAssembler:
                     for fr in frames:
                         fr.error = exc
                 else:
+                    grids = self._inplane.get(str(self._first_ds.get("Modality", "")).upper(), ())
                     buf = self._buffers.get((rows, cols))
                     if buf is None:
                         cap = min(self._expected, max(self.limits.max_voxels // max(rows * cols, 1), 1))
@@ -457,6 +491,10 @@ class SeriesAssembler:
                         else:
                             np.copyto(dst, src, casting="unsafe")
                         fr.pixels, fr.slot = dst, (buf, i)
+                        if grids:
+                            flips = _axial_flips(fr.geom.orientation)
+                            if flips is not None:
+                                fr.inplane = {g: slice_inplane(dst, g, *flips) for g in grids}
         except ScanQCError as exc:
             self._error = exc
             return "error"
@@ -510,6 +548,7 @@ class SeriesAssembler:
             series.header = first
             return series
         series.volume = vol
+        series.scratch = _inplane_scratch(vol, used, self._inplane.get(str(vmod or "").upper(), ()))
         series.integrity = issues
         series.notes += more_notes
         used_ds: list[Dataset] = []

@@ -165,8 +165,10 @@ class SeriesTracker:
                  on_provisional: Callable[[Path, list[int]], Any] | None = None,
                  on_first: OnCheck | None = None,
                  limits: Limits = DEFAULT_LIMITS, workers: int = 1, retries: int = 2,
-                 retry_delay_s: float = 5.0, max_instances: int = 5000) -> None:
+                 retry_delay_s: float = 5.0, max_instances: int = 5000,
+                 inplane: dict[str, tuple[tuple[int, int], ...]] | None = None) -> None:
         self.policy = policy
+        self.inplane = inplane  # the models' in-plane grids: each slice is resampled onto them on arrival
         self.on_check = on_check
         self.on_finalize = on_finalize
         self.on_final = on_final
@@ -238,7 +240,7 @@ class SeriesTracker:
                     p.checked_sops, p.verdict_ids = set(done[0]), list(done[1])
                 p.mpps_final = p.mpps_sops is not None
                 if not reload:
-                    p.assembler = SeriesAssembler(_input_name(key, folder), self.limits)
+                    p.assembler = SeriesAssembler(_input_name(key, folder), self.limits, inplane=self.inplane)
                 log.info("series %s (study %s, site %s) started from %s", key[2], key[1], key[0], station)
             else:
                 gap = mono - p.last_mono
@@ -380,7 +382,8 @@ class SeriesTracker:
             with self._lock:
                 reload, p.reload = p.reload, False
                 if reload or p.assembler is None:
-                    p.assembler = SeriesAssembler(_input_name(p.key, p.folder), self.limits)
+                    p.assembler = SeriesAssembler(_input_name(p.key, p.folder), self.limits,
+                                                  inplane=self.inplane)
                 asm = p.assembler
             other: set[str] = set()
             if reload and p.folder is not None:

@@ -176,3 +176,31 @@ def test_slice_block_growth_and_a_provisional_volume_unchanged_by_later_arrivals
     assert np.array_equal(early.volume.array, snapshot)
     assert final.volume is not None and final.volume.shape == (12, 32, 32)
     assert np.allclose(final.volume.array, vol.array, atol=1.0)
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_inplane_pass_made_on_arrival_is_what_resample_fit_would_compute(flipped: bool) -> None:
+    # The receiver resamples each axial slice onto the models' in-plane grids as it arrives; after the last
+    # instance the checks find that pass in the cache under resample_fit's own key and only the slices remain.
+    from scanqc.preprocessing import canonicalize, inplane_key, resample_fit
+
+    vol = _volume(n=9, size=40)
+    if flipped:  # rows running anterior, columns running right: the canonical view flips both in-plane axes
+        vol.direction = np.stack([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]], axis=1)
+    dss = [_roundtrip(d) for d in volume_to_datasets(vol, "CT")]
+    random.Random(1).shuffle(dss)
+    asm = SeriesAssembler("s", inplane={"CT": ((12, 10),), "MR": ((7, 7),)})
+    for ds in dss:
+        asm.add(ds)
+    series = asm.finish()
+    assert series.volume is not None
+    arr, _ = canonicalize(series.volume)
+    key = inplane_key(arr, (12, 10))
+    assert list(series.scratch) == [key]  # the CT grid only, under the key resample_fit looks up
+    fresh = resample_fit(arr, (5, 12, 10))
+    assert np.allclose(resample_fit(arr, (5, 12, 10), cache=dict(series.scratch)), fresh, atol=1e-3)
+    assert not np.allclose(resample_fit(arr[:, ::-1], (5, 12, 10)), fresh, atol=1e-3)  # orientation matters
+    plain = SeriesAssembler("s")
+    for ds in dss:
+        plain.add(ds)
+    assert plain.finish().scratch == {}
