@@ -266,4 +266,14 @@ def markdown_dicom(res: dict[str, Any]) -> str:
                       f"{r['push_s']['p50']} | {r['stored_ms']['p50']} / {r['stored_ms']['p95']} | "
                       f"{r['console_ms']['p50']} / {r['console_ms']['p95']} | "
                       f"{r['final_ms']['p50']} / {r['final_ms']['p95']} | {sig} |")
+    stages = [(route, k, r["server_stage_ms_p50"]) for route in ("direct", "orthanc")
+              for k, r in (res.get(route) or {}).items() if isinstance(r, dict) and r.get("server_stage_ms_p50")]
+    if stages:
+        names = [n for n in dict.fromkeys(n for *_, st in stages for n in st) if n != "elapsed"]
+        md += ["", "Where the time after the last instance goes (the server's own stage times, p50 ms; the model "
+               "checks run concurrently, so they overlap; `elapsed` = stacking + checks):", "",
+               "| route | series | " + " | ".join(names) + " | elapsed |", "|---|---|" + "---|" * (len(names) + 1)]
+        for route, k, st in stages:
+            md.append(f"| {'storescu' if route == 'direct' else 'storescu -> Orthanc'} | {k} | "
+                      + " | ".join(str(st.get(n, '–')) for n in names) + f" | {st.get('elapsed', '–')} |")
     return "\n".join(md) + "\n"
