@@ -66,7 +66,7 @@ def preview_png(volume: Volume, modality: str | None = None, size: int = 128) ->
 
 
 def preview_path(data_dir: Path, site_id: str, study_uid: str | None, series_uid: str | None) -> Path:
-    from scanqc.serving.receiver import _safe_name
+    from scanqc.serving.dicom.common import _safe_name
 
     return Path(data_dir) / "preview" / _safe_name(site_id) / _safe_name(study_uid or "_") / \
         f"{_safe_name(series_uid or '_')}.png"

@@ -232,7 +232,7 @@ class QCService:
         log.warning("scanqc service ready in %.2f s (db %s)", time.perf_counter() - t0,
                     self.settings.public()["db_url"])
 
-    # -- DICOM receiver (owned by scanqc.serving.receiver) ---------------------------------------
+    # -- DICOM receiver (owned by scanqc.serving.dicom) ---------------------------------------
     def _start_receiver(self) -> None:
         if not self.settings.dicom_enabled:
             return
@@ -240,7 +240,7 @@ class QCService:
         if idx not in (None, 1):  # one listener per host port: only the first worker
             return
         try:
-            from scanqc.serving.receiver import make_receiver
+            from scanqc.serving.dicom import make_receiver
         except ImportError as exc:
             self.receiver_error = f"receiver not available: {exc}"
             log.warning(self.receiver_error)

@@ -148,7 +148,7 @@ def write_sr(sr: Dataset, path: Path) -> Path:
     """Save durably (atomic rename) so a reader never sees half a file."""
     import io
 
-    from scanqc.serving.receiver import atomic_write
+    from scanqc.io.durable import atomic_write
 
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
@@ -170,7 +170,7 @@ def send_sr(sr: Dataset, destination: str, calling_ae: str = "SCANQC", timeout_s
     """C-STORE the SR to ``"AE@host:port"``; returns the DIMSE status (raises on no association)."""
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import ComprehensiveSRStorage
-    from scanqc.serving.receiver import _set_nodelay
+    from scanqc.serving.dicom.scp import _set_nodelay
 
     ae_title, host, port = parse_destination(destination)
     ae = AE(ae_title=calling_ae)

@@ -21,8 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from scanqc.serving.config import Settings
+from scanqc.serving.dicom import make_receiver
 from scanqc.serving.processing import Processor
-from scanqc.serving.receiver import make_receiver
 from scanqc.serving.store import Store
 from scanqc.serving.web import console_view
 

@@ -26,16 +26,9 @@ from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
     Verification,
 )
-from scanqc.serving import receiver as rxmod
-from scanqc.serving.receiver import (
-    MARKER,
-    OUT_OF_RESOURCES,
-    Receiver,
-    ReceiverConfig,
-    SeriesArrival,
-    make_receiver,
-    sr_path,
-)
+from scanqc.serving.dicom import Receiver, ReceiverConfig, SeriesArrival, make_receiver, sr_path
+from scanqc.serving.dicom import scp as rxmod
+from scanqc.serving.dicom.common import MARKER, OUT_OF_RESOURCES
 from scanqc.serving.sr import sr_summary
 
 from scanqc.io.dicom_write import volume_to_datasets
