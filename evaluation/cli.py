@@ -97,6 +97,10 @@ def bench(
     """Latency of `check` (stages, floor, torch eager), service throughput and memory; JSON + Markdown."""
     from scanqc.evaluation.benchmark import run_bench
 
+    from scanqc.threads import limit_blas_threads
+
+    limit_blas_threads()  # as `scanqc check` and the service run (scanqc/threads.py)
+
     from scanqc.errors import ScanQCError
 
     try:

@@ -90,6 +90,9 @@ def check(
 ) -> None:
     """Check series and print verdicts. Exit 0 all pass/warn, 1 any fail, 2 any error."""
     from scanqc.errors import ScanQCError
+    from scanqc.threads import limit_blas_threads
+
+    limit_blas_threads()
     from scanqc.guideline import load_guideline
     from scanqc.pipeline import apply_required_series, check_paths
 

@@ -261,13 +261,19 @@ def slice_inplane(slice2d: np.ndarray, shape_yx: tuple[int, int], flip_rows: boo
     the pass along the slices remains. ``flip_rows`` / ``flip_cols``: the canonical view flips that axis. Same
     sums as the whole-volume pass: ``my @ slice @ mx.T`` with a flipped axis' matrix columns reversed.
     """
-    my = _axis_matrix(int(slice2d.shape[0]), int(shape_yx[0]), True)
-    mx = _axis_matrix(int(slice2d.shape[1]), int(shape_yx[1]), True)
-    if flip_rows:
-        my = my[:, ::-1]
-    if flip_cols:
-        mx = mx[:, ::-1]
-    return (my @ np.asarray(slice2d, np.float32)) @ mx.T
+    my, mx_t = _slice_matrices(int(slice2d.shape[0]), int(slice2d.shape[1]), int(shape_yx[0]), int(shape_yx[1]),
+                               bool(flip_rows), bool(flip_cols))
+    return my @ (np.asarray(slice2d, np.float32) @ mx_t)  # columns first: the smaller intermediate
+
+
+@functools.lru_cache(maxsize=64)
+def _slice_matrices(rows: int, cols: int, ny: int, nx: int, flip_rows: bool,
+                    flip_cols: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous (row matrix, transposed column matrix) of :func:`slice_inplane`: strided views made BLAS copy."""
+    my, mx = _axis_matrix(rows, ny, True), _axis_matrix(cols, nx, True)
+    my = my[:, ::-1] if flip_rows else my
+    mx = mx[:, ::-1] if flip_cols else mx
+    return np.ascontiguousarray(my), np.ascontiguousarray(mx.T)
 
 
 def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool = True,

@@ -47,8 +47,10 @@ from scanqc.cancel import CancelToken
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.io.durable import atomic_write, fsync_dir, fsync_tree
 from scanqc.io.sources import cleanup_stale_extractions
+from scanqc.threads import limit_blas_threads
 
 log = logging.getLogger("scanqc.serving")
+limit_blas_threads()  # this process is the service: concurrency comes from its own threads (scanqc/threads.py)
 
 # Two BentoML server bugs made the API worker's memory grow with every request (docs/reliability.md "Load"):
 # TimeoutMiddleware kept each request's context and OpenTelemetry span alive for traffic.timeout seconds, and
