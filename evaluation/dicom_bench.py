@@ -133,6 +133,7 @@ def _iso(s: str) -> float:
 def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[Path]]], station: str,
                 console: _Console, quiet: float) -> dict[str, Any]:
     stored, shown, final, signals, sent_s = [], [], [], {}, []
+    since_last: list[float] = []  # verdict stored after the last instance *scanqc* received (a router forwards late)
     stages: dict[str, list[float]] = {}  # the server's own stage times after the last instance, per push
     ends: dict[str, float] = {}
     for uid, files in pushes:
@@ -149,6 +150,8 @@ def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[
         hist = [h for h in first.get("history") or [] if h.get("completed_by") != "first_instance"]
         first_h = min(hist, key=lambda h: h["id"]) if hist else first
         stored.append((_iso(first_h["verdict_at"]) - end) * 1000)
+        if first_h.get("received_at"):
+            since_last.append((_iso(first_h["verdict_at"]) - _iso(first_h["received_at"])) * 1000)
         v = first.get("verdict") or {}
         for k, ms in {**(v.get("timings_ms") or {}), "elapsed": v.get("elapsed_ms")}.items():
             if isinstance(ms, (int, float)) and k != "decode_on_arrival":
@@ -166,6 +169,7 @@ def _run_pushes(base: str, port: int, called: str, pushes: list[tuple[str, list[
         if done is not None:
             final.append(((console.final.get(uid) or _iso(done["verdict_at"])) - end) * 1000)
     return {"stored_ms": _summary(stored), "console_ms": _summary(shown), "final_ms": _summary(final),
+            "after_last_received_ms": _summary(since_last),
             "signals": signals, "push_s": _summary([s * 1000 for s in sent_s]), "instances": len(pushes[0][1]),
             "server_stage_ms_p50": {k: _pct(v, 50) for k, v in stages.items()}}
 
@@ -254,18 +258,21 @@ def markdown_dicom(res: dict[str, Any]) -> str:
           f"Quiet period (upper bound) {res.get('quiet_period_s')} s; times in ms from the end of the push "
           "(storescu returned: last instance acknowledged, association released).", "",
           "| route | series | instances | push ms p50 | verdict stored p50 / p95 | console event p50 / p95 | "
-          "final p50 / p95 | deciding signal |", "|---|---|---|---|---|---|---|---|"]
+          "final p50 / p95 | after scanqc's last received instance p50 / p95 | deciding signal |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for route in ("direct", "orthanc"):
         part = res.get(route) or {}
         if part.get("skipped"):
-            md.append(f"| {route} | – | – | – | skipped: {part['skipped']} | | | |")
+            md.append(f"| {route} | – | – | – | skipped: {part['skipped']} | | | | |")
             continue
         for k, r in part.items():
             sig = ", ".join(f"{s} {n}" for s, n in sorted(r["signals"].items()))
             md.append(f"| {'storescu' if route == 'direct' else 'storescu -> Orthanc'} | {k} | {r['instances']} | "
                       f"{r['push_s']['p50']} | {r['stored_ms']['p50']} / {r['stored_ms']['p95']} | "
                       f"{r['console_ms']['p50']} / {r['console_ms']['p95']} | "
-                      f"{r['final_ms']['p50']} / {r['final_ms']['p95']} | {sig} |")
+                      f"{r['final_ms']['p50']} / {r['final_ms']['p95']} | "
+                      f"{(r.get('after_last_received_ms') or {}).get('p50')} / "
+                      f"{(r.get('after_last_received_ms') or {}).get('p95')} | {sig} |")
     stages = [(route, k, r["server_stage_ms_p50"]) for route in ("direct", "orthanc")
               for k, r in (res.get(route) or {}).items() if isinstance(r, dict) and r.get("server_stage_ms_p50")]
     if stages:
