@@ -238,6 +238,21 @@ def _axis_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def resample_inplane(arr: np.ndarray, shape_yx: tuple[int, int], antialias: bool = True) -> np.ndarray:
+    """The in-plane pass of :func:`resample_fit`: axes 1 and 2 onto ``shape_yx``, axis 0 untouched."""
+    arr = np.asarray(arr, dtype=np.float32)
+    my, mx = (_axis_matrix(int(a), int(b), antialias) for a, b in zip(arr.shape[1:], shape_yx))
+    out = np.tensordot(arr, mx, axes=([2], [1]))  # (z, y, X): contract the largest axis first
+    return np.einsum("zyx,Yy->zYx", out, my, optimize=True)
+
+
+def resample_slices(arr: np.ndarray, n: int, antialias: bool = True) -> np.ndarray:
+    """The superior-inferior pass of :func:`resample_fit`: axis 0 onto ``n`` samples. Training crops the slab
+    of a stored in-plane pass and runs this, which is the same arithmetic as ``resample_fit`` on the crop."""
+    mz = _axis_matrix(int(arr.shape[0]), int(n), antialias)
+    return np.ascontiguousarray(np.einsum("zyx,Zz->Zyx", arr, mz, optimize=True), dtype=np.float32)
+
+
 def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool = True,
                  cache: dict[Any, Any] | None = None) -> np.ndarray:
     """Map the whole array extent onto ``shape`` (trilinear, pixel-edge aligned, anti-aliased when shrinking).
@@ -248,16 +263,13 @@ def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool =
     arr = np.asarray(arr, dtype=np.float32)
     if tuple(arr.shape) == tuple(shape):
         return np.ascontiguousarray(arr)
-    mz, my, mx = (_axis_matrix(int(a), int(b), antialias) for a, b in zip(arr.shape, shape))
     key = ("resample_fit.inplane", arr.shape, arr.strides, arr.__array_interface__["data"][0], shape[1:], antialias)
     out = cache.get(key) if cache is not None else None
     if out is None:
-        out = np.tensordot(arr, mx, axes=([2], [1]))  # (z, y, X): contract the largest axis first
-        out = np.einsum("zyx,Yy->zYx", out, my, optimize=True)
+        out = resample_inplane(arr, (int(shape[1]), int(shape[2])), antialias)
         if cache is not None:
             cache[key] = out
-    out = np.einsum("zyx,Zz->Zyx", out, mz, optimize=True)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return resample_slices(out, int(shape[0]), antialias)
 
 
 def _block_reduce(arr: np.ndarray, ax: int, k: int, op: str) -> np.ndarray:
