@@ -78,8 +78,10 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         if meta["postprocess"] != POSTPROCESS or meta["task"] != "coverage":
             raise ScanQCError(ErrorCode.BAD_MODEL, f"{path}: postprocess {meta['postprocess']!r} unknown for "
                                                    f"{meta['task']} (known: coverage {POSTPROCESS!r})")
-        if not isinstance(cut, (int, float)) or not 0 < float(cut) < 1:
-            raise ScanQCError(ErrorCode.BAD_MODEL, f"{path}: geometry.cut_fraction must be in (0, 1), got {cut!r}")
+        values = list(cut.values()) if isinstance(cut, dict) and set(cut) == {"superior", "inferior"} else [cut]
+        if not all(isinstance(v, (int, float)) and 0 < float(v) < 1 for v in values):
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"{path}: geometry.cut_fraction must be in (0, 1) (one, or per "
+                                                   f"superior / inferior end), got {cut!r}")
     delegate = meta.get("delegate") or {}
     if not isinstance(delegate, dict) or not all(isinstance(v, str) and _SEMVER.match(v) for v in delegate.values()):
         raise ScanQCError(ErrorCode.BAD_MODEL, f"{path}: delegate must map a modality to a version, got {delegate!r}")

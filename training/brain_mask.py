@@ -33,6 +33,7 @@ import numpy as np
 
 from scanqc.checks.brain_coverage import SPEC
 from scanqc.preprocessing import canonicalize, normalize_mr, resample_inplane, resample_slices
+from scanqc.volume import Volume
 
 CACHE_SALT = 4242  # case seeds: default_rng([seed, index, CACHE_SALT])
 
@@ -230,20 +231,25 @@ def select(run: Path, cache: Path, seed: int = 600) -> dict[str, Any]:
         dice.append(2 * float((pm & (y[0] > 0)).sum()) / max(1.0, float(pm.sum() + y[0].sum())))
     f = np.asarray(feats)
     e = np.asarray(ends)
-    sup_true, inf_true = e == "superior", e == "inferior"
+    truth = {"superior": e == "superior", "inferior": e == "inferior"}
     grid = np.round(np.arange(0.02, 0.6, 0.01), 3)
-    acc = []
-    for t in grid:
-        ok = ((f[:, 0] >= t) == sup_true) & ((f[:, 1] >= t) == inf_true)
-        acc.append(float(ok.mean()))
-    acc_a = np.asarray(acc)
-    best = np.flatnonzero(acc_a >= acc_a.max() - 1e-9)
-    t_best = float(grid[best[len(best) // 2]])  # middle of the best plateau
-    res = {"threshold": t_best, "accuracy_at_threshold": float(acc_a.max()), "n": len(draws),
-           "plateau": [float(grid[best[0]]), float(grid[best[-1]])], "dice_mean": float(np.mean(dice)),
-           "by_end": {k: float(np.mean((((f[:, 0] >= t_best) == sup_true) & ((f[:, 1] >= t_best) == inf_true))[e == k]))
-                      for k in ("full", "superior", "inferior")},
-           "curve": {str(t): a for t, a in zip(grid.tolist(), acc)},
+    thr, curves, plateaus = {}, {}, {}
+    for j, end in enumerate(("superior", "inferior")):
+        # Each end's decision on its own: accuracy of "this end is cut" over every draw (the other end's
+        # draws and the full ones are its negatives).
+        acc = np.array([float(((f[:, j] >= t) == truth[end]).mean()) for t in grid])
+        best = np.flatnonzero(acc >= acc.max() - 1e-9)
+        thr[end] = float(grid[best[len(best) // 2]])  # middle of the best plateau
+        curves[end] = {str(t): float(a) for t, a in zip(grid.tolist(), acc)}
+        plateaus[end] = [float(grid[best[0]]), float(grid[best[-1]])]
+    flag = np.stack([f[:, 0] >= thr["superior"], f[:, 1] >= thr["inferior"]], 1)
+    ok = np.all(flag == np.stack([truth["superior"], truth["inferior"]], 1), axis=1)
+    res = {"threshold": thr, "accuracy_at_threshold": float(ok.mean()), "n": len(draws), "plateau": plateaus,
+           "dice_mean": float(np.mean(dice)),
+           "by_end": {k: float(ok[e == k].mean()) for k in ("full", "superior", "inferior")},
+           "end_fraction_percentiles": {k: np.round(np.percentile(f[e == k], [0, 5, 50, 95, 100], axis=0), 4).tolist()
+                                        for k in ("full", "superior", "inferior")},
+           "curve": curves,
            "cache": json.loads((cache / "cache.json").read_text()) if (cache / "cache.json").exists() else {}}
     (run / "select.json").write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "curve"}, indent=2))
@@ -262,7 +268,8 @@ def build_metadata(version: str, selection: dict[str, Any], summary: dict[str, A
 
     libs = library_versions()
     labels = list(TASK_OUTPUTS["coverage"])
-    val = {k: selection[k] for k in ("n", "accuracy_at_threshold", "plateau", "by_end", "dice_mean")}
+    val = {k: selection[k] for k in ("n", "accuracy_at_threshold", "plateau", "by_end", "dice_mean",
+                                     "end_fraction_percentiles")}
     return {
         "schema": MONAI_SCHEMA, "name": "scanqc_coverage", "task": "coverage", "version": version,
         "changelog": {version: "brain MR coverage from geometry: a UNet locates the required brain, the end slices' "
@@ -279,9 +286,9 @@ def build_metadata(version: str, selection: dict[str, Any], summary: dict[str, A
         "data_type": "numpy", "image_classes": "1-channel float32 MR volume, see preprocessing",
         "label_classes": ", ".join(labels), "labels": labels,
         "postprocess": bc.POSTPROCESS,
-        "geometry": {"cut_fraction": float(selection["threshold"]),
+        "geometry": {"cut_fraction": {k: float(v) for k, v in selection["threshold"].items()},
                      "rule": "an end is cut when the largest brain component's cross-section in the end grid slice "
-                             "is >= cut_fraction x its largest cross-section",
+                             "is >= cut_fraction[end] x its largest cross-section",
                      "selected_on": selection.get("cache", {}), "validation": val,
                      "curve": selection.get("curve", {})},
         "delegate": {"CT": ct_delegate},
@@ -317,7 +324,8 @@ def build_metadata(version: str, selection: dict[str, Any], summary: dict[str, A
     }
 
 
-def export(run: Path, out_root: Path, version: str, ct_delegate: str = "2.0.0", command: str = "") -> Path:
+def export(run: Path, out_root: Path, version: str, ct_delegate: str = "2.0.0", command: str = "",
+           test_manifest: Path | None = None) -> Path:
     """``out_root/coverage/<version>``: model.onnx (the brain-mask UNet, parity-checked against torch on real
     inputs) and metadata.json; abdominal CT is delegated to the coverage CNN ``ct_delegate``."""
     import hashlib
@@ -353,6 +361,14 @@ def export(run: Path, out_root: Path, version: str, ct_delegate: str = "2.0.0", 
     meta = build_metadata(version, sel, summ, diff, len(xs), int(sum(p.numel() for p in net.parameters())),
                           ct_delegate, command)
     validate_metadata(meta)
+    (dest / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if test_manifest is not None:
+        from scanqc.models.evaluate import evaluate_model, held_out_sources, read_manifest
+        from scanqc.models.registry import InstalledModel
+
+        test = evaluate_model(InstalledModel("coverage", version, dest, "staging", meta), test_manifest, split="all")
+        test["held_out"] = held_out_sources(read_manifest(test_manifest, "coverage", "all"))
+        meta["metrics"]["test"] = test
     write_metadata_props(onnx_path, meta)
     meta["onnx"]["sha256"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     meta["onnx"]["bytes"] = onnx_path.stat().st_size
@@ -409,6 +425,32 @@ def figures(manifest: Path, out: Path, candidate: Path, current: str = "2.0.0") 
     return res
 
 
+def perf(models: Path, runs: int = 5) -> list[float]:
+    """Seconds per call (perf_counter) of preprocessing + inference + geometry for a 176x256x256 MR, as the check
+    runs them (onnxruntime threads: ``$SCANQC_ORT_THREADS``, default min(2, cores))."""
+    from scanqc.evaluation.quality import resolve_model
+
+    from scanqc.checks import brain_coverage as bc
+    from scanqc.preprocessing import preprocess
+
+    m = resolve_model("coverage", models)
+    arr = np.random.default_rng(0).random((176, 256, 256), dtype=np.float32) * 400
+    # A sagittal 3D MPRAGE (slices right -> left, rows superior -> inferior): canonicalize transposes it.
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]).T
+    vol = Volume(arr, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction, "MR")
+    geo = bc.cut_fractions(m.metadata["geometry"])
+    times = []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        x = preprocess(vol, m.spec, "MR")
+        lg = m.run(x[None])
+        bc.measure(lg.reshape(bc.SPEC.shape) >= 0, *bc.grid_geometry(vol), geo)
+        if i:  # the first call creates the onnxruntime session
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"seconds": [round(t, 4) for t in times], "median": round(float(np.median(times)), 4)}))
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m scanqc.training.brain_mask")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -429,10 +471,13 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--version", default="2.1.0")
+    e.add_argument("--test-manifest", type=Path, default=None)
     f = sub.add_parser("figures")
     f.add_argument("--manifest", type=Path, required=True)
     f.add_argument("--models", type=Path, required=True, help="folder holding coverage/<candidate version>")
     f.add_argument("--out", type=Path, required=True)
+    pf = sub.add_parser("perf")
+    pf.add_argument("--models", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.cmd == "cache":
         write_cache(a.out, a.n, a.seed, a.variant)
@@ -440,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
         train(a.cache, a.out, a.minutes, a.seed)
     elif a.cmd == "select":
         select(a.run, a.cache)
+    elif a.cmd == "perf":
+        perf(a.models)
     elif a.cmd == "figures":
         figures(a.manifest, a.out, a.models)
     else:
@@ -447,7 +494,8 @@ def main(argv: list[str] | None = None) -> None:
         import sys
 
         export(a.run, a.out, a.version, command="python -m scanqc.training.brain_mask "
-               + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])))
+               + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
+               test_manifest=a.test_manifest)
 
 
 if __name__ == "__main__":

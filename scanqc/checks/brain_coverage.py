@@ -66,6 +66,15 @@ def end_fractions(prob: np.ndarray) -> tuple[float, float]:
     return float(area[0] / amax), float(area[-1] / amax)
 
 
+ENDS = ("superior", "inferior")
+
+
+def cut_fractions(geometry: dict[str, Any]) -> dict[str, float]:
+    """Per-end cut thresholds from ``metadata["geometry"]["cut_fraction"]`` (one number, or one per end)."""
+    t = geometry["cut_fraction"]
+    return {e: float(t[e] if isinstance(t, dict) else t) for e in ENDS}
+
+
 def cut_score(fraction: float, threshold: float) -> float:
     """End-slice fraction on a [0, 1] scale where ``threshold`` maps to 0.5 (the shipped fail threshold), so
     evaluation and promotion read it like a probability (monotone: ROC AUC is the fraction's own)."""
@@ -77,17 +86,20 @@ def cut_score(fraction: float, threshold: float) -> float:
 
 def outputs_from_logits(logits: np.ndarray, geometry: dict[str, Any]) -> list[dict[str, Any]]:
     """Per case ``{missing_superior, missing_inferior, fractions}`` from brain-mask logits ``[N, 1, D, H, W]``."""
-    t = float(geometry["cut_fraction"])
+    t = cut_fractions(geometry)
     out = []
     for lg in np.asarray(logits, np.float32).reshape(-1, *SPEC.shape):
         s, i = end_fractions(lg >= 0.0)  # logit >= 0 <=> probability >= 0.5
-        out.append({"missing_superior": cut_score(s, t), "missing_inferior": cut_score(i, t),
+        out.append({"missing_superior": cut_score(s, t["superior"]), "missing_inferior": cut_score(i, t["inferior"]),
                     "end_fraction": {"superior": round(s, 4), "inferior": round(i, 4)}})
     return out
 
 
-def measure(prob: np.ndarray, si_mm: float, pixel_mm2: float, threshold: float) -> dict[str, Any]:
-    """Geometry of the located brain on a grid with ``si_mm`` per slice and ``pixel_mm2`` per in-plane voxel."""
+def measure(prob: np.ndarray, si_mm: float, pixel_mm2: float, threshold: float | dict[str, float]
+            ) -> dict[str, Any]:
+    """Geometry of the located brain on a grid with ``si_mm`` per slice and ``pixel_mm2`` per in-plane voxel;
+    ``threshold``: the cut fraction (one, or per end)."""
+    thr = cut_fractions({"cut_fraction": threshold})
     m = largest_component(np.asarray(prob) >= 0.5)
     area = m.reshape(len(m), -1).sum(1).astype(np.float64)
     if area.max() <= 0:
@@ -99,12 +111,12 @@ def measure(prob: np.ndarray, si_mm: float, pixel_mm2: float, threshold: float) 
     semi_h = _SEMI_HEIGHT_RATIO * float(np.sqrt(amax * pixel_mm2 / np.pi))
     g: dict[str, Any] = {"found": True, "brain_extent_mm": round(float((idx[-1] - idx[0] + 1) * si_mm), 1),
                          "largest_section_cm2": round(amax * pixel_mm2 / 100.0, 1), "grid_slice_mm": round(si_mm, 2),
-                         "end_fraction": {k: round(v, 4) for k, v in frac.items()}, "cut_fraction": threshold,
+                         "end_fraction": {k: round(v, 4) for k, v in frac.items()}, "cut_fraction": thr,
                          "distance_mm": {k: round(v, 1) for k, v in dist.items()}, "cut": [], "end_section_cm2": {},
                          "missing_estimate_mm": {}}
     for e in ("superior", "inferior"):
         end_area = area[0] if e == "superior" else area[-1]
-        if frac[e] >= threshold:
+        if frac[e] >= thr[e]:
             g["cut"].append(e)
             g["end_section_cm2"][e] = round(float(end_area) * pixel_mm2 / 100.0, 1)
             # Ellipsoidal cap: section share f at depth h below the top: f = 1 - (1 - h/c)^2.
@@ -143,7 +155,7 @@ def brain_coverage(series: Any, ctx: Any, model: Any) -> Any:
     logits = model.run(x[None])
     prob = np.asarray(logits, np.float32).reshape(SPEC.shape) >= 0.0
     geo = model.metadata.get("geometry") or {}
-    thr = float(geo["cut_fraction"])
+    thr = cut_fractions(geo)
     si_mm, px_mm2 = grid_geometry(vol)
     g = measure(prob, si_mm, px_mm2, thr)
     details: dict[str, Any] = {"region": REGION, "method": "brain mask geometry", "model_version": model.version}
@@ -151,7 +163,7 @@ def brain_coverage(series: Any, ctx: Any, model: Any) -> Any:
         return CheckResult.skipped(f"{OUTSIDE} (no brain located in this MR: not a head, or a contrast the brain "
                                    "mask was not trained on)", **details)
     missing = list(g["cut"])
-    scores = {e: round(cut_score(g["end_fraction"][e], thr), 4) for e in ("superior", "inferior")}
+    scores = {e: round(cut_score(g["end_fraction"][e], thr[e]), 4) for e in ENDS}
     details.update({"missing": missing, "probabilities": scores, "geometry": g})
     d = g["distance_mm"]
     where = f"brain {d['superior']:.0f} mm below the first slice and {d['inferior']:.0f} mm above the last slice"
