@@ -232,7 +232,7 @@ def select(run: Path, cache: Path, seed: int = 600) -> dict[str, Any]:
     f = np.asarray(feats)
     e = np.asarray(ends)
     truth = {"superior": e == "superior", "inferior": e == "inferior"}
-    grid = np.round(np.arange(0.02, 0.6, 0.01), 3)
+    grid = np.round(np.arange(0.01, 0.6, 0.005), 3)  # from 1 % of the largest section: a few grid voxels
     thr, curves, plateaus = {}, {}, {}
     for j, end in enumerate(("superior", "inferior")):
         # Each end's decision on its own: accuracy of "this end is cut" over every draw (the other end's
@@ -425,6 +425,42 @@ def figures(manifest: Path, out: Path, candidate: Path, current: str = "2.0.0") 
     return res
 
 
+def tight_heads(models: Path, n: int, seed: int, out: Path, air_mm: float = 5.0, current: str = "2.0.0"
+                ) -> dict[str, Any]:
+    """Issue 19's acceptance pair on ``n`` held-out heads (variant test): the whole head with only ``air_mm`` of air
+    above the scalp must pass; the same head with its vertex cut (3-30 % of the brain removed) must fail superior."""
+    from scanqc.datasets.coverage import crop_coverage, end_touches, random_coverage
+    from scanqc.datasets.head import acquire_head
+    from scanqc.evaluation.quality import resolve_model
+    from scanqc.models.registry import BUNDLED_DIR, ModelRegistry
+
+    from scanqc.preprocessing import preprocess
+
+    models_ = {"candidate": resolve_model("coverage", models),
+               "current": ModelRegistry.for_folder(BUNDLED_DIR).find("coverage", current)}
+    res: dict[str, Any] = {"n": n, "seed": seed, "variant": "test", "air_mm": air_mm}
+    hits: dict[str, dict[str, list[bool]]] = {w: {"full_pass": [], "vertex_cut_fails_superior": []} for w in models_}
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 19])
+        vol, req, _ = acquire_head(rng, "test", None, superior_air_mm=air_mm)
+        cut_vol, cut_req, _ = crop_coverage(vol, req, random_coverage(rng, "superior", (3.0, 30.0), (0.03, 0.3)))
+        assert end_touches(req, vol) == [] and end_touches(cut_req, cut_vol) == ["superior"]
+        for who, m in models_.items():
+            got = []
+            for v in (vol, cut_vol):
+                o = m.postprocess(m.run(preprocess(v, m.spec, "MR")[None]))[0]
+                got.append([o[f"missing_{e}"] >= float(m.thresholds[f"missing_{e}"]["fail"])
+                            for e in ("superior", "inferior")])
+            hits[who]["full_pass"].append(not any(got[0]))
+            hits[who]["vertex_cut_fails_superior"].append(got[1] == [True, False])
+    for who, m in models_.items():
+        res[who] = {"version": m.version, **{k: {"rate": float(np.mean(v)), "k": int(np.sum(v))}
+                                             for k, v in hits[who].items()}}
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return res
+
+
 def perf(models: Path, runs: int = 5) -> list[float]:
     """Seconds per call (perf_counter) of preprocessing + inference + geometry for a 176x256x256 MR, as the check
     runs them (onnxruntime threads: ``$SCANQC_ORT_THREADS``, default min(2, cores))."""
@@ -476,6 +512,11 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--manifest", type=Path, required=True)
     f.add_argument("--models", type=Path, required=True, help="folder holding coverage/<candidate version>")
     f.add_argument("--out", type=Path, required=True)
+    th = sub.add_parser("tight")
+    th.add_argument("--models", type=Path, required=True)
+    th.add_argument("--n", type=int, default=40)
+    th.add_argument("--seed", type=int, default=4343)
+    th.add_argument("--out", type=Path, required=True)
     pf = sub.add_parser("perf")
     pf.add_argument("--models", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -485,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
         train(a.cache, a.out, a.minutes, a.seed)
     elif a.cmd == "select":
         select(a.run, a.cache)
+    elif a.cmd == "tight":
+        tight_heads(a.models, a.n, a.seed, a.out)
     elif a.cmd == "perf":
         perf(a.models)
     elif a.cmd == "figures":
