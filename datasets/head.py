@@ -296,13 +296,15 @@ def _extent(mask: np.ndarray, axis: int) -> tuple[int, int]:
 
 
 def acquire_head(rng: np.random.Generator, variant: str = "train", artefact=None, crop_required: bool = True,
-                 superior_air_mm: float | None = None) -> tuple[Volume, np.ndarray, dict]:
+                 superior_air_mm: float | None = None, random_contrast_rate: float = 0.25
+                 ) -> tuple[Volume, np.ndarray, dict]:
     """Head -> deformation -> slice orientation and voxel size -> field of view -> bias -> artefact -> noise.
 
     ``artefact(array, spacing, pe_axis, acquisition, brain_mask) -> (array, info)`` runs on the acquisition grid
     before noise, with the phase-encode axis of this acquisition. The field of view never cuts the required
     brain when ``crop_required``; it may cut the nose, the ears or the neck (as real ones do); ``superior_air_mm``
-    fixes the air above the scalp (else drawn, 1-30 mm). Returns the
+    fixes the air above the scalp (else drawn, 1-30 mm); ``random_contrast_rate`` is the share of heads whose
+    label intensities are all drawn uniformly (:func:`sample_intensities`). Returns the
     volume (MR scanner units), the required-brain mask on its grid and the parameters (provenance).
     """
     from scanqc.datasets.bias_field import apply_bias_field, random_bias_coefficients
@@ -313,7 +315,7 @@ def acquire_head(rng: np.random.Generator, variant: str = "train", artefact=None
     from scanqc.datasets.variants import pick_range
 
     v = HEAD_VARIANTS[variant]
-    vol, req, hmask, params = head_volume(rng)
+    vol, req, hmask, params = head_volume(rng, random_contrast_rate)
     d = random_deformation(rng, pick_range(rng, v["rotation_deg"]), pick_range(rng, v["scale"]),  # type: ignore[arg-type]
                            bool(v["flip_lr"]), pick_range(rng, v["elastic_mm"]))  # type: ignore[arg-type]
     orientation = str(rng.choice(list(ORIENTATIONS), p=[0.5, 0.25, 0.25]))

@@ -32,8 +32,8 @@ import numpy as np
 from scanqc.evaluation import metrics as M
 from scanqc.models.evaluate import (
     PRIMARY_METRIC,
+    case_outputs,
     encode_row,
-    load_inputs,
     manifest_sha256,
     read_manifest,
     roc_auc,
@@ -233,9 +233,7 @@ def evaluate_task(task: str, manifests: list[Path], split: str, model: Any, base
     if model is not None:
         t0 = time.perf_counter()
         _log(f"[{task}] CNN {model.version}: reading + preprocessing {len(rows)} cases")
-        x = load_inputs(rows, model.spec, progress)
-        logits = np.concatenate([model.run(x[i:i + 8]) for i in range(0, len(x), 8)])
-        outputs["CNN"] = model.postprocess(logits)
+        outputs["CNN"] = case_outputs(model, rows, 8, progress)  # per modality when the model delegates one
         thresholds["CNN"] = model.thresholds
         timing["CNN_s"] = time.perf_counter() - t0
         res["model"] = {"version": model.version, "source": model.source, "folder": str(model.folder),

@@ -268,10 +268,38 @@ def model_outputs(model: Any, manifest: str | Path, split: str = "test", batch_s
         present = sorted({r.get("split", "") for r in read_manifest(manifest, model.task, "all")})
         hint = f" (splits present: {', '.join(present)}; --split all uses every row)" if present else ""
         raise ScanQCError(ErrorCode.USAGE, f"{manifest}: no {model.task} rows in split {split!r}{hint}")
-    x = load_inputs(rows, model.spec, progress)
-    logits = np.concatenate([model.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     targets = np.stack([encode_row(model.task, r) for r in rows])
-    return rows, targets, model.postprocess(logits)
+    return rows, targets, case_outputs(model, rows, batch_size, progress)
+
+
+def case_outputs(model: Any, rows: list[dict[str, str]], batch_size: int = 8,
+                 progress: Callable | None = None) -> list[dict[str, Any]]:
+    """Calibrated outputs per row. A model with delegates (``metadata["delegate"]``: coverage 2.1.0 locates the
+    brain on MR and hands abdominal CT to the coverage CNN) runs each row through the model for its modality;
+    a delegate's coverage probabilities are mapped so that its fail threshold reads 0.5, the composite's own."""
+    def run(m: Any, sub: list[dict[str, str]]) -> list[dict[str, Any]]:
+        x = load_inputs(sub, m.spec, progress)
+        logits = np.concatenate([m.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return m.postprocess(logits)
+
+    if not (getattr(model, "metadata", None) or {}).get("delegate"):
+        return run(model, rows)
+    from scanqc.checks.brain_coverage import cut_score
+
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r.get("modality") or "").upper(), []).append(i)
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    for mod, idx in groups.items():
+        m = model.for_modality(mod)
+        outs = run(m, [rows[i] for i in idx])
+        if m is not model and model.task == "coverage":
+            thr = m.thresholds
+            outs = [{**o, **{k: cut_score(o[k], float((thr.get(k) or {}).get("fail", 0.5)))
+                             for k in ("missing_superior", "missing_inferior")}} for o in outs]
+        for i, o in zip(idx, outs):
+            out[i] = o
+    return out
 
 
 #: The training-data generators of this project; a held-out figure on their output is not independent evidence.

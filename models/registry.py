@@ -71,6 +71,20 @@ def read_metadata(folder: Path) -> dict[str, Any]:
                                                f"{meta['task']} output layout {list(TASK_OUTPUTS[meta['task']])}")
     semver_key(str(meta["version"]))
     PreprocessSpec.from_dict(meta["preprocessing"])
+    if meta.get("postprocess") is not None:
+        from scanqc.checks.brain_coverage import POSTPROCESS
+
+        cut = (meta.get("geometry") or {}).get("cut_fraction")
+        if meta["postprocess"] != POSTPROCESS or meta["task"] != "coverage":
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"{path}: postprocess {meta['postprocess']!r} unknown for "
+                                                   f"{meta['task']} (known: coverage {POSTPROCESS!r})")
+        values = list(cut.values()) if isinstance(cut, dict) and set(cut) == {"superior", "inferior"} else [cut]
+        if not all(isinstance(v, (int, float)) and 0 < float(v) < 1 for v in values):
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"{path}: geometry.cut_fraction must be in (0, 1) (one, or per "
+                                                   f"superior / inferior end), got {cut!r}")
+    delegate = meta.get("delegate") or {}
+    if not isinstance(delegate, dict) or not all(isinstance(v, str) and _SEMVER.match(v) for v in delegate.values()):
+        raise ScanQCError(ErrorCode.BAD_MODEL, f"{path}: delegate must map a modality to a version, got {delegate!r}")
     return meta
 
 
@@ -84,6 +98,7 @@ class InstalledModel:
     source: str  # "bundled" | "user"
     metadata: dict[str, Any]
     _onnx: OnnxModel | None = field(default=None, repr=False)
+    _delegates: dict[str, InstalledModel] | None = field(default=None, repr=False)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -111,7 +126,39 @@ class InstalledModel:
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.onnx.run(batch)
 
+    @property
+    def geometric(self) -> bool:
+        """Outputs a brain mask that :mod:`scanqc.checks.brain_coverage` turns into the coverage decision."""
+        return self.metadata.get("postprocess") is not None
+
+    def for_modality(self, modality: str) -> InstalledModel:
+        """The model that judges ``modality``: the version named in ``metadata["delegate"]`` (coverage 2.1.0 hands
+        abdominal CT to the coverage CNN 2.0.0), looked up next to this version, then among the bundled ones;
+        else this model."""
+        version = (self.metadata.get("delegate") or {}).get((modality or "").upper())
+        if not version:
+            return self
+        if self._delegates is None:
+            self._delegates = {}
+        if version not in self._delegates:
+            places = ((self.source, self.folder.parent / version), ("bundled", BUNDLED_DIR / self.task / version))
+            for source, d in places:
+                if (d / "metadata.json").is_file():
+                    meta = read_metadata(d)
+                    if meta["task"] != self.task or str(meta["version"]) != version or meta.get("delegate"):
+                        raise ScanQCError(ErrorCode.BAD_MODEL, f"{d}: not a plain {self.task} {version} model")
+                    self._delegates[version] = InstalledModel(self.task, version, d, source, meta)
+                    break
+            else:
+                raise ScanQCError(ErrorCode.BAD_MODEL, f"{self.folder}: its {modality} delegate {self.task} "
+                                                       f"{version} is installed neither next to it nor bundled")
+        return self._delegates[version]
+
     def postprocess(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        if self.geometric:
+            from scanqc.checks.brain_coverage import outputs_from_logits
+
+            return outputs_from_logits(logits, self.metadata["geometry"])
         return postprocess(self.task, logits, self.calibration)
 
     def summary(self) -> dict[str, Any]:

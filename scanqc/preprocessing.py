@@ -276,6 +276,35 @@ def _slice_matrices(rows: int, cols: int, ny: int, nx: int, flip_rows: bool,
     return np.ascontiguousarray(my), np.ascontiguousarray(mx.T)
 
 
+def resample_inplane(arr: np.ndarray, shape_yx: tuple[int, int], antialias: bool = True) -> np.ndarray:
+    """The in-plane pass of :func:`resample_fit`: axes 1 and 2 onto ``shape_yx``, axis 0 untouched.
+
+    A flipped axis (canonicalize's views) would make tensordot copy the whole array first (200 MB for a CT):
+    the flip is undone on the view and that axis' matrix columns reversed instead, the same weighted sums.
+    """
+    arr = np.asarray(arr, dtype=np.float32)
+    my, mx = (_axis_matrix(int(a), int(b), antialias) for a, b in zip(arr.shape[1:], shape_yx))
+    flip0 = arr.strides[0] < 0
+    if flip0:
+        arr = arr[::-1]
+    if arr.strides[1] < 0:
+        arr, my = arr[:, ::-1], my[:, ::-1]
+    if arr.strides[2] < 0:
+        arr, mx = arr[:, :, ::-1], mx[:, ::-1]
+    out = np.tensordot(arr, mx, axes=([2], [1]))  # (z, y, X): contract the largest axis first
+    out = np.einsum("zyx,Yy->zYx", out, my, optimize=True)
+    return out[::-1] if flip0 else out
+
+
+def resample_slices(arr: np.ndarray, n: int, antialias: bool = True) -> np.ndarray:
+    """The superior-inferior pass of :func:`resample_fit`: axis 0 onto ``n`` samples. Training crops the slab
+    of a stored in-plane pass and runs this, which is the same arithmetic as ``resample_fit`` on the crop."""
+    mz = _axis_matrix(int(arr.shape[0]), int(n), antialias)
+    if arr.strides[0] < 0:
+        arr, mz = arr[::-1], mz[:, ::-1]
+    return np.ascontiguousarray(np.einsum("zyx,Zz->Zyx", arr, mz, optimize=True), dtype=np.float32)
+
+
 def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool = True,
                  cache: dict[Any, Any] | None = None) -> np.ndarray:
     """Map the whole array extent onto ``shape`` (trilinear, pixel-edge aligned, anti-aliased when shrinking).
@@ -286,24 +315,9 @@ def resample_fit(arr: np.ndarray, shape: tuple[int, int, int], antialias: bool =
     arr = np.asarray(arr, dtype=np.float32)
     if tuple(arr.shape) == tuple(shape):
         return np.ascontiguousarray(arr)
-    mz, my, mx = (_axis_matrix(int(a), int(b), antialias) for a, b in zip(arr.shape, shape))
     key = inplane_key(arr, (int(shape[1]), int(shape[2])), antialias)
-    # A flipped axis (canonicalize's view) would make tensordot copy the whole array first (200 MB for a CT):
-    # undo the flip on the view and reverse that axis' matrix columns instead, the same weighted sums.
-    if arr.strides[0] < 0:
-        arr, mz = arr[::-1], mz[:, ::-1]
-    if arr.strides[1] < 0:
-        arr, my = arr[:, ::-1], my[:, ::-1]
-    if arr.strides[2] < 0:
-        arr, mx = arr[:, :, ::-1], mx[:, ::-1]
-
-    def inplane() -> np.ndarray:
-        out = np.tensordot(arr, mx, axes=([2], [1]))  # (z, y, X): contract the largest axis first
-        return np.einsum("zyx,Yy->zYx", out, my, optimize=True)
-
-    out = cached(cache, key, inplane)
-    out = np.einsum("zyx,Zz->Zyx", out, mz, optimize=True)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    out = cached(cache, key, lambda: resample_inplane(arr, (int(shape[1]), int(shape[2])), antialias))
+    return resample_slices(out, int(shape[0]), antialias)
 
 
 def _block_reduce(arr: np.ndarray, ax: int, k: int, op: str) -> np.ndarray:

@@ -5,11 +5,14 @@ Regions (guideline ``coverage``): ``whole_brain`` (vertex to foramen magnum / ce
 (:func:`scanqc.checks.ml.infer_region`). The model sees the whole scanned extent padded at both ends
 with a mask channel (see :mod:`scanqc.preprocessing`) and gives P(missing) per end; thresholds come
 from validation data (95 % specificity for ``fail``). Anchors: TotalSegmentator body stats, Body Part
-Regression (Yan et al. 2018).
+Regression (Yan et al. 2018). A coverage model whose metadata says ``postprocess: brain_mask_geometry``
+(2.1.0) instead locates the brain on MR and decides from geometry (:mod:`scanqc.checks.brain_coverage`);
+modalities listed in its ``delegate`` go to the model version named there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from scanqc.checks.base import CheckContext
@@ -48,6 +51,18 @@ class CoverageCheck(ModelCheck):
 
             if abdomen_coverage.ENABLED:  # by geometry from located anatomy (off until its figures beat the CNN's)
                 return abdomen_coverage.abdominal_coverage(series, ctx)
+        if getattr(model, "geometric", False) and region == "whole_brain":
+            from scanqc.checks.brain_coverage import brain_coverage
+
+            return brain_coverage(series, ctx, model)  # brain located, decided from geometry (coverage >= 2.1.0)
+        if hasattr(model, "for_modality") and model.for_modality(modality) is not model:
+            # e.g. coverage 2.1.0 hands abdominal CT to the CNN 2.0.0; run locally: the service's batched runner
+            # (ctx.infer) holds the task's own model, not its delegate.
+            model = model.for_modality(modality)
+            ctx = dataclasses.replace(ctx, infer=None)
+        if getattr(model, "geometric", False):
+            return CheckResult.skipped(f"coverage model {model.version} locates the brain on MR only; no {region} "
+                                       "model delegated")
         out = self.predict(series, ctx, model)
         thr = model.thresholds
         probs = {e: out[f"missing_{e}"] for e in COVERAGE_ENDS}

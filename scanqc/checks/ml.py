@@ -198,10 +198,16 @@ def inplane_targets(models: Any = None) -> dict[str, tuple[tuple[int, int], ...]
             model = check.model(ctx)
         except ScanQCError:
             continue
-        spec = getattr(model, "spec", None)
-        if spec is None or spec.mode != "fit" or not spec.antialias:
+        if model is None:
             continue
-        for mod in spec.modalities:
-            out.setdefault(mod.upper(), set()).add((int(spec.shape[1]), int(spec.shape[2])))
+        # A composite model (coverage 2.1.0) hands some modalities to another version: their grids count too.
+        delegates = (getattr(model, "metadata", None) or {}).get("delegate") or {}
+        for mod_model in (model, *(model.for_modality(m) for m in delegates)):
+            spec = getattr(mod_model, "spec", None)
+            if spec is None or spec.mode != "fit" or not spec.antialias:
+                continue
+            mods = [m for m in spec.modalities if mod_model is not model or m.upper() not in delegates]
+            for mod in mods:
+                out.setdefault(mod.upper(), set()).add((int(spec.shape[1]), int(spec.shape[2])))
     return {m: tuple(sorted(g)) for m, g in out.items()}
 

@@ -341,9 +341,11 @@ def _inplane_scratch(vol: Any, frames: list[_Frame], grids: tuple[tuple[int, int
     if not grids or canonical_axes(vol.direction) is None or canonical_axes(vol.direction)[0] != (0, 1, 2):
         return out
     arr, _ = canonicalize(vol)
+    flip0 = 0 in canonical_axes(vol.direction)[1]  # type: ignore[index]
     for g in grids:
         if all(f.inplane is not None and g in f.inplane for f in frames):
-            out[inplane_key(arr, g, True)] = np.stack([f.inplane[g] for f in frames])  # type: ignore[index]
+            stack = np.stack([f.inplane[g] for f in frames])  # type: ignore[index]
+            out[inplane_key(arr, g, True)] = stack[::-1] if flip0 else stack  # in the canonical view's order
     return out
 
 
