@@ -80,9 +80,11 @@ def test_training_crop_then_resample_is_serving_preprocess_of_the_cropped_series
 
 # -- the shipped model ------------------------------------------------------------------------------
 
-def test_coverage_2_1_0_is_bundled_not_promoted_and_delegates_ct_to_2_0_0():
+def test_coverage_2_1_0_is_promoted_on_the_blind_test_and_delegates_ct_to_2_0_0():
     reg = ModelRegistry.for_folder(BUNDLED_DIR)
-    assert reg.get("coverage").version == "2.0.0"  # the lead promotes on the blind test, not this branch
+    assert reg.get("coverage").version == "2.1.0"
+    record = json.loads((BUNDLED_DIR / "coverage" / "promoted.json").read_text())
+    assert record["comparison"]["held_out"]["independent"] is True  # decided on the cross-simulator
     m = reg.find("coverage", "2.1.0")
     assert m.geometric and m.spec.shape == bc.SPEC.shape and m.metadata["domain"]["brain_mask"]["modality"] == "MR"
     ct = m.for_modality("CT")
