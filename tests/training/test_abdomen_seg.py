@@ -15,8 +15,9 @@ pytest.importorskip("monai")
 
 
 def test_working_grid_targets_match_the_image():
-    from scanqc.checks.abdomen_seg import CLASSES, INPLANE
     from scanqc.training.abdomen_seg import draw_case
+
+    from scanqc.checks.abdomen_seg import CLASSES, INPLANE
 
     c = draw_case(np.random.default_rng([7, 0]))
     img, tgt = c["image"].astype(np.float32), c["target"]
@@ -29,10 +30,10 @@ def test_working_grid_targets_match_the_image():
 
 
 def test_export_parity_on_another_length_and_valid_metadata(tmp_path: Path):
-    from scanqc.checks.abdomen_seg import network_input
     from scanqc.training.abdomen_seg import build_net, draw_case, export
     from scanqc.training.export import validate_metadata
 
+    from scanqc.checks.abdomen_seg import network_input
     from scanqc.inference import make_session
 
     torch.manual_seed(0)
