@@ -194,7 +194,8 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
         "schema": SCHEMA,
         "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version,
         "changelog": {version: changelog},
-        "monai_version": None, "pytorch_version": None, "numpy_version": np.__version__,
+        "monai_version": "not used", "pytorch_version": "not used (logistic regression over measured HU, exported "
+                                                          "with onnx directly)", "numpy_version": np.__version__,
         "required_packages_version": {"onnxruntime": ">=1.17"},
         "optional_packages_version": {"python": platform.python_version(), "onnx": onnx.__version__,
                                       "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__},
@@ -229,6 +230,12 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     }
     if diff > 1e-4:
         raise SystemExit(f"ONNX parity failed: max abs diff {diff}")
+    from scanqc.training.export import validate_metadata, write_metadata_props
+
+    validate_metadata(meta)
+    write_metadata_props(folder / "model.onnx", meta)  # every key also in the ONNX metadata_props
+    data = (folder / "model.onnx").read_bytes()
+    meta["onnx"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
