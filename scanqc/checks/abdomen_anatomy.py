@@ -424,6 +424,8 @@ MIN_ML = {"liver": 40.0, "kidney": 30.0, "spleen": 10.0, "aorta": 2.0, "ivc": 2.
 #: An end cuts an organ when the organ's area in that end's working slice is at least this fraction of its
 #: largest slice area (a dome or a pole just inside the scan shows a sliver; a cut organ its full section).
 CUT_FRACTION = {"liver": 0.2, "kidney": 0.2}
+#: Kidney tissue (ml) below the domain's threshold that still places the kidneys' end when the liver is in view.
+KIDNEY_TOP_ML = 3.0
 #: Where along the area profile an organ starts (fraction of its largest slice area), for the distances.
 EDGE_FRACTION = 0.05
 
@@ -543,7 +545,9 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
         first, frac = _profile_end(area_l, True)
         dome_mm, liver_cut = first * sz, frac >= CUT_FRACTION["liver"]
         fractions["liver_in_first_slice"] = round(frac, 3)
-    if found["kidneys"]:
+    if found["kidneys"] or (found["liver"] and ml["kidney"] >= KIDNEY_TOP_ML):
+        # With the liver in view, a little kidney tissue is what an inferior end cutting the kidneys near their
+        # top leaves (too little to measure HU on or to count as the domain's kidneys, enough for the geometry).
         last, frac = _profile_end(area_k, False)
         kid_mm, kid_cut = last * sz, frac >= CUT_FRACTION["kidney"]
         fractions["kidneys_in_last_slice"] = round(frac, 3)
