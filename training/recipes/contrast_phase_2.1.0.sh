@@ -30,3 +30,5 @@ nice -n 10 scanqc data generate --task coverage --generator abdomen --n 120 --se
 SCANQC_ABDOMINAL_COVERAGE=anatomy python -m scanqc.training.abdomen_coverage_eval \
   --manifest "$DATA/cov-test/manifest.csv" --out "$DATA/cov-eval-seg.json" --workers 1
 # Not promoted here: the lead decides on the blind test (docs/models.md).
+# 5. Runtime of the localisation + measurement on a 200 x 512^2 CT:
+python -m scanqc.training.abdomen_timing --runs 5
