@@ -55,8 +55,10 @@ _CANON = ((2, -1.0), (1, 1.0), (0, 1.0))
 
 
 #: ``fit``: the whole scanned extent resampled onto ``shape`` (the CNNs); ``abdomen_hu``: no image at all, the
-#: HU measured at located abdominal structures (:mod:`scanqc.checks.abdomen_anatomy`) for a classifier over them.
-MODES = ("fit", "abdomen_hu")
+#: HU measured at located abdominal structures (:mod:`scanqc.checks.abdomen_anatomy`) for a classifier over them;
+#: ``mm_grid``: a fixed-mm working grid cropped around the body (the abdominal segmentation network,
+#: :func:`scanqc.checks.abdomen_seg.work_grid`; ``shape`` is its training patch, serving is fully convolutional).
+MODES = ("fit", "abdomen_hu", "mm_grid")
 
 
 @dataclass
@@ -457,6 +459,8 @@ def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None
         from scanqc.checks.abdomen_anatomy import feature_input
 
         return feature_input(volume, spec.shape[2], cache)
+    if spec.mode == "mm_grid":
+        raise ScanQCError(ErrorCode.BAD_MODEL, "mm_grid models run through scanqc.checks.abdomen_seg, not preprocess()")
     arr, spacing = canonicalize(volume)
     inner = (spec.shape[0] - 2 * spec.pad_slices, spec.shape[1], spec.shape[2])
     res = resample_fit(arr, inner, spec.antialias, cache)

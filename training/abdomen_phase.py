@@ -13,6 +13,10 @@ then writes ``<out>/contrast_phase/<version>/`` with ``model.onnx`` (standardise
 (``classifier``), so a reader sees what each HU measurement weighs. Runtime needs onnxruntime only.
 
     python -m scanqc.training.abdomen_phase --n 320 --seed 0 --out models --version 2.0.0
+
+Version 2.1.0 measures on the segmentation network's localisation (:mod:`scanqc.checks.abdomen_seg`) and takes
+:data:`~scanqc.checks.abdomen_anatomy.FEATURES` (20; 2.0.0 took the first 14); held out on ``--val-variant test``
+draws of another seed.
 """
 
 from __future__ import annotations
@@ -136,11 +140,34 @@ def to_onnx(clf: dict[str, Any], path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """Wilson score 95 % interval of a proportion k / n (Wilson 1927)."""
+    if n == 0:
+        return None
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(float(c - h), 4), round(float(c + h), 4)]
+
+
 def accuracy(clf: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy over all rows; a row the localisation put outside the domain counts as wrong (the check would
+    skip it). Overall: stratified bootstrap 95 % interval; per phase: Wilson interval."""
+    from scanqc.evaluation.metrics import bootstrap_ci
+
     x = np.array([r["features"] for r in rows])
     y = np.array([PHASES.index(r["phase"]) for r in rows])
     pred = logits_numpy(clf, x)[:, :4].argmax(1)
-    return {"n": len(rows), "accuracy": float(np.mean(pred == y)),
+    ok = np.array([bool(r.get("in_domain", True)) for r in rows])
+    pred = np.where(ok, pred, -1)
+    correct = (pred == y).astype(float)
+    per = {p: {"n": int(np.sum(y == i)), "accuracy": round(float(correct[y == i].mean()), 4) if (y == i).any()
+               else None, "ci95": wilson(int(correct[y == i].sum()), int(np.sum(y == i)))}
+           for i, p in enumerate(PHASES)}
+    return {"n": len(rows), "accuracy": round(float(correct.mean()), 4),
+            "accuracy_ci95": bootstrap_ci(lambda t, c: float(np.mean(c)), y, correct),
+            "per_phase": per, "outside_domain": int((~ok).sum()),
             "confusion": {p: {q: int(np.sum((y == i) & (pred == j))) for j, q in enumerate(PHASES)}
                           for i, p in enumerate(PHASES)}}
 
@@ -167,7 +194,8 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
         "schema": SCHEMA,
         "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version,
         "changelog": {version: changelog},
-        "monai_version": None, "pytorch_version": None, "numpy_version": np.__version__,
+        "monai_version": "not used", "pytorch_version": "not used (logistic regression over measured HU, exported "
+                                                          "with onnx directly)", "numpy_version": np.__version__,
         "required_packages_version": {"onnxruntime": ">=1.17"},
         "optional_packages_version": {"python": platform.python_version(), "onnx": onnx.__version__,
                                       "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__},
@@ -202,8 +230,23 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     }
     if diff > 1e-4:
         raise SystemExit(f"ONNX parity failed: max abs diff {diff}")
+    from scanqc.training.export import validate_metadata, write_metadata_props
+
+    validate_metadata(meta)
+    write_metadata_props(folder / "model.onnx", meta)  # every key also in the ONNX metadata_props
+    data = (folder / "model.onnx").read_bytes()
+    meta["onnx"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+def _localisation() -> str:
+    from scanqc.checks import abdomen_seg
+
+    if abdomen_seg.available():
+        meta = json.loads((abdomen_seg.MODEL_DIR / "metadata.json").read_text())
+        return f"segmentation network abdomen_seg {meta['version']} (sha256 {meta['onnx']['sha256'][:12]})"
+    return "hand-written rules (scanqc.checks.abdomen_anatomy.locate_rules)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=320, help="training cases (phases balanced)")
     ap.add_argument("--n-val", type=int, default=80, help="validation cases (other seed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-seed", type=int, default=None, help="seed of the held-out draws (default seed + 1)")
+    ap.add_argument("--val-variant", default="train", choices=("train", "test"),
+                    help="generator variant of the held-out draws (test: habitus, organ size, noise outside the "
+                         "training ranges)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of both regressions")
     ap.add_argument("--out", type=Path, default=Path("models"))
@@ -234,17 +281,21 @@ def main(argv: list[str] | None = None) -> int:
             a.features_cache.write_text(json.dumps({"train": rows, "val": val_rows}, default=float))
     else:
         rows = collect(a.n, a.seed, "train", a.workers)
-        val_rows = collect(a.n_val, a.seed + 1, "train", a.workers)
+        val_rows = collect(a.n_val, a.val_seed if a.val_seed is not None else a.seed + 1, a.val_variant,
+                           a.workers)
         if a.features_cache:
             a.features_cache.write_text(json.dumps({"train": rows, "val": val_rows}, default=float))
     gen_s = time.perf_counter() - t0
+    rows = [r for r in rows if r.get("in_domain", True)]  # the check never classifies those
     clf = fit(rows, a.C)
     val = accuracy(clf, val_rows)
     print(json.dumps({"train": accuracy(clf, rows), "validation": val}, indent=1), file=sys.stderr)
     args = " ".join(str(v) for v in (argv if argv is not None else sys.argv[1:]))
     info = {"command": f"python -m scanqc.training.abdomen_phase {args}", "manifests": [str(m) for m in a.manifest],
             "seed": a.seed, "n_train": len(rows), "n_val": len(val_rows), "generator": "scanqc.datasets.abdomen",
-            "variant": "train", "collect_seconds": round(gen_s, 1), "_x": [r["features"] for r in rows]}
+            "variant": "train", "validation_variant": a.val_variant,
+            "validation_seed": a.val_seed if a.val_seed is not None else a.seed + 1,
+            "localisation": _localisation(), "collect_seconds": round(gen_s, 1), "_x": [r["features"] for r in rows]}
     folder = export(clf, a.out, a.version, info, val, a.changelog)
     print(folder)
     return 0

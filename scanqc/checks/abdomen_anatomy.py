@@ -1,11 +1,27 @@
-"""Classical anatomical localisation on abdominal CT: where the spine, aorta, IVC, liver and kidneys are,
+"""Anatomical localisation on abdominal CT: where the liver, kidneys, aorta, IVC, portal vein and spleen are,
 their HU, and where the liver dome and the lower kidney poles lie relative to the scan's ends.
 
 The contrast-phase check classifies from these measurements (as TotalSegmentator's ``totalseg_get_phase``
 does from median HU of segmented structures) and the abdominal coverage check decides from the geometry,
 so both say *why*: the measured HU and the distances in mm go into the check details.
 
-Rules (all relative to the patient, none to a particular simulator), on a ~3 mm working grid:
+:func:`locate` uses the segmentation network (:mod:`scanqc.checks.abdomen_seg`, 6 mm working grid) when it is
+installed, else the hand-written rules of contrast phase 2.0.0 (:func:`locate_rules`). From the segmentation
+(:func:`locate_seg`):
+
+- **HU** on the ~3 mm detail grid, labels mapped onto it: medians in the aorta, IVC, portal vein and spleen
+  eroded by one voxel in-plane (partial volume at the wall), the liver eroded by two voxels in 3D (median,
+  p95, p05), and percentiles of the kidney mask (grown by one voxel, voxels above -20 HU: sinus and perirenal
+  fat out): p90 ~ cortex (arterial) or collecting system (delayed), p25 ~ medulla, p99 ~ excreted contrast;
+- **geometry** on the working grid, from the per-slice area of each organ's probability: the liver dome is
+  the first slice from the superior end whose liver area reaches :data:`EDGE_FRACTION` of the largest, the
+  lower poles the same from the inferior end; an end *cuts* the organ when that end's slice already holds
+  :data:`CUT_FRACTION` of the organ's largest section (a dome or pole just inside the scan is a sliver there);
+- **domain**: no liver (>= 40 ml) and no kidneys (>= 30 ml) segmented -> out of domain with the volumes in
+  the reason (chest-only, pelvis-only, not an abdomen); a body narrower than 200 mm (head, limb) or an extent
+  under 30 mm -> out of domain before the network runs.
+
+Rules of :func:`locate_rules` (all relative to the patient, none to a particular simulator), on a ~3 mm grid:
 
 - **body**: the largest connected region above -500 HU, holes filled (lungs, bowel gas);
 - **spine**: dense bone (> 500 HU) in the central, posterior part of the body, slice by slice; its
@@ -19,7 +35,7 @@ Rules (all relative to the patient, none to a particular simulator), on a ~3 mm 
   of the vertebral body): voxels brighter than the liver by 30 HU when the aorta shows contrast, else
   soft tissue (10-75 HU) blobs; 3D components of >= 15 cm^3; their lowest slice is the lower pole.
 
-numpy/scipy only (runtime path). One 200-slice 512^2 CT takes ~0.3-0.6 s, mostly the resampling.
+numpy/scipy/onnxruntime only (runtime path).
 """
 
 from __future__ import annotations
@@ -36,11 +52,14 @@ from scanqc.volume import Volume
 WORK_MM = 3.0
 DEBUG: dict[str, Any] | None = None  # set to a dict to receive the intermediate maps (development)
 #: Feature vector the contrast-phase classifier takes (order matters: it is the ONNX model's input).
+#: The first 14 are contrast phase 2.0.0's (a model taking 14 features gets those); 2.1.0 takes all.
 FEATURES: tuple[str, ...] = (
     "aorta", "ivc", "liver", "liver_p95", "liver_p05", "kidney_p90", "kidney_p25", "kidney_p99",
     "aorta_minus_liver", "aorta_minus_ivc", "kidney_cortex_minus_medulla", "collecting_minus_cortex",
     "kidney_p90_minus_liver", "kidneys_found",
+    "portal_vein", "spleen", "kidney_p50", "portal_vein_minus_aorta", "spleen_minus_liver", "ivc_minus_liver",
 )
+LEGACY_FEATURES = 14
 
 
 @dataclass
@@ -59,6 +78,7 @@ class Anatomy:
     kidneys_cut_inferior: bool = False
     extent_mm: float = 0.0
     liver_extent_mm: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # segmented volumes, end-slice fractions
 
     def features(self) -> np.ndarray:
         """The classifier input (:data:`FEATURES`); missing kidney values fall back to the liver's."""
@@ -69,9 +89,13 @@ class Anatomy:
         k90 = h.get("kidney_p90") if h.get("kidney_p90") is not None else liver
         k25 = h.get("kidney_p25") if h.get("kidney_p25") is not None else liver
         k99 = h.get("kidney_p99") if h.get("kidney_p99") is not None else k90
+        pv = h.get("portal_vein") if h.get("portal_vein") is not None else ivc
+        spl = h.get("spleen") if h.get("spleen") is not None else liver
+        k50 = h.get("kidney_p50") if h.get("kidney_p50") is not None else (k90 + k25) / 2
         vals = [aorta, ivc, liver, h.get("liver_p95") or liver, h.get("liver_p05") or liver, k90, k25, k99,
                 aorta - liver, aorta - ivc, k90 - k25, k99 - k90, k90 - liver,
-                1.0 if self.found.get("kidneys") else 0.0]
+                1.0 if self.found.get("kidneys") else 0.0,
+                pv, spl, k50, pv - aorta, spl - liver, ivc - liver]
         return np.asarray(vals, np.float32)
 
     def details(self) -> dict[str, Any]:
@@ -80,7 +104,7 @@ class Anatomy:
                 "found": dict(self.found),
                 "liver_dome_below_first_slice_mm": _r(self.dome_to_first_slice_mm),
                 "kidneys_above_last_slice_mm": _r(self.kidneys_to_last_slice_mm),
-                "scan_extent_mm": _r(self.extent_mm)}
+                "scan_extent_mm": _r(self.extent_mm), **self.extra}
 
 
 def _r(v: float | None) -> float | None:
@@ -165,10 +189,17 @@ def _disc_median(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, slices: np.n
 
 def locate(volume: Volume, cache: dict | None = None) -> Anatomy:
     """Find the abdominal landmarks of a CT volume (HU). Never raises on odd anatomy: says out of domain."""
-    return cached(cache, "abdomen_anatomy", lambda: _locate(volume, cache))
+    from scanqc.checks import abdomen_seg
+
+    def find() -> Anatomy:
+        return locate_seg(volume, cache) if abdomen_seg.available() else locate_rules(volume, cache)
+
+    return cached(cache, "abdomen_anatomy", find)
 
 
-def _locate(volume: Volume, cache: dict | None) -> Anatomy:
+def locate_rules(volume: Volume, cache: dict | None = None) -> Anatomy:
+    """The hand-written rules (contrast phase 2.0.0's localisation), kept as the fallback when the segmentation
+    network is not installed."""
     a, (sz, sy, sx) = _work_grid(volume, cache)
     nz, ny, nx = a.shape
     extent = nz * sz
@@ -378,7 +409,148 @@ def feature_input(volume: Volume, n_features: int, cache: dict | None = None) ->
     """The ``abdomen_hu`` model input: :data:`FEATURES` of :func:`locate` as float32 ``[1, 1, 1, F]``."""
     from scanqc.errors import ErrorCode, ScanQCError
 
-    if n_features != len(FEATURES):
+    if n_features not in (LEGACY_FEATURES, len(FEATURES)):
         raise ScanQCError(ErrorCode.BAD_MODEL, f"model expects {n_features} HU features; this scanqc measures "
-                                               f"{len(FEATURES)} ({', '.join(FEATURES)})")
-    return locate(volume, cache).features().reshape(1, 1, 1, -1)
+                                               f"{len(FEATURES)} ({', '.join(FEATURES)}) or the first "
+                                               f"{LEGACY_FEATURES}")
+    return locate(volume, cache).features()[:n_features].reshape(1, 1, 1, -1)
+
+
+# ----------------------------------------------------------------------------- by segmentation
+#: A structure counts as found from this volume (ml) of its label on the working grid.
+MIN_ML = {"liver": 40.0, "kidney": 30.0, "spleen": 10.0, "aorta": 2.0, "ivc": 2.0, "portal_vein": 1.0}
+#: An end cuts an organ when the organ's area in that end's working slice is at least this fraction of its
+#: largest slice area (a dome or a pole just inside the scan shows a sliver; a cut organ its full section).
+CUT_FRACTION = {"liver": 0.2, "kidney": 0.2}
+#: Kidney tissue (ml) below the domain's threshold that still places the kidneys' end when the liver is in view.
+KIDNEY_TOP_ML = 3.0
+#: Where along the area profile an organ starts (fraction of its largest slice area), for the distances.
+EDGE_FRACTION = 0.05
+
+
+def _eroded_values(a: np.ndarray, m: np.ndarray, iterations: int, three_d: bool = False, min_n: int = 8
+                   ) -> np.ndarray:
+    """HU inside ``m`` eroded (in-plane, or 3D) by ``iterations`` detail voxels; less erosion when too few remain."""
+    st = ndimage.generate_binary_structure(3, 1)
+    if not three_d:
+        st[0] = st[2] = False
+    box = _bbox(m, 1)
+    a, m = a[box], m[box]  # morphology on the structure's bounding box only
+    for it in range(iterations, 0, -1):
+        e = ndimage.binary_erosion(m, structure=st, iterations=it)
+        if e.sum() >= min_n:
+            return a[e]
+    return a[m]
+
+
+def _bbox(m: np.ndarray, margin: int) -> tuple[slice, ...]:
+    idx = [np.flatnonzero(m.any(tuple(j for j in range(3) if j != i))) for i in range(3)]
+    return tuple(slice(max(int(ix[0]) - margin, 0), int(ix[-1]) + margin + 1) if ix.size else slice(0, 0)
+                 for ix in idx)
+
+
+def _profile_end(area: np.ndarray, from_top: bool) -> tuple[int, float]:
+    """(index of the organ's first slice from that end, that end slice's area as a fraction of the maximum)."""
+    prof = area if from_top else area[::-1]
+    mx = float(prof.max())
+    first = int(np.argmax(prof >= EDGE_FRACTION * mx))
+    return first, float(prof[0] / mx)
+
+
+#: Connected components kept per organ (3D, working grid): the liver is one organ, the kidneys two; smaller
+#: components must reach this share of the largest to stay (a lobe cut off by the coarse grid stays, a stray
+#: voxel cluster in the chest or pelvis goes).
+KEEP = {"liver": (1, 0.25), "spleen": (1, 0.25), "kidney": (2, 0.15)}
+
+
+def _main_components(cls: np.ndarray, names: tuple[str, ...], vox_ml: float) -> np.ndarray:
+    out = cls.copy()
+    for n, (k, share) in KEEP.items():
+        c = names.index(n)
+        lab, num = ndimage.label(cls == c)
+        if num <= k:
+            continue
+        sizes = np.bincount(lab.ravel())[1:]
+        order = np.argsort(sizes)[::-1]
+        keep = [i + 1 for j, i in enumerate(order) if j < k and sizes[i] >= share * sizes[order[0]]]
+        keep += [i + 1 for i in order[k:] if sizes[i] >= 0.5 * sizes[order[0]]]  # e.g. two liver parts
+        out[(lab > 0) & ~np.isin(lab, keep)] = 0
+    return out
+
+
+def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
+    """Localisation by the segmentation network (:mod:`scanqc.checks.abdomen_seg`) and measurement."""
+    from scanqc.checks import abdomen_seg as seg
+
+    g = seg.work_grid(volume, cache)
+    nz = g.image.shape[0]
+    sz, sy, sx = g.spacing
+    extent = g.native_extent_mm
+    if extent < 30.0 or nz < 4:
+        return Anatomy(False, f"only {extent:.0f} mm of superior-inferior extent: too short for abdominal "
+                              "landmarks", extent_mm=extent)
+    body = g.image > -500
+    cols = body.any(1)
+    width = np.array([(np.flatnonzero(c)[-1] - np.flatnonzero(c)[0] + 1) * sx if c.any() else 0 for c in cols])
+    med_width = float(np.median(width))
+    if med_width < 200:
+        return Anatomy(False, f"body {med_width:.0f} mm across: smaller than an adult abdomen (head or limb?)",
+                       extent_mm=extent)
+    _, probs = seg.segment(volume, cache)
+    names = seg.CLASSES
+    vox_ml = sz * sy * sx / 1000.0
+    cls = _main_components(probs.argmax(0).astype(np.uint8), names, vox_ml)
+    ml = {n: float((cls == i).sum()) * vox_ml for i, n in enumerate(names)}
+    found = {"spine": ml["bone"] >= 20.0, "liver": ml["liver"] >= MIN_ML["liver"],
+             "kidneys": ml["kidney"] >= MIN_ML["kidney"], "aorta": ml["aorta"] >= MIN_ML["aorta"],
+             "ivc": ml["ivc"] >= MIN_ML["ivc"], "portal_vein": ml["portal_vein"] >= MIN_ML["portal_vein"],
+             "spleen": ml["spleen"] >= MIN_ML["spleen"]}
+    volumes = {n: round(ml[n], 1) for n in names[1:]}
+    if not found["liver"] and not found["kidneys"]:
+        return Anatomy(False, f"no liver or kidneys in view (liver {ml['liver']:.0f} ml, kidneys "
+                              f"{ml['kidney']:.0f} ml segmented; chest-only, pelvis-only or not an abdominal CT?)",
+                       found=found, extent_mm=extent)
+    a = g.detail
+    cd = seg.to_detail(g, cls)
+    hu: dict[str, float | None] = {k: None for k in ("aorta", "ivc", "portal_vein", "liver", "liver_p95",
+                                                      "liver_p05", "spleen", "kidney_p90", "kidney_p50",
+                                                      "kidney_p25", "kidney_p99")}
+    for n in ("aorta", "ivc", "portal_vein", "spleen"):
+        if found[n]:
+            hu[n] = float(np.median(_eroded_values(a, cd == names.index(n), 1)))
+    if found["liver"]:
+        v = _eroded_values(a, cd == names.index("liver"), 2, three_d=True, min_n=50)
+        hu.update(liver=float(np.median(v)), liver_p95=float(np.percentile(v, 95)),
+                  liver_p05=float(np.percentile(v, 5)))
+    if found["kidneys"]:
+        km = cd == names.index("kidney")
+        box = _bbox(km, 2)
+        km = ndimage.binary_dilation(km[box], structure=np.ones((1, 3, 3), bool))
+        v = a[box][km & (a[box] > -20)]  # renal sinus fat and perirenal fat out
+        if v.size >= 20:
+            hu.update(kidney_p90=float(np.percentile(v, 90)), kidney_p50=float(np.percentile(v, 50)),
+                      kidney_p25=float(np.percentile(v, 25)), kidney_p99=float(np.percentile(v, 99)))
+    # Geometry on the working grid (axis 0: first slice = superior end). Areas from the probabilities.
+    # Only near the kept components: a stray blob (heart called liver, bowel called kidney) has no say.
+    near = {n: ndimage.binary_dilation(cls == names.index(n), iterations=1) for n in ("liver", "kidney")}
+    area_l = (probs[names.index("liver")] * near["liver"]).sum((1, 2)) * sy * sx
+    area_k = (probs[names.index("kidney")] * near["kidney"]).sum((1, 2)) * sy * sx
+    dome_mm = kid_mm = None
+    liver_cut = kid_cut = False
+    liver_extent = float((cls == names.index("liver")).any((1, 2)).sum()) * sz
+    fractions: dict[str, float] = {}
+    if found["liver"]:
+        first, frac = _profile_end(area_l, True)
+        dome_mm, liver_cut = first * sz, frac >= CUT_FRACTION["liver"]
+        fractions["liver_in_first_slice"] = round(frac, 3)
+    if found["kidneys"] or (found["liver"] and ml["kidney"] >= KIDNEY_TOP_ML):
+        # With the liver in view, a little kidney tissue is what an inferior end cutting the kidneys near their
+        # top leaves (too little to measure HU on or to count as the domain's kidneys, enough for the geometry).
+        last, frac = _profile_end(area_k, False)
+        kid_mm, kid_cut = last * sz, frac >= CUT_FRACTION["kidney"]
+        fractions["kidneys_in_last_slice"] = round(frac, 3)
+    anat = Anatomy(True, "", hu, found, dome_mm, kid_mm, liver_cut, kid_cut, extent, liver_extent)
+    anat.extra = {"segmented_ml": volumes, "end_slice_area_fraction": fractions, "localisation": "segmentation"}
+    if DEBUG is not None:
+        DEBUG.update(grid=g, probs=probs, cls=cls, cd=cd, area_l=area_l, area_k=area_k)
+    return anat

@@ -1,10 +1,12 @@
 """Abdominal CT coverage by geometry: are the liver dome and the lower kidney poles inside the scan?
 
-From :func:`scanqc.checks.abdomen_anatomy.locate` (no network): the liver dome must lie below the first
-(superior) slice and the lower poles of the kidneys above the last (inferior) slice. The end that cuts
-them fails, and the check reports the distance in mm between the anatomy and each end, so a full scan
-whose kidneys end 10 mm above the last slice passes and says so. Inputs the localisation cannot place
-(no liver or kidneys in view: a chest-only or non-abdominal CT) are skipped as outside the domain.
+From :func:`scanqc.checks.abdomen_anatomy.locate` (the segmentation network's localisation when installed):
+the liver dome must lie below the first (superior) slice and the lower poles of the kidneys above the last
+(inferior) slice. An end cuts an organ when the organ's section in that end's 6 mm working slice is already a
+sizeable part of its largest section (``CUT_FRACTION``); the end that cuts fails, and the check reports the
+distance in mm between the anatomy and each end, so a full scan whose kidneys end 10 mm above the last slice
+passes and says so. Inputs the localisation cannot place (no liver or kidneys in view: a chest-only, pelvis-only
+or non-abdominal CT) are skipped as outside the domain.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from scanqc.series import Series
 from scanqc.verdict import CheckResult
 
 REGION = "liver_dome_to_kidneys"
-# Off by default: on its own generator's held-out draws (seed 1000 test, n=105) it scores 0.64 [0.56, 0.72],
-# missing most inferior kidney cuts (kidneys not located unenhanced); see docs/model-quality.md. Set True
-# (or SCANQC_ABDOMINAL_COVERAGE=anatomy) to use it instead of the coverage CNN on abdominal CT.
+# Off by default (the lead decides): by the segmentation (abdomen_seg 1.0.0) it scores 0.975 [0.94, 1.00] on its
+# generator's held-out draws (seed 2000 test, n=120; 2.0.0's rules: 0.64), docs/model-quality.md. Set
+# SCANQC_ABDOMINAL_COVERAGE=anatomy (or ENABLED = True) to use it instead of the coverage CNN on abdominal CT.
 ENABLED = os.environ.get("SCANQC_ABDOMINAL_COVERAGE", "") == "anatomy"
 LANDMARK = {"superior": "the liver dome", "inferior": "the lower poles of the kidneys"}
 
@@ -50,13 +52,17 @@ def abdominal_coverage(series: Series, ctx: CheckContext) -> CheckResult:
         why["superior"] = "no liver in the scan"
     elif anat.liver_cut_superior:
         missing.append("superior")
-        why["superior"] = "liver already in the first slice"
-    if not anat.found.get("kidneys"):
+        frac = anat.extra.get("end_slice_area_fraction", {}).get("liver_in_first_slice")
+        why["superior"] = "liver already in the first slice" + (
+            f" ({100 * frac:.0f} % of its largest section)" if frac is not None else "")
+    if anat.kidneys_cut_inferior:  # also with only the top of the kidneys in view (too little to be "found")
+        missing.append("inferior")
+        frac = anat.extra.get("end_slice_area_fraction", {}).get("kidneys_in_last_slice")
+        why["inferior"] = "kidney tissue in the last slice" + (
+            f" ({100 * frac:.0f} % of their largest section)" if frac is not None else "")
+    elif not anat.found.get("kidneys"):
         uncertain.append("inferior")
         why["inferior"] = "kidneys not located"
-    elif anat.kidneys_cut_inferior:
-        missing.append("inferior")
-        why["inferior"] = "kidney tissue in the last slice"
     details["missing"] = missing
     dome, kid = anat.dome_to_first_slice_mm, anat.kidneys_to_last_slice_mm
     where = f"liver dome {_mm(dome)} below the first slice, kidneys end {_mm(kid)} above the last slice"
