@@ -24,8 +24,13 @@ nice -n 10 scanqc data generate --task contrast_phase --n 200 --seed 1000 --vari
 mkdir -p "$DATA/m210/contrast_phase" && cp -r models/contrast_phase/2.1.0 "$DATA/m210/contrast_phase/"
 scanqc evaluate --manifest "$DATA/cp-test-phantom/manifest.csv" --task contrast_phase --split all \
   --models "$DATA/m210" --out "$DATA/eval-cp-2.1.0-phantom"
+# 3b. The abdomen generator written at its own resolution (the manifest type of 2.0.0's 0.750):
+nice -n 10 scanqc data generate --task contrast_phase --n 200 --seed 1000 --variant test --generator abdomen \
+  --out "$DATA/cp-test-abd" --workers 1
+scanqc evaluate --manifest "$DATA/cp-test-abd/manifest.csv" --task contrast_phase --split all \
+  --models "$DATA/m210" --out "$DATA/eval-cp-2.1.0-abd"
 # 4. Abdominal coverage by geometry on the abdomen generator's held-out draws:
-nice -n 10 scanqc data generate --task coverage --generator abdomen --n 120 --seed 1000 --variant test \
+nice -n 10 scanqc data generate --task coverage --generator abdomen --n 120 --seed 2000 --variant test \
   --out "$DATA/cov-test" --workers 1
 SCANQC_ABDOMINAL_COVERAGE=anatomy python -m scanqc.training.abdomen_coverage_eval \
   --manifest "$DATA/cov-test/manifest.csv" --out "$DATA/cov-eval-seg.json" --workers 1
