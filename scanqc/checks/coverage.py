@@ -37,6 +37,14 @@ def coverage_action(region: str, missing: list[str]) -> str:
 class CoverageCheck(ModelCheck):
     task = "coverage"
 
+    def input_grids(self, model: Any) -> dict[str, set[tuple[int, int]]]:
+        from scanqc.checks import abdomen_coverage
+
+        grids = super().input_grids(model)
+        if abdomen_coverage.ENABLED:  # abdominal CT is decided from the located anatomy, not by a network
+            grids.pop("CT", None)
+        return grids
+
     def evaluate(self, series: Series, ctx: CheckContext, model: Any) -> CheckResult:
         region_kind, why = infer_region(series, ctx)
         region = ctx.rule.coverage if ctx.rule is not None and ctx.rule.coverage else REGION_FOR.get(region_kind or "")

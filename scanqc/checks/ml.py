@@ -175,6 +175,21 @@ class ModelCheck:
             return CheckResult.skipped(f"{OUTSIDE} ({why})")
         return self.evaluate(series, ctx, model)
 
+    def input_grids(self, model: Any) -> dict[str, set[tuple[int, int]]]:
+        """Per modality, the in-plane grids this check resamples series onto with ``model`` (anti-aliased
+        ``fit`` inputs; a composite model's delegates included): see :func:`inplane_targets`."""
+        out: dict[str, set[tuple[int, int]]] = {}
+        delegates = (getattr(model, "metadata", None) or {}).get("delegate") or {}
+        for mod_model in (model, *(model.for_modality(m) for m in delegates)):
+            spec = getattr(mod_model, "spec", None)
+            if spec is None or spec.mode != "fit" or not spec.antialias:
+                continue
+            for mod in spec.modalities:
+                if mod_model is model and mod.upper() in delegates:
+                    continue  # that modality goes to the delegate
+                out.setdefault(mod.upper(), set()).add((int(spec.shape[1]), int(spec.shape[2])))
+        return out
+
     def evaluate(self, series: Series, ctx: CheckContext, model: Any) -> CheckResult:  # pragma: no cover
         raise ScanQCError(ErrorCode.INTERNAL, f"{type(self).__name__} must implement evaluate()")
 
@@ -200,14 +215,6 @@ def inplane_targets(models: Any = None) -> dict[str, tuple[tuple[int, int], ...]
             continue
         if model is None:
             continue
-        # A composite model (coverage 2.1.0) hands some modalities to another version: their grids count too.
-        delegates = (getattr(model, "metadata", None) or {}).get("delegate") or {}
-        for mod_model in (model, *(model.for_modality(m) for m in delegates)):
-            spec = getattr(mod_model, "spec", None)
-            if spec is None or spec.mode != "fit" or not spec.antialias:
-                continue
-            mods = [m for m in spec.modalities if mod_model is not model or m.upper() not in delegates]
-            for mod in mods:
-                out.setdefault(mod.upper(), set()).add((int(spec.shape[1]), int(spec.shape[2])))
+        for mod, grids in check.input_grids(model).items():
+            out.setdefault(mod, set()).update(grids)
     return {m: tuple(sorted(g)) for m, g in out.items()}
-

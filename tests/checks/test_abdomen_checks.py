@@ -220,3 +220,21 @@ def _checks(d: dict) -> dict:
     if isinstance(checks, list):
         return {c["name"]: c for c in checks}
     return checks
+
+
+@pytest.mark.parametrize(("dome", "kidneys", "end"), [(40.0, 0.0, "inferior"), (0.0, 35.0, "superior")])
+def test_an_organ_reaching_the_end_slice_warns_instead_of_passing(monkeypatch, dome, kidneys, end):
+    # Too small a section in the end slice to count as cut, but the organ reaches it: coverage is not shown.
+    from scanqc.checks.abdomen_anatomy import Anatomy
+    from scanqc.checks.base import CheckContext
+
+    anat = Anatomy(True, "", found={"liver": True, "kidneys": True}, dome_to_first_slice_mm=dome,
+                   kidneys_to_last_slice_mm=kidneys)
+    monkeypatch.setattr(abdomen_coverage, "locate", lambda vol, cache=None: anat)
+    r = abdomen_coverage.abdominal_coverage(_series(Volume(np.zeros((20, 8, 8), np.float32), (5.0, 2.0, 2.0))),
+                                            CheckContext())
+    assert r.status == "warn" and r.extra["uncertain"] == [end] and r.extra["missing"] == []
+    assert f"{end} end not verified" in r.message and r.action
+    anat.dome_to_first_slice_mm, anat.kidneys_to_last_slice_mm = 40.0, 12.0
+    assert abdomen_coverage.abdominal_coverage(_series(Volume(np.zeros((20, 8, 8), np.float32), (5.0, 2.0, 2.0))),
+                                               CheckContext()).status == "pass"
