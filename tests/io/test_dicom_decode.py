@@ -68,17 +68,28 @@ def _geometry_slow(ds):
             ds.get("RescaleIntercept"))
 
 
-@pytest.mark.parametrize("name", sorted(f.name for f in PYDICOM_TEST_FILES.glob("*.dcm"))[:80])
+def _convertible(names: list[str]) -> list[str]:
+    """pydicom's test files whose geometry pydicom itself can read and convert (the reference)."""
+    out = []
+    for name in names:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _geometry_slow(pydicom.dcmread(PYDICOM_TEST_FILES / name))
+        except Exception:
+            continue
+        out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("name", _convertible(sorted(f.name for f in PYDICOM_TEST_FILES.glob("*.dcm"))[:80]))
 def test_raw_decimal_strings_equal_pydicoms_conversion(name):
     from scanqc.io.dicom import decimal_strings
 
-    try:
-        ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            want = _geometry_slow(pydicom.dcmread(PYDICOM_TEST_FILES / name))
-    except Exception:
-        pytest.skip("pydicom cannot read or convert this file itself")
+    ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = _geometry_slow(pydicom.dcmread(PYDICOM_TEST_FILES / name))
     got = (decimal_strings(ds, "ImagePositionPatient"), decimal_strings(ds, "ImageOrientationPatient"),
            decimal_strings(ds, "PixelSpacing"), decimal_strings(ds, "SliceThickness", single=True),
            decimal_strings(ds, "RescaleSlope", single=True), decimal_strings(ds, "RescaleIntercept", single=True))
