@@ -197,6 +197,17 @@ def locate(volume: Volume, cache: dict | None = None) -> Anatomy:
     return cached(cache, "abdomen_anatomy", find)
 
 
+def _too_narrow(body: np.ndarray, px_mm: float, extent: float) -> Anatomy | None:
+    """Out of the domain when the body's median left-right width is under 200 mm (a head or a limb)."""
+    width = np.array([(np.flatnonzero(c)[-1] - np.flatnonzero(c)[0] + 1) * px_mm if c.any() else 0
+                      for c in body.any(1)])
+    med_width = float(np.median(width))
+    if med_width < 200:
+        return Anatomy(False, f"body {med_width:.0f} mm across: smaller than an adult abdomen (head or limb?)",
+                       extent_mm=extent)
+    return None
+
+
 def locate_rules(volume: Volume, cache: dict | None = None) -> Anatomy:
     """The hand-written rules (contrast phase 2.0.0's localisation), kept as the fallback when the segmentation
     network is not installed."""
@@ -208,12 +219,9 @@ def locate_rules(volume: Volume, cache: dict | None = None) -> Anatomy:
                        extent_mm=extent)
     body = _body_mask(a, sx)
     area = body.sum((1, 2)) * sy * sx / 100.0  # cm^2 per slice
-    cols_any = body.any(1)
-    width = np.array([(np.flatnonzero(c)[-1] - np.flatnonzero(c)[0] + 1) * sx if c.any() else 0 for c in cols_any])
-    med_width = float(np.median(width))
-    if med_width < 200:
-        return Anatomy(False, f"body {med_width:.0f} mm across: smaller than an adult abdomen (head or limb?)",
-                       extent_mm=extent)
+    narrow = _too_narrow(body, sx, extent)
+    if narrow is not None:
+        return narrow
     # Spine: dense bone in the central band of the posterior body, slice by slice.
     rows = np.arange(ny)[None, :, None]
     colsg = np.arange(nx)[None, None, :]
@@ -489,13 +497,9 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
     if extent < 30.0 or nz < 4:
         return Anatomy(False, f"only {extent:.0f} mm of superior-inferior extent: too short for abdominal "
                               "landmarks", extent_mm=extent)
-    body = g.image > -500
-    cols = body.any(1)
-    width = np.array([(np.flatnonzero(c)[-1] - np.flatnonzero(c)[0] + 1) * sx if c.any() else 0 for c in cols])
-    med_width = float(np.median(width))
-    if med_width < 200:
-        return Anatomy(False, f"body {med_width:.0f} mm across: smaller than an adult abdomen (head or limb?)",
-                       extent_mm=extent)
+    narrow = _too_narrow(g.image > -500, sx, extent)
+    if narrow is not None:
+        return narrow
     _, probs = seg.segment(volume, cache)
     names = seg.CLASSES
     vox_ml = sz * sy * sx / 1000.0
