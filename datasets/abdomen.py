@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 from scanqc.datasets.ct_phantom import HU_TABLE as _PHANTOM_HU
+from scanqc.datasets.ct_phantom import _check_choice as _check  # the phantom's argument check and range draw
+from scanqc.datasets.ct_phantom import _uniform_ranges as _pick
 from scipy import ndimage
 
 from scanqc.errors import ErrorCode, ScanQCError
@@ -83,17 +85,6 @@ VARIANT_RANGES: dict[str, dict[str, list[tuple[float, float]]]] = {
     "test": {"body_scale": [(0.75, 0.85), (1.15, 1.3)], "organ_scale": [(0.75, 0.85), (1.15, 1.25)],
              "noise_hu": [(8.0, 30.0)]},
 }
-
-
-def _check(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ScanQCError(ErrorCode.USAGE, f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def _pick(rng: np.random.Generator, ranges: list[tuple[float, float]]) -> float:
-    lo, hi = ranges[int(rng.integers(len(ranges)))]
-    return float(rng.uniform(lo, hi))
 
 
 # ----------------------------------------------------------------------------- contrast timing

@@ -273,12 +273,18 @@ def _preview_url(record: dict[str, Any]) -> str | None:
     return f"/api/verdicts/{record['id']}/preview.png" if _preview_file(record) is not None else None
 
 
-async def api_verdict_preview(request: Request) -> Response:
+async def _owned_verdict(request: Request) -> tuple[int, dict[str, Any]]:
+    """The verdict named by the path's ``id``, if the caller may see its site (404 / 403 otherwise)."""
     vid = _path_int(request, "id")
     rec = await _db(_st().store.get_verdict, vid)
     if rec is None:
         raise ApiError(404, "NOT_FOUND", f"verdict {vid} not found")
     _own(request, rec["site_id"], f"verdict {vid}")
+    return vid, rec
+
+
+async def api_verdict_preview(request: Request) -> Response:
+    vid, rec = await _owned_verdict(request)
     path = _preview_file(rec)
     if path is None:
         raise ApiError(404, "NOT_FOUND", f"no preview for verdict {vid}")
@@ -463,11 +469,7 @@ async def api_verdicts(request: Request) -> Response:
 
 
 async def api_verdict(request: Request) -> Response:
-    vid = _path_int(request, "id")
-    rec = await _db(_st().store.get_verdict, vid)
-    if rec is None:
-        raise ApiError(404, "NOT_FOUND", f"verdict {vid} not found")
-    _own(request, rec["site_id"], f"verdict {vid}")
+    _, rec = await _owned_verdict(request)
     return _json(rec)
 
 
