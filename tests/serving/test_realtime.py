@@ -242,7 +242,11 @@ def test_interleaved_series_on_one_association_get_one_verdict_each(env: Callabl
     for dss in (a, b):
         live = e.live(dss[0].SeriesInstanceUID)
         assert len(live) == 1 and live[0]["final"] and live[0]["verdict"]["n_instances"] == len(dss)
-        assert len(e.rows(dss[0].SeriesInstanceUID)) == 1  # neither lost nor duplicated
+        # Neither lost nor duplicated: one final verdict. A stall of the sender on a loaded host may let the
+        # geometry signal show a provisional one first; it must then have been replaced by the final one.
+        rows = e.rows(dss[0].SeriesInstanceUID)
+        assert [r["id"] for r in rows if r["final"]] == [live[0]["id"]]
+        assert all(r["superseded_by"] is not None for r in rows if not r["final"])
 
 
 def test_expected_count_gives_a_final_verdict_before_release(env: Callable[..., Env]) -> None:
