@@ -38,6 +38,7 @@ Steps, in order:
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -276,6 +277,80 @@ def _slice_matrices(rows: int, cols: int, ny: int, nx: int, flip_rows: bool,
     my = my[:, ::-1] if flip_rows else my
     mx = mx[:, ::-1] if flip_cols else mx
     return np.ascontiguousarray(my), np.ascontiguousarray(mx.T)
+
+
+@dataclass(frozen=True)
+class BlockMeans:
+    """An in-plane pass of means over blocks of whole pixels about ``mm`` wide (the abdominal localisation's
+    detail grid, :mod:`scanqc.checks.abdomen_seg`), made slice by slice on arrival like :func:`slice_inplane`."""
+
+    mm: float
+
+    def factors(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, ...]:
+        """Pixels per block along each axis given (at least one, at most the axis' length)."""
+        return tuple(max(1, min(int(self.mm // max(float(s), 1e-3)), int(n))) for n, s in zip(shape, spacing))
+
+
+#: One in-plane pass made per slice as instances arrive: a ``resample_fit`` grid ``(rows, cols)`` or block means.
+InplanePass = tuple[int, int] | BlockMeans
+
+
+def block_mean(arr: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """Means over blocks of ``ks`` elements along each axis, in axis order; a last, partial block is the mean of
+    the elements it has. No padding copy (a 512-pixel row does not divide by 3); on one 512^2 slice ~0.3 ms."""
+    out = np.asarray(arr, np.float32)
+    for ax, k in enumerate(ks):
+        n = out.shape[ax]
+        m = n // k
+        if k < 2 or m == 0:
+            continue
+        acc = np.add(out[_along(out.ndim, ax, 0, m * k, k)], out[_along(out.ndim, ax, 1, m * k, k)])
+        for i in range(2, k):
+            acc += out[_along(out.ndim, ax, i, m * k, k)]
+        acc *= np.float32(1.0 / k)
+        if n > m * k:  # the remainder block
+            rest = out[_along(out.ndim, ax, m * k, None, None)].mean(axis=ax, keepdims=True)
+            acc = np.concatenate([acc, rest], axis=ax)
+        out = acc
+    return out
+
+
+def _along(ndim: int, ax: int, start: int, stop: int | None, step: int | None) -> tuple[slice, ...]:
+    return tuple(slice(start, stop, step) if a == ax else slice(None) for a in range(ndim))
+
+
+def block_means_key(arr: np.ndarray, factors: tuple[int, ...]) -> tuple:
+    """The series-cache key of the stacked per-slice :class:`BlockMeans` pass of this canonical view."""
+    return ("block_means.inplane", arr.shape, arr.strides, arr.__array_interface__["data"][0],
+            (int(factors[0]), int(factors[1])))
+
+
+def block_means_inplane(arr: np.ndarray, factors: tuple[int, ...], cache: dict[Any, Any] | None = None
+                        ) -> np.ndarray:
+    """Each slice of a canonical view block-averaged in-plane, slice by slice (the receiver's per-slice pass,
+    found in ``cache``, is the same arithmetic; slice-sized passes also stay in the CPU cache: ~2.5x faster than
+    one pass over a 200 MB volume)."""
+    def run() -> np.ndarray:
+        first = block_mean(arr[0], factors)
+        out = np.empty((arr.shape[0], *first.shape), np.float32)
+        out[0] = first
+        for z in range(1, arr.shape[0]):
+            out[z] = block_mean(arr[z], factors)
+        return out
+
+    return cached(cache, block_means_key(arr, factors), run)
+
+
+def slice_pass(p: InplanePass, slice2d: np.ndarray, flip_rows: bool, flip_cols: bool,
+               pixel_spacing: Sequence[float] | None) -> np.ndarray | None:
+    """One stored axial slice through an in-plane pass, in the canonical view's in-plane orientation (None: the
+    pass needs a pixel spacing the slice lacks)."""
+    if isinstance(p, BlockMeans):
+        if pixel_spacing is None:
+            return None
+        view = slice2d[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+        return block_mean(view, p.factors(view.shape, tuple(pixel_spacing)))
+    return slice_inplane(slice2d, p, flip_rows, flip_cols)
 
 
 def resample_inplane(arr: np.ndarray, shape_yx: tuple[int, int], antialias: bool = True) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 from scanqc.cache import cached
 from scanqc.checks.base import CheckContext
 from scanqc.errors import ErrorCode, ScanQCError
+from scanqc.preprocessing import BlockMeans, InplanePass
 from scanqc.series import Series
 from scanqc.verdict import CheckResult
 
@@ -203,10 +204,14 @@ def model_checks() -> list[ModelCheck]:
     return [MotionCheck(), ContrastPhaseCheck(), CoverageCheck()]
 
 
-def inplane_targets(models: Any = None) -> dict[str, tuple[tuple[int, int], ...]]:
-    """Per modality, the in-plane grids of the installed models' anti-aliased ``fit`` inputs: what the DICOM
-    receiver resamples each slice onto as it arrives (``scanqc.ingest.SeriesAssembler(inplane=...)``)."""
-    out: dict[str, set[tuple[int, int]]] = {}
+def inplane_targets(models: Any = None) -> dict[str, tuple[InplanePass, ...]]:
+    """Per modality, the in-plane passes of the installed models: the grids of their anti-aliased ``fit``
+    inputs, and the abdominal localisation's block means on CT (contrast phase 2.1 and abdominal coverage share
+    it). What the DICOM receiver and the folder reader make of each slice as it arrives
+    (``scanqc.ingest.SeriesAssembler(inplane=...)``)."""
+    from scanqc.checks import abdomen_seg
+
+    out: dict[str, set[InplanePass]] = {}
     ctx = CheckContext(models=models)
     for check in model_checks():
         try:
@@ -217,4 +222,6 @@ def inplane_targets(models: Any = None) -> dict[str, tuple[tuple[int, int], ...]
             continue
         for mod, grids in check.input_grids(model).items():
             out.setdefault(mod, set()).update(grids)
-    return {m: tuple(sorted(g)) for m, g in out.items()}
+    if abdomen_seg.available():
+        out.setdefault("CT", set()).add(BlockMeans(abdomen_seg.DETAIL_MM))
+    return {m: tuple(sorted(g, key=repr)) for m, g in out.items()}

@@ -33,7 +33,7 @@ from scanqc.errors import ErrorCode, ScanQCError, exc_summary
 from scanqc.io.dicom import FrameGeometry, check_image_size, decode_pixels, frame_geometries
 from scanqc.io.sources import InputFile
 from scanqc.limits import DEFAULT_LIMITS, Limits
-from scanqc.preprocessing import slice_inplane
+from scanqc.preprocessing import InplanePass, slice_pass
 from scanqc.series import IntegrityIssue, Series
 
 # What pydicom raises when a lazily parsed element is malformed (wrong or unknown VR, bad length...).
@@ -84,7 +84,7 @@ class _Frame:
     geom: FrameGeometry
     pixels: np.ndarray | None = None  # rescaled float32 (rows, cols), decoded on arrival (a view of its slot)
     slot: tuple[_SliceBuffer, int] | None = None  # where ``pixels`` lives
-    inplane: dict[tuple[int, int], np.ndarray] | None = None  # in-plane pass per model grid, made on arrival
+    inplane: dict[InplanePass, np.ndarray] | None = None  # in-plane pass per model grid, made on arrival
     error: ScanQCError | None = None  # decoding failed for this frame's instance
     key: tuple | None = None  # (orientation, rows, cols), computed once: pydicom attribute access is slow
 
@@ -333,19 +333,28 @@ def build_volume(frames: list[_Frame], name: str,
     return out, spacing, origin, direction, issues, notes, frames
 
 
-def _inplane_scratch(vol: Any, frames: list[_Frame], grids: tuple[tuple[int, int], ...]) -> dict[Any, Any]:
-    """The in-plane passes made on arrival, under the keys ``resample_fit`` looks up for this volume."""
-    from scanqc.preprocessing import canonical_axes, canonicalize, inplane_key
+def _inplane_scratch(vol: Any, frames: list[_Frame], grids: tuple[InplanePass, ...]) -> dict[Any, Any]:
+    """The in-plane passes made on arrival, under the keys ``resample_fit`` / ``block_means_inplane`` look up
+    for this volume."""
+    from scanqc.preprocessing import BlockMeans, block_means_key, canonical_axes, canonicalize, inplane_key
 
     out: dict[Any, Any] = {}
     if not grids or canonical_axes(vol.direction) is None or canonical_axes(vol.direction)[0] != (0, 1, 2):
         return out
-    arr, _ = canonicalize(vol)
+    arr, spacing = canonicalize(vol)
     flip0 = 0 in canonical_axes(vol.direction)[1]  # type: ignore[index]
     for g in grids:
-        if all(f.inplane is not None and g in f.inplane for f in frames):
-            stack = np.stack([f.inplane[g] for f in frames])  # type: ignore[index]
-            out[inplane_key(arr, g, True)] = stack[::-1] if flip0 else stack  # in the canonical view's order
+        parts = [f.inplane.get(g) if f.inplane is not None else None for f in frames]
+        if any(p is None for p in parts) or len({p.shape for p in parts}) != 1:  # type: ignore[union-attr]
+            continue  # a slice without the pass, or of another size: the check makes it from the volume
+        if isinstance(g, BlockMeans):
+            key = block_means_key(arr, g.factors(arr.shape[1:], spacing[1:]))
+            if parts[0].shape != tuple(-(-n // k) for n, k in zip(arr.shape[1:], key[-1])):  # type: ignore[union-attr]
+                continue  # per-slice pixel spacing other than the volume's
+        else:
+            key = inplane_key(arr, g, True)
+        stack = np.stack(parts)  # type: ignore[arg-type]
+        out[key] = stack[::-1] if flip0 else stack  # in the canonical view's order
     return out
 
 
@@ -368,8 +377,8 @@ class SeriesAssembler:
     """Build one DICOM series instance by instance (see the module docstring). Not thread-safe: one owner."""
 
     def __init__(self, input_name: str, limits: Limits = DEFAULT_LIMITS, expected_frames: int = 64,
-                 inplane: dict[str, tuple[tuple[int, int], ...]] | None = None) -> None:
-        """``inplane``: per modality, the in-plane grids of the installed models (``scanqc.checks.ml.
+                 inplane: dict[str, tuple[InplanePass, ...]] | None = None) -> None:
+        """``inplane``: per modality, the in-plane passes of the installed models (``scanqc.checks.ml.
         inplane_targets``); each axial slice is resampled onto them as it arrives (the receiver passes them)."""
         self.input_name = input_name
         self.limits = limits
@@ -496,7 +505,8 @@ class SeriesAssembler:
                         if grids:
                             flips = _axial_flips(fr.geom.orientation)
                             if flips is not None:
-                                fr.inplane = {g: slice_inplane(dst, g, *flips) for g in grids}
+                                made = {g: slice_pass(g, dst, *flips, fr.geom.pixel_spacing) for g in grids}
+                                fr.inplane = {g: a for g, a in made.items() if a is not None}
         except ScanQCError as exc:
             self._error = exc
             return "error"

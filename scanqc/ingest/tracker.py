@@ -41,6 +41,7 @@ from scanqc.ingest.completion import GAP_WINDOW, CompletionPolicy, Decision, Pro
 from scanqc.io.dicom import non_image_reason, read_file
 from scanqc.io.sources import InputFile
 from scanqc.limits import DEFAULT_LIMITS, Limits
+from scanqc.preprocessing import InplanePass
 from scanqc.series import Series
 
 log = logging.getLogger("scanqc.ingest")
@@ -166,7 +167,7 @@ class SeriesTracker:
                  on_first: OnCheck | None = None,
                  limits: Limits = DEFAULT_LIMITS, workers: int = 1, retries: int = 2,
                  retry_delay_s: float = 5.0, max_instances: int = 5000,
-                 inplane: dict[str, tuple[tuple[int, int], ...]] | None = None) -> None:
+                 inplane: dict[str, tuple[InplanePass, ...]] | None = None) -> None:
         self.policy = policy
         self.inplane = inplane  # the models' in-plane grids: each slice is resampled onto them on arrival
         self.on_check = on_check

@@ -70,6 +70,7 @@ from scanqc.serving.dicom.mpps import MppsTable
 from scanqc.ingest.tracker import SeriesKey, SeriesTracker
 from scanqc.io.dicom import non_image_reason
 from scanqc.io.durable import atomic_write, fsync_dir
+from scanqc.preprocessing import InplanePass
 
 log = logging.getLogger("scanqc.receiver")
 
@@ -97,7 +98,7 @@ class Receiver:
 
     def __init__(self, settings: Any, on_series_complete: OnSeriesComplete,
                  on_series_final: OnSeriesComplete | None = None, on_first_instance: OnSeriesComplete | None = None,
-                 inplane: dict[str, tuple[tuple[int, int], ...]] | None = None, **overrides: Any) -> None:
+                 inplane: dict[str, tuple[InplanePass, ...]] | None = None, **overrides: Any) -> None:
         self.cfg = ReceiverConfig.from_settings(settings, **overrides)
         self.on_series_complete = on_series_complete
         self.incoming = Path(self.cfg.data_dir) / "incoming"

@@ -204,3 +204,31 @@ def test_inplane_pass_made_on_arrival_is_what_resample_fit_would_compute(flipped
     for ds in dss:
         plain.add(ds)
     assert plain.finish().scratch == {}
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_block_means_made_on_arrival_give_the_abdominal_work_grid_unchanged(flipped: bool) -> None:
+    # The abdominal localisation's detail grid starts with in-plane block means (3 mm: 4 x 4 pixels of 0.7 mm,
+    # and a partial last block: 41 = 10 * 4 + 1). Made slice by slice on arrival, in any arrival order, they
+    # land under the key work_grid looks up and give the very same detail and working grids.
+    from scanqc.checks import abdomen_seg
+    from scanqc.preprocessing import BlockMeans, block_means_key, canonicalize
+
+    vol = _volume(n=10, size=41)
+    if flipped:
+        vol.direction = np.stack([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]], axis=1)
+    dss = [_roundtrip(d) for d in volume_to_datasets(vol, "CT")]
+    random.Random(2).shuffle(dss)
+    asm = SeriesAssembler("s", inplane={"CT": (BlockMeans(abdomen_seg.DETAIL_MM),)})
+    for ds in dss:
+        asm.add(ds)
+    series = asm.finish()
+    assert series.volume is not None
+    arr, _ = canonicalize(series.volume)
+    assert list(series.scratch) == [block_means_key(arr, (4, 4))]
+    assert series.scratch[block_means_key(arr, (4, 4))].shape == (10, 11, 11)
+    streamed = abdomen_seg.work_grid(series.volume, dict(series.scratch))
+    fresh = abdomen_seg.work_grid(series.volume, None)
+    assert np.array_equal(streamed.detail, fresh.detail) and np.array_equal(streamed.image, fresh.image)
+    # and the detail grid is the block mean it says it is (first block of the first canonical slice, 2 slices)
+    assert np.isclose(fresh.detail[0, 0, 0], arr[0:1, 0:4, 0:4].mean(), atol=1e-3)
