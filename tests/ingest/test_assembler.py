@@ -232,3 +232,15 @@ def test_block_means_made_on_arrival_give_the_abdominal_work_grid_unchanged(flip
     assert np.array_equal(streamed.detail, fresh.detail) and np.array_equal(streamed.image, fresh.image)
     # and the detail grid is the block mean it says it is (first block of the first canonical slice, 2 slices)
     assert np.isclose(fresh.detail[0, 0, 0], arr[0:1, 0:4, 0:4].mean(), atol=1e-3)
+
+
+def test_installed_models_ask_for_the_ct_block_means_and_their_mr_grids() -> None:
+    # What the receiver passes to every assembler: the bundled models' in-plane passes per modality.
+    from scanqc.checks import abdomen_seg
+    from scanqc.checks.ml import inplane_targets
+    from scanqc.preprocessing import BlockMeans
+
+    targets = inplane_targets()
+    assert abdomen_seg.available()
+    assert BlockMeans(abdomen_seg.DETAIL_MM) in targets["CT"]
+    assert targets["MR"] and all(isinstance(g, tuple) and len(g) == 2 for g in targets["MR"])
