@@ -141,6 +141,8 @@ class PreprocessSpec:
         Intensity channels (CT windows, then CT block-max windows; MR's single channel shares the first
         slot and the others read 0 for MR), then the background channel, then the inside-scan mask.
         """
+        if self.mode == "abdomen_hu":  # one channel; the measured features lie along the last axis
+            return ["HU measured at the located structures (scanqc.checks.abdomen_anatomy.FEATURES)"]
         names: list[str] = []
         if "CT" in self.modalities:
             names = [f"CT window [{lo:g}, {hi:g}] HU" for lo, hi in self.ct_windows]

@@ -177,6 +177,9 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     import onnx
     import onnxruntime
     import sklearn
+    from scanqc.training.export import _channel_def
+
+    from scanqc.preprocessing import PreprocessSpec
 
     folder = Path(out) / "contrast_phase" / version
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,6 +193,7 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     diff = float(np.abs(got - logits_numpy(clf, x)).max())
     data = (folder / "model.onnx").read_bytes()
     f = len(FEATURES)
+    prep = {"shape": [1, 1, f], "mode": "abdomen_hu", "modalities": ["CT"], "version": 1, "in_channels": 1}
     meta = {
         "schema": SCHEMA,
         "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version,
@@ -204,18 +208,17 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
         "authors": "scanqc contributors", "copyright": "Apache-2.0",
         "data_source": "scanqc.datasets.abdomen domain-randomised abdominal CT (see training)",
         "data_type": "nifti", "image_classes": f"{f} measured HU features, see preprocessing",
-        "label_classes": [*PHASES, "suboptimal"], "labels": [*PHASES, "suboptimal"],
+        "label_classes": ", ".join([*PHASES, "suboptimal"]), "labels": [*PHASES, "suboptimal"],
         "network": {"class": "multinomial logistic regression (scikit-learn) exported as ONNX",
                     "parameters": 5 * (f + 1)},
         "network_data_format": {
             "inputs": {"image": {"type": "features", "format": "hu", "modality": "CT", "num_channels": 1,
                                  "spatial_shape": [1, 1, f], "dtype": "float32", "value_range": [],
-                                 "is_patch_data": False, "channel_def": {str(i): n for i, n in enumerate(FEATURES)}}},
+                                 "is_patch_data": False, "channel_def": _channel_def(PreprocessSpec.from_dict(prep))}},
             "outputs": {"logits": {"type": "logits", "format": "classes", "num_channels": 5, "spatial_shape": [5],
                                    "dtype": "float32", "value_range": [], "is_onehot": False,
                                    "channel_def": {str(i): n for i, n in enumerate([*PHASES, "suboptimal"])}}}},
-        "preprocessing": {"shape": [1, 1, f], "mode": "abdomen_hu", "modalities": ["CT"], "version": 1,
-                          "in_channels": 1},
+        "preprocessing": prep,
         "calibration": {"method": "none (logistic regression outputs)", "temperature": 1.0},
         "thresholds": {"rule": "suboptimal warn at P >= 0.5; a phase mismatch fails at P >= 0.5",
                        "suboptimal_warn": 0.5, "mismatch_fail_confidence": 0.5},
