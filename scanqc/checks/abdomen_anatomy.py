@@ -52,14 +52,21 @@ from scanqc.volume import Volume
 WORK_MM = 3.0
 DEBUG: dict[str, Any] | None = None  # set to a dict to receive the intermediate maps (development)
 #: Feature vector the contrast-phase classifier takes (order matters: it is the ONNX model's input).
-#: The first 14 are contrast phase 2.0.0's (a model taking 14 features gets those); 2.1.0 takes all.
+#: Append only: a model trained on fewer features gets the first ones (FEATURE_VERSIONS).
 FEATURES: tuple[str, ...] = (
     "aorta", "ivc", "liver", "liver_p95", "liver_p05", "kidney_p90", "kidney_p25", "kidney_p99",
     "aorta_minus_liver", "aorta_minus_ivc", "kidney_cortex_minus_medulla", "collecting_minus_cortex",
     "kidney_p90_minus_liver", "kidneys_found",
     "portal_vein", "spleen", "kidney_p50", "portal_vein_minus_aorta", "spleen_minus_liver", "ivc_minus_liver",
+    "kidney_p99_soft", "collecting_soft_minus_cortex",
+    "liver_to_aorta_enh", "ivc_to_aorta_enh", "kidney_to_aorta_enh", "cortex_medulla_to_aorta_enh",
+    "portal_vein_to_aorta_enh", "spleen_to_aorta_enh",
 )
-LEGACY_FEATURES = 14
+#: Typical unenhanced HU (blood, liver, renal cortex, spleen) the enhancement ratios subtract.
+NATIVE_HU = {"blood": 40.0, "liver": 55.0, "kidney": 35.0, "spleen": 45.0}
+#: Feature counts classifiers were trained on: a model taking that many gets the first ones (2.0.0: 14, 2.1.0: 20,
+#: 2.2.0: all), so adding features never changes what a shipped model sees.
+FEATURE_VERSIONS = (14, 20, len(FEATURES))
 
 
 @dataclass
@@ -96,6 +103,14 @@ class Anatomy:
                 aorta - liver, aorta - ivc, k90 - k25, k99 - k90, k90 - liver,
                 1.0 if self.found.get("kidneys") else 0.0,
                 pv, spl, k50, pv - aorta, spl - liver, ivc - liver]
+        k99s = h.get("kidney_p99_soft") if h.get("kidney_p99_soft") is not None else k99
+        vals += [k99s, k99s - k90]
+        # Enhancement relative to the aorta's: the dose, the injection rate and the patient's cardiac output scale
+        # every structure's enhancement together; their ratios are what the time after injection sets (the liver
+        # and the portal vein catch up with the aorta by the portal venous phase and pass it in the delayed one).
+        blood, den = NATIVE_HU["blood"], max(abs(aorta - NATIVE_HU["blood"]), 15.0)
+        vals += [(liver - NATIVE_HU["liver"]) / den, (ivc - blood) / den, (k90 - NATIVE_HU["kidney"]) / den,
+                 (k90 - k25) / den, (pv - blood) / den, (spl - NATIVE_HU["spleen"]) / den]
         return np.asarray(vals, np.float32)
 
     def details(self) -> dict[str, Any]:
@@ -417,10 +432,10 @@ def feature_input(volume: Volume, n_features: int, cache: dict | None = None) ->
     """The ``abdomen_hu`` model input: :data:`FEATURES` of :func:`locate` as float32 ``[1, 1, 1, F]``."""
     from scanqc.errors import ErrorCode, ScanQCError
 
-    if n_features not in (LEGACY_FEATURES, len(FEATURES)):
+    if n_features not in FEATURE_VERSIONS:
         raise ScanQCError(ErrorCode.BAD_MODEL, f"model expects {n_features} HU features; this scanqc measures "
                                                f"{len(FEATURES)} ({', '.join(FEATURES)}) or the first "
-                                               f"{LEGACY_FEATURES}")
+                                               f"{' or '.join(map(str, FEATURE_VERSIONS[:-1]))}")
     return locate(volume, cache).features()[:n_features].reshape(1, 1, 1, -1)
 
 
@@ -518,7 +533,7 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
     cd = seg.to_detail(g, cls)
     hu: dict[str, float | None] = {k: None for k in ("aorta", "ivc", "portal_vein", "liver", "liver_p95",
                                                       "liver_p05", "spleen", "kidney_p90", "kidney_p50",
-                                                      "kidney_p25", "kidney_p99")}
+                                                      "kidney_p25", "kidney_p99", "kidney_p99_soft")}
     for n in ("aorta", "ivc", "portal_vein", "spleen"):
         if found[n]:
             hu[n] = float(np.median(_eroded_values(a, cd == names.index(n), 1)))
@@ -534,6 +549,15 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
         if v.size >= 20:
             hu.update(kidney_p90=float(np.percentile(v, 90)), kidney_p50=float(np.percentile(v, 50)),
                       kidney_p25=float(np.percentile(v, 25)), kidney_p99=float(np.percentile(v, 99)))
+            # The 12th rib, the transverse processes and the psoas' neighbour, the spine, lie within the dilated
+            # kidney box: cortical bone (700-1000 HU) there reads as excreted contrast in a portal venous scan.
+            # Without the voxels labelled bone and 2 detail voxels (~6 mm) around them (partial volume at the
+            # bone's edge), the top percentile is the collecting system's.
+            bone = ndimage.binary_dilation(cd[box] == names.index("bone"), structure=np.ones((3, 3, 3), bool),
+                                           iterations=2)
+            soft = a[box][km & ~bone & (a[box] > -20)]
+            if soft.size >= 20:
+                hu["kidney_p99_soft"] = float(np.percentile(soft, 99))
     # Geometry on the working grid (axis 0: first slice = superior end). Areas from the probabilities.
     # Only near the kept components: a stray blob (heart called liver, bowel called kidney) has no say.
     near = {n: ndimage.binary_dilation(cls == names.index(n), iterations=1) for n in ("liver", "kidney")}

@@ -44,11 +44,13 @@ def mismatch_action(expected: str, predicted: str) -> str:
 
 
 _SHOWN = (("aorta", "aorta"), ("ivc", "IVC"), ("liver", "liver"), ("kidney_p90", "renal cortex"),
-          ("kidney_p25", "renal medulla"), ("kidney_p99", "collecting system"))
+          ("kidney_p25", "renal medulla"), ("kidney_p99_soft", "collecting system"))
 
 
 def measured_text(hu: dict[str, float | None]) -> str:
-    """'aorta 312 HU, IVC 74 HU, ...' for the structures that were measured."""
+    """'aorta 312 HU, IVC 74 HU, ...' for the structures that were measured (the collecting system without the
+    neighbouring bone; the rules' localisation has only the plain percentile)."""
+    hu = {**hu, "kidney_p99_soft": hu.get("kidney_p99_soft", hu.get("kidney_p99"))}
     return ", ".join(f"{name} {hu[k]:.0f} HU" for k, name in _SHOWN if hu.get(k) is not None)
 
 

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scanqc.training import abdomen_phase
 
 from scanqc.checks.abdomen_anatomy import FEATURES
 from scanqc.inference import PHASES
-from scanqc.training import abdomen_phase
 
 
 def _rows(n: int, seed: int) -> list[dict]:
