@@ -276,7 +276,8 @@ def case_outputs(model: Any, rows: list[dict[str, str]], batch_size: int = 8,
                  progress: Callable | None = None) -> list[dict[str, Any]]:
     """Calibrated outputs per row. A model with delegates (``metadata["delegate"]``: coverage 2.1.0 locates the
     brain on MR and hands abdominal CT to the coverage CNN) runs each row through the model for its modality;
-    a delegate's coverage probabilities are mapped so that its fail threshold reads 0.5, the composite's own."""
+    a delegate's coverage probabilities are mapped so that its fail threshold reads 0.5, the composite's own.
+    Abdominal CT coverage is scored as served: by the geometry check unless ``SCANQC_ABDOMINAL_COVERAGE=cnn``."""
     def run(m: Any, sub: list[dict[str, str]]) -> list[dict[str, Any]]:
         x = load_inputs(sub, m.spec, progress)
         logits = np.concatenate([m.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -291,6 +292,10 @@ def case_outputs(model: Any, rows: list[dict[str, str]], batch_size: int = 8,
         groups.setdefault((r.get("modality") or "").upper(), []).append(i)
     out: list[dict[str, Any]] = [{} for _ in rows]
     for mod, idx in groups.items():
+        if model.task == "coverage" and mod == "CT" and _abdominal_geometry():
+            for i in idx:  # what `scanqc check` serves on abdominal CT: the geometry, not the delegate CNN
+                out[i] = _geometry_coverage(rows[i])
+            continue
         m = model.for_modality(mod)
         outs = run(m, [rows[i] for i in idx])
         if m is not model and model.task == "coverage":
@@ -300,6 +305,25 @@ def case_outputs(model: Any, rows: list[dict[str, str]], batch_size: int = 8,
         for i, o in zip(idx, outs):
             out[i] = o
     return out
+
+
+def _abdominal_geometry() -> bool:
+    from scanqc.checks import abdomen_coverage
+
+    return bool(abdomen_coverage.ENABLED)
+
+
+def _geometry_coverage(row: dict[str, str]) -> dict[str, Any]:
+    """Coverage outputs of the abdominal geometry check on one CT row: 1.0 for a cut end, 0.45 for an end it
+    could not verify (a warn: ranks above a pass, below the 0.5 fail), 0.0 otherwise (a skip included)."""
+    from scanqc.checks.abdomen_coverage import abdominal_coverage
+    from scanqc.checks.base import CheckContext
+    from scanqc.series import load_series
+
+    series, _ = load_series(row["path"], modality_hint="CT")
+    r = abdominal_coverage(series[0], CheckContext())
+    missing, unsure = r.extra.get("missing") or [], r.extra.get("uncertain") or []
+    return {f"missing_{e}": 1.0 if e in missing else 0.45 if e in unsure else 0.0 for e in COVERAGE_ENDS}
 
 
 #: The training-data generators of this project; a held-out figure on their output is not independent evidence.
