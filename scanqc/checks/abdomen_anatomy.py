@@ -484,10 +484,10 @@ def _end_tissue_mm2(grid: Any, prob: np.ndarray, lo: float, hi: float, first: bo
     """Area (mm^2) of organ-like tissue in the scan's end slice on the detail grid (the last ~3-5 mm of native
     slices, not the 6 mm working slice that averages a tapering pole with what lies beyond it): voxels whose HU
     lies in the organ's own range [lo, hi] where the segmentation gives the organ >= :data:`END_PROB` in the two
-    working slices at that end (``prob`` already limited to near its kept components: a stray blob has no say).
+    working slices at that end (``prob``: those two slices, ``[2, INPLANE, INPLANE]``, already limited to near
+    the organ's kept components: a stray blob has no say).
     The fat around a pole or dome that ends inside the scan is out of the range."""
-    end = slice(0, 2) if first else slice(-2, None)
-    where = _plane_to_detail(grid, prob[end].max(0) >= END_PROB)
+    where = _plane_to_detail(grid, prob.max(0) >= END_PROB)
     sl = grid.detail[0 if first else -1]
     return float(((sl > lo) & (sl < hi) & where).sum() * grid.detail_spacing[1] * grid.detail_spacing[2])
 
@@ -590,7 +590,7 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
         dome_mm, liver_cut = first * sz, frac >= CUT_FRACTION["liver"]
         fractions["liver_in_first_slice"] = round(frac, 3)
         if hu["liver_p05"] is not None and hu["liver_p95"] is not None:
-            t = _end_tissue_mm2(g, probs[names.index("liver")] * near["liver"], hu["liver_p05"] - 10.0,
+            t = _end_tissue_mm2(g, probs[names.index("liver"), :2] * near["liver"][:2], hu["liver_p05"] - 10.0,
                                 hu["liver_p95"] + 30.0, True)
             tissue["liver_in_first_slice"] = round(t, 1)
             liver_cut = liver_cut or t >= END_TISSUE_MM2["liver"][1]
@@ -604,7 +604,7 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
             # The end slice itself decides: the working slice's fraction both misses a pole cut a few mm above
             # its tip (the section tapers and is averaged with what lies beyond) and can pass 20 % on a full
             # scan whose poles end one working slice above the end.
-            t = _end_tissue_mm2(g, probs[names.index("kidney")] * near["kidney"], *kidney_range, False)
+            t = _end_tissue_mm2(g, probs[names.index("kidney"), -2:] * near["kidney"][-2:], *kidney_range, False)
             tissue["kidneys_in_last_slice"] = round(t, 1)
             kid_cut = t >= END_TISSUE_MM2["kidney"][1]
     anat = Anatomy(True, "", hu, found, dome_mm, kid_mm, liver_cut, kid_cut, extent, liver_extent,
