@@ -203,6 +203,33 @@ def summarise(res: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _correct(res: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per case: (strictly right at both ends, right at the inferior end)."""
+    both, inf = [], []
+    for r in res:
+        t = sorted(e for e in ("superior", "inferior") if r["truth"][e])
+        both.append(sorted(r["missing"]) == t and r["status"] == ("fail" if t else "pass"))
+        inf.append(("inferior" in r["missing"]) if r["truth"]["inferior"]
+                   else "inferior" not in r["missing"] + r["uncertain"])
+    return np.array(both, float), np.array(inf, float)
+
+
+def paired(res: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str, Any]:
+    """This run minus ``base`` on the same cases, paired bootstrap (stratified by kind) 95 % intervals."""
+    from scanqc.evaluation.metrics import bootstrap_ci
+
+    by = {r["index"]: r for r in base}
+    res = [r for r in res if r["index"] in by]
+    y = np.array([KINDS.index(r["kind"]) for r in res])
+    (nb, ni), (ob, oi) = _correct(res), _correct([by[r["index"]] for r in res])
+    out = {}
+    for name, a, b in (("accuracy_strict", nb, ob), ("inferior_accuracy", ni, oi)):
+        ci = bootstrap_ci(lambda t, u, v: float(np.mean(u) - np.mean(v)), y, a, b)
+        out[name] = {"n": len(res), "difference": round(float(a.mean() - b.mean()), 3),
+                     "ci95": [round(v, 3) for v in ci] if ci else None}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True)
@@ -210,12 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=240)
     ap.add_argument("--data", type=Path, required=True, help="folder for the cases' volumes (reused when present)")
     ap.add_argument("--out", type=Path, required=True, help="report JSON (summary and every case)")
+    ap.add_argument("--paired-with", type=Path, help="an earlier report on the same cases (e.g. the code before a "
+                                                     "change): adds the paired difference with a 95 %% interval")
     a = ap.parse_args(argv)
     materialise(a.seed, a.n, a.variant, a.data)
     res = [score_case(*load(a.data, i)) for i in range(a.n)]
     args = " ".join(argv if argv is not None else sys.argv[1:])
     out = {"command": f"python -m scanqc.training.abdomen_coverage_ends {args}",
            "seed": a.seed, "variant": a.variant, "summary": summarise(res), "cases": res}
+    if a.paired_with:
+        out["summary"]["paired_vs"] = {"report": str(a.paired_with),
+                                       **paired(res, json.loads(a.paired_with.read_text())["cases"])}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out["summary"], indent=1))

@@ -15,8 +15,12 @@ installed, else the hand-written rules of contrast phase 2.0.0 (:func:`locate_ru
   fat out): p90 ~ cortex (arterial) or collecting system (delayed), p25 ~ medulla, p99 ~ excreted contrast;
 - **geometry** on the working grid, from the per-slice area of each organ's probability: the liver dome is
   the first slice from the superior end whose liver area reaches :data:`EDGE_FRACTION` of the largest, the
-  lower poles the same from the inferior end; an end *cuts* the organ when that end's slice already holds
-  :data:`CUT_FRACTION` of the organ's largest section (a dome or pole just inside the scan is a sliver there);
+  lower poles the same from the inferior end (the distances);
+- **the end slices** on the detail grid (:func:`_end_tissue_mm2`): the area of organ-like HU (the organ's own
+  range) in the first / last detail slice where the segmentation puts the liver / kidneys; an end *cuts* the
+  organ when that area reaches :data:`END_TISSUE_MM2` (the liver also when the working slice already holds
+  :data:`CUT_FRACTION` of its largest section; without an HU reference the kidneys fall back to that rule). A
+  kidney cut a few mm above its pole shows a small section that a 6 mm working slice averages away;
 - **domain**: no liver (>= 40 ml) and no kidneys (>= 30 ml) segmented -> out of domain with the volumes in
   the reason (chest-only, pelvis-only, not an abdomen); a body narrower than 200 mm (head, limb) or an extent
   under 30 mm -> out of domain before the network runs.

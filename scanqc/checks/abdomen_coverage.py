@@ -2,9 +2,11 @@
 
 From :func:`scanqc.checks.abdomen_anatomy.locate` (the segmentation network's localisation when installed):
 the liver dome must lie below the first (superior) slice and the lower poles of the kidneys above the last
-(inferior) slice. An end cuts an organ when the organ's section in that end's 6 mm working slice is already a
-sizeable part of its largest section (``CUT_FRACTION``); the end that cuts fails, and the check reports the
-distance in mm between the anatomy and each end, so a full scan whose kidneys end 10 mm above the last slice
+(inferior) slice. An end cuts an organ when that end slice itself (the detail grid's, ~3-5 mm of native slices)
+holds a section of organ-like tissue where the segmentation puts the organ (``END_TISSUE_MM2``: kidneys 2 cm^2,
+liver 15 cm^2 or 20 % of its largest section); a smaller section (1-2 cm^2, 3-15 cm^2) warns that the end is
+not verified. The end that cuts fails, and the check reports the distance in mm between the anatomy and each
+end and the tissue measured in the end slices, so a full scan whose kidneys end 10 mm above the last slice
 passes and says so. Inputs the localisation cannot place (no liver or kidneys in view: a chest-only, pelvis-only
 or non-abdominal CT) are skipped as outside the domain.
 """
