@@ -15,8 +15,12 @@ installed, else the hand-written rules of contrast phase 2.0.0 (:func:`locate_ru
   fat out): p90 ~ cortex (arterial) or collecting system (delayed), p25 ~ medulla, p99 ~ excreted contrast;
 - **geometry** on the working grid, from the per-slice area of each organ's probability: the liver dome is
   the first slice from the superior end whose liver area reaches :data:`EDGE_FRACTION` of the largest, the
-  lower poles the same from the inferior end; an end *cuts* the organ when that end's slice already holds
-  :data:`CUT_FRACTION` of the organ's largest section (a dome or pole just inside the scan is a sliver there);
+  lower poles the same from the inferior end (the distances);
+- **the end slices** on the detail grid (:func:`_end_tissue_mm2`): the area of organ-like HU (the organ's own
+  range) in the first / last detail slice where the segmentation puts the liver / kidneys; an end *cuts* the
+  organ when that area reaches :data:`END_TISSUE_MM2` (the liver also when the working slice already holds
+  :data:`CUT_FRACTION` of its largest section; without an HU reference the kidneys fall back to that rule). A
+  kidney cut a few mm above its pole shows a small section that a 6 mm working slice averages away;
 - **domain**: no liver (>= 40 ml) and no kidneys (>= 30 ml) segmented -> out of domain with the volumes in
   the reason (chest-only, pelvis-only, not an abdomen); a body narrower than 200 mm (head, limb) or an extent
   under 30 mm -> out of domain before the network runs.
@@ -86,6 +90,10 @@ class Anatomy:
     extent_mm: float = 0.0
     liver_extent_mm: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # segmented volumes, end-slice fractions
+    # Organ-like tissue (mm^2) in the end slice itself (detail grid), where the segmentation puts the organ:
+    # None when not measured (rules localisation, no HU reference); see :func:`_end_tissue_mm2`.
+    liver_in_first_slice_mm2: float | None = None
+    kidneys_in_last_slice_mm2: float | None = None
 
     def features(self) -> np.ndarray:
         """The classifier input (:data:`FEATURES`); missing kidney values fall back to the liver's."""
@@ -449,6 +457,13 @@ CUT_FRACTION = {"liver": 0.2, "kidney": 0.2}
 KIDNEY_TOP_ML = 3.0
 #: Where along the area profile an organ starts (fraction of its largest slice area), for the distances.
 EDGE_FRACTION = 0.05
+#: The end test on the detail grid (:func:`_end_tissue_mm2`): (warn, cut) areas in mm^2 of organ-like tissue in
+#: the end slice. Kidney: a pole cut 5 mm above its tip leaves a ~2 cm^2 section; a full scan's last slice holds
+#: perirenal fat there. Liver: the dome is broad (a 6 mm cut leaves > 25 cm^2), the heart and diaphragm above it
+#: can reach a few cm^2. Chosen on validation draws (seed 7302, variant train; docs/model-quality.md).
+END_TISSUE_MM2 = {"kidney": (100.0, 200.0), "liver": (300.0, 1500.0)}
+#: Where the organ is, for the end test: its probability in the two working slices at that end.
+END_PROB = 0.4
 
 
 def _eroded_values(a: np.ndarray, m: np.ndarray, iterations: int, three_d: bool = False, min_n: int = 8
@@ -470,6 +485,30 @@ def _bbox(m: np.ndarray, margin: int) -> tuple[slice, ...]:
     idx = [np.flatnonzero(m.any(tuple(j for j in range(3) if j != i))) for i in range(3)]
     return tuple(slice(max(int(ix[0]) - margin, 0), int(ix[-1]) + margin + 1) if ix.size else slice(0, 0)
                  for ix in idx)
+
+
+def _plane_to_detail(grid: Any, plane: np.ndarray) -> np.ndarray:
+    """A working-grid in-plane map (cropped, INPLANE^2) -> the detail grid's in-plane shape, nearest neighbour
+    (the in-plane half of :func:`scanqc.checks.abdomen_seg.to_detail`; outside the crop: False)."""
+    pad = np.pad(plane, 1)
+    idx = []
+    for ax in (1, 2):
+        nd, nw = grid.detail.shape[ax], grid.full_shape[ax]
+        j = np.minimum(((np.arange(nd) + 0.5) * nw / nd).astype(np.int64), nw - 1) - grid.offset[ax - 1]
+        idx.append(np.clip(j + 1, 0, plane.shape[ax - 1] + 1))
+    return pad[idx[0]][:, idx[1]]
+
+
+def _end_tissue_mm2(grid: Any, prob: np.ndarray, lo: float, hi: float, first: bool) -> float:
+    """Area (mm^2) of organ-like tissue in the scan's end slice on the detail grid (the last ~3-5 mm of native
+    slices, not the 6 mm working slice that averages a tapering pole with what lies beyond it): voxels whose HU
+    lies in the organ's own range [lo, hi] where the segmentation gives the organ >= :data:`END_PROB` in the two
+    working slices at that end (``prob``: those two slices, ``[2, INPLANE, INPLANE]``, already limited to near
+    the organ's kept components: a stray blob has no say).
+    The fat around a pole or dome that ends inside the scan is out of the range."""
+    where = _plane_to_detail(grid, prob.max(0) >= END_PROB)
+    sl = grid.detail[0 if first else -1]
+    return float(((sl > lo) & (sl < hi) & where).sum() * grid.detail_spacing[1] * grid.detail_spacing[2])
 
 
 def _profile_end(area: np.ndarray, from_top: bool) -> tuple[int, float]:
@@ -541,12 +580,18 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
         v = _eroded_values(a, cd == names.index("liver"), 2, three_d=True, min_n=50)
         hu.update(liver=float(np.median(v)), liver_p95=float(np.percentile(v, 95)),
                   liver_p05=float(np.percentile(v, 5)))
-    if found["kidneys"]:
+    kidney_range: tuple[float, float] | None = None
+    if found["kidneys"] or (found["liver"] and ml["kidney"] >= KIDNEY_TOP_ML):
         km = cd == names.index("kidney")
         box = _bbox(km, 2)
+        core = km[box] & (a[box] > -20)
+        if core.sum() >= 20:
+            # Parenchyma range for the end test: fat out below, bone (rib, iliac crest at the pole) out above.
+            k10, k90 = np.percentile(a[box][core], [10, 90])
+            kidney_range = (float(k10) - 10.0, min(float(k90) + 60.0, 400.0))
         km = ndimage.binary_dilation(km[box], structure=np.ones((1, 3, 3), bool))
         v = a[box][km & (a[box] > -20)]  # renal sinus fat and perirenal fat out
-        if v.size >= 20:
+        if found["kidneys"] and v.size >= 20:
             hu.update(kidney_p90=float(np.percentile(v, 90)), kidney_p50=float(np.percentile(v, 50)),
                       kidney_p25=float(np.percentile(v, 25)), kidney_p99=float(np.percentile(v, 99)))
             # The 12th rib, the transverse processes and the psoas' neighbour, the spine, lie within the dilated
@@ -567,18 +612,34 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
     liver_cut = kid_cut = False
     liver_extent = float((cls == names.index("liver")).any((1, 2)).sum()) * sz
     fractions: dict[str, float] = {}
+    tissue: dict[str, float] = {}
     if found["liver"]:
         first, frac = _profile_end(area_l, True)
         dome_mm, liver_cut = first * sz, frac >= CUT_FRACTION["liver"]
         fractions["liver_in_first_slice"] = round(frac, 3)
+        if hu["liver_p05"] is not None and hu["liver_p95"] is not None:
+            t = _end_tissue_mm2(g, probs[names.index("liver"), :2] * near["liver"][:2], hu["liver_p05"] - 10.0,
+                                hu["liver_p95"] + 30.0, True)
+            tissue["liver_in_first_slice"] = round(t, 1)
+            liver_cut = liver_cut or t >= END_TISSUE_MM2["liver"][1]
     if found["kidneys"] or (found["liver"] and ml["kidney"] >= KIDNEY_TOP_ML):
         # With the liver in view, a little kidney tissue is what an inferior end cutting the kidneys near their
         # top leaves (too little to measure HU on or to count as the domain's kidneys, enough for the geometry).
         last, frac = _profile_end(area_k, False)
         kid_mm, kid_cut = last * sz, frac >= CUT_FRACTION["kidney"]
         fractions["kidneys_in_last_slice"] = round(frac, 3)
-    anat = Anatomy(True, "", hu, found, dome_mm, kid_mm, liver_cut, kid_cut, extent, liver_extent)
-    anat.extra = {"segmented_ml": volumes, "end_slice_area_fraction": fractions, "localisation": "segmentation"}
+        if kidney_range is not None:
+            # The end slice itself decides: the working slice's fraction both misses a pole cut a few mm above
+            # its tip (the section tapers and is averaged with what lies beyond) and can pass 20 % on a full
+            # scan whose poles end one working slice above the end.
+            t = _end_tissue_mm2(g, probs[names.index("kidney"), -2:] * near["kidney"][-2:], *kidney_range, False)
+            tissue["kidneys_in_last_slice"] = round(t, 1)
+            kid_cut = t >= END_TISSUE_MM2["kidney"][1]
+    anat = Anatomy(True, "", hu, found, dome_mm, kid_mm, liver_cut, kid_cut, extent, liver_extent,
+                   liver_in_first_slice_mm2=tissue.get("liver_in_first_slice"),
+                   kidneys_in_last_slice_mm2=tissue.get("kidneys_in_last_slice"))
+    anat.extra = {"segmented_ml": volumes, "end_slice_area_fraction": fractions,
+                  "end_slice_tissue_mm2": tissue, "working_slice_mm": round(sz, 1), "localisation": "segmentation"}
     if DEBUG is not None:
         DEBUG.update(grid=g, probs=probs, cls=cls, cd=cd, area_l=area_l, area_k=area_k)
     return anat
