@@ -252,3 +252,25 @@ def test_collecting_system_percentile_is_not_the_neighbouring_bone(seed):
     assert pv.hu["kidney_p99"] > 700  # the contamination this guards against is present in these draws
     assert pv.hu["kidney_p99_soft"] < 260 and info["hu"]["collecting_system"] > 290
     assert de.hu["kidney_p99_soft"] > pv.hu["kidney_p99_soft"] + 40
+
+
+def test_evaluate_scores_abdominal_coverage_as_the_check_serves_it(tmp_path):
+    # `scanqc evaluate --task coverage` on CT rows: the geometry check's verdict, not the composite's CT delegate.
+    from scanqc.datasets.generate import write_case
+    from scanqc.datasets.manifest import ManifestRow, write_manifest
+    from scanqc.models.evaluate import case_outputs, read_manifest
+    from scanqc.models.registry import BUNDLED_DIR, ModelRegistry
+
+    rows = []
+    for i, (cov, seed) in enumerate((("inferior", 8), ("full", 5))):
+        vol, _, _ = make_abdomen(np.random.default_rng(seed), "portal_venous", coverage=cov, cut_fraction=0.2,
+                                 **({"margins_mm": (30.0, 13.0)} if cov == "full" else {}), **COARSE)
+        path = write_case(vol, tmp_path, f"c{i}", "nifti", {"Modality": "CT"})
+        rows.append(ManifestRow(f"c{i}", path, "CT", "coverage", cov, missing=[] if cov == "full" else [cov],
+                                body_region="abdomen", split="test",
+                                provenance={"generator": "test"}))
+    write_manifest(rows, tmp_path / "manifest.csv")
+    got = read_manifest(tmp_path / "manifest.csv", "coverage", "all")
+    out = case_outputs(ModelRegistry.for_folder(BUNDLED_DIR).find("coverage", "2.1.0"), got)
+    assert out[0] == {"missing_superior": 0.0, "missing_inferior": 1.0}
+    assert out[1] == {"missing_superior": 0.0, "missing_inferior": 0.0}

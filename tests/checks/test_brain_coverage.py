@@ -113,8 +113,14 @@ def test_brain_mask_logits_become_coverage_outputs():
     assert out[1]["missing_superior"] > 0.5 and out[1]["missing_inferior"] < 0.5
 
 
-def test_evaluation_runs_mr_rows_through_the_brain_mask_and_ct_rows_through_the_delegate(tmp_path):
+@pytest.mark.parametrize("abdominal", ["cnn", "anatomy"])
+def test_evaluation_runs_mr_rows_through_the_brain_mask_and_ct_rows_as_served(tmp_path, monkeypatch, abdominal):
+    # CT rows: the delegate CNN under SCANQC_ABDOMINAL_COVERAGE=cnn, else the geometry check `scanqc check` runs.
     from conftest import make_volume
+
+    from scanqc.checks import abdomen_coverage
+
+    monkeypatch.setattr(abdomen_coverage, "ENABLED", abdominal == "anatomy")
     from scanqc.datasets.generate import write_case
     from scanqc.datasets.manifest import ManifestRow, write_manifest
     from scanqc.models.evaluate import case_outputs, read_manifest
@@ -130,6 +136,9 @@ def test_evaluation_runs_mr_rows_through_the_brain_mask_and_ct_rows_through_the_
     m = ModelRegistry.for_folder(BUNDLED_DIR).find("coverage", "2.1.0")
     out = case_outputs(m, got)
     assert "end_fraction" in out[1] and "end_fraction" not in out[0] and "end_fraction" not in out[2]
+    if abdominal == "anatomy":  # these random CTs hold no liver or kidneys: the check skips, nothing flagged
+        assert all(out[i] == {"missing_superior": 0.0, "missing_inferior": 0.0} for i in (0, 2))
+        return
     ct = m.for_modality("CT")
     ref = case_outputs(ct, [got[0], got[2]])  # the delegate alone: its own probabilities
     for o, r in zip((out[0], out[2]), ref):
