@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -293,12 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     clf = fit(rows, a.C)
     val = accuracy(clf, val_rows)
     print(json.dumps({"train": accuracy(clf, rows), "validation": val}, indent=1), file=sys.stderr)
-    args = " ".join(str(v) for v in (argv if argv is not None else sys.argv[1:]))
-    info = {"command": f"python -m scanqc.training.abdomen_phase {args}", "manifests": [str(m) for m in a.manifest],
+    args = shlex.join(str(v) for v in (argv if argv is not None else sys.argv[1:]))  # re-runnable
+    from scanqc.models.evaluate import manifest_sha256
+    from scanqc.training.export import portable_training
+
+    manifests = [{"path": str(m), "sha256": manifest_sha256(m)} for m in a.manifest]
+    info = {"command": f"python -m scanqc.training.abdomen_phase {args}", "manifests": manifests,
             "seed": a.seed, "n_train": len(rows), "n_val": len(val_rows), "generator": "scanqc.datasets.abdomen",
             "variant": "train", "validation_variant": a.val_variant,
             "validation_seed": a.val_seed if a.val_seed is not None else a.seed + 1,
             "localisation": _localisation(), "collect_seconds": round(gen_s, 1), "_x": [r["features"] for r in rows]}
+    x = info.pop("_x")
+    info = {**portable_training(info, Path.cwd()), "_x": x}  # no machine paths in a shipped artifact
     folder = export(clf, a.out, a.version, info, val, a.changelog)
     print(folder)
     return 0
