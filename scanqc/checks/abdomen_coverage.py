@@ -84,20 +84,16 @@ def abdominal_coverage(series: Series, ctx: CheckContext) -> CheckResult:
     # An organ that reaches the end slice with too small a section to count as cut ends within about a slice of
     # the scan's end: not shown to be covered, so say so rather than pass. Where the end slice itself was
     # measured, that says whether it holds organ tissue; else the working-grid profile reaching the end does.
-    if "superior" not in missing and dome is not None:
-        if liver_mm2 is not None and liver_mm2 >= END_TISSUE_MM2["liver"][0]:
-            uncertain.append("superior")
-            why["superior"] = f"{liver_mm2 / 100:.1f} cm^2 of liver-like tissue in the first slice"
-        elif liver_mm2 is None and dome <= 0.0:
-            uncertain.append("superior")
-            why["superior"] = "liver tissue reaches the first slice"
-    if "inferior" not in missing and "inferior" not in uncertain and kid is not None:
-        if kidney_mm2 is not None and kidney_mm2 >= END_TISSUE_MM2["kidney"][0]:
-            uncertain.append("inferior")
-            why["inferior"] = f"{kidney_mm2 / 100:.1f} cm^2 of kidney-like tissue in the last slice"
-        elif kidney_mm2 is None and kid <= 0.0:
-            uncertain.append("inferior")
-            why["inferior"] = "kidney tissue reaches the last slice"
+    for end, organ, mm2, dist, word in (("superior", "liver", liver_mm2, dome, "first"),
+                                        ("inferior", "kidney", kidney_mm2, kid, "last")):
+        if end in missing or end in uncertain or dist is None:
+            continue
+        if mm2 is not None and mm2 >= END_TISSUE_MM2[organ][0]:
+            uncertain.append(end)
+            why[end] = f"{mm2 / 100:.1f} cm^2 of {organ}-like tissue in the {word} slice"
+        elif mm2 is None and dist <= 0.0:
+            uncertain.append(end)
+            why[end] = f"{organ} tissue reaches the {word} slice"
     where = (f"liver dome {_near(dome, 'superior' in missing, liver_mm2, anat)} below the first slice, kidneys end "
              f"{_near(kid, 'inferior' in missing, kidney_mm2, anat)} above the last slice")
     if missing:
