@@ -80,6 +80,10 @@ class PreprocessSpec:
     background_margin: int = 2  # voxels (decimated native grid) the head mask grows by: keeps edge blur out
     background_far: int = 8  # noise floor: background at least this far (grid voxels) from the head
     background_clip: float = 4.0
+    # Air zero-filled by the reconstruction (vendor background masking, exports that blank the air): with no
+    # noise left to measure against, the channel reads 0 (nothing to see) instead of -1 everywhere, which
+    # motion 2.0.0 (trained without this) read as motion. Off for models exported before the field existed.
+    background_zeroed_neutral: bool = False
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
@@ -91,6 +95,7 @@ class PreprocessSpec:
         self.background_channel = bool(self.background_channel)
         self.background_margin, self.background_far = int(self.background_margin), int(self.background_far)
         self.background_clip = float(self.background_clip)
+        self.background_zeroed_neutral = bool(self.background_zeroed_neutral)
         if self.background_margin < 0 or self.background_far < 0 or self.background_clip <= 0:
             raise ScanQCError(ErrorCode.BAD_MODEL, "background_margin/background_far must be >= 0 and "
                                                    f"background_clip > 0, got {self.background_margin}, "
@@ -192,7 +197,8 @@ class PreprocessSpec:
 DEFAULT_SPECS: dict[str, PreprocessSpec] = {
     # Motion: ghosting/blurring needs in-plane detail -> 64^3 of the whole head.
     # The background channel carries the ghost signal that intensity normalisation hides (step 4).
-    "motion": PreprocessSpec(shape=(64, 64, 64), modalities=("MR",), background_channel=True),
+    "motion": PreprocessSpec(shape=(64, 64, 64), modalities=("MR",), background_channel=True,
+                             background_zeroed_neutral=True),
     # Contrast phase: vessel / parenchyma / collecting-system HU; two windows separate 100-200 HU (portal
     # venous, delayed) from >250 HU (arterial aorta, excretory collecting system).
     # (A block-max channel, step 5, reached the same validation accuracy but generalised worse to noisier
@@ -488,14 +494,21 @@ def _resample_axes(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+#: The far background's median below this fraction of the head's 99.5th percentile: no noise floor to read
+#: (Rician air noise of a real acquisition sits at 1-8 % of the brightest tissue; zeroed air at 0).
+ZEROED_AIR = 1e-3
+
+
 def background_map(arr: np.ndarray, shape: tuple[int, int, int], margin: int = 2, far: int = 8,
-                   clip: float = 4.0) -> np.ndarray:
+                   clip: float = 4.0, zeroed_neutral: bool = False) -> np.ndarray:
     """Background signal relative to the noise floor on the output grid, 0 in the head; module step 4.
 
     Works on the array decimated to at most ~1-2x the grid (integer steps; a 176x256x256 MR becomes
     88x64x64), so the cost does not grow with the matrix. The head mask is taken there (half the Otsu
     threshold, then grown by ``margin`` voxels so partial-volume and interpolation blur at the head edge
-    do not count as background), and the background is averaged over background voxels only.
+    do not count as background), and the background is averaged over background voxels only. Air that the
+    reconstruction zero-filled (far median below :data:`ZEROED_AIR` of the head) reads 0 with
+    ``zeroed_neutral`` (the ghost signal is gone; the model judges the head alone), else -1 as before.
     """
     arr = np.asarray(arr, dtype=np.float32)
     step = tuple(max(1, int(n) // int(s)) for n, s in zip(arr.shape, shape))
@@ -516,7 +529,9 @@ def background_map(arr: np.ndarray, shape: tuple[int, int, int], margin: int = 2
     dist = ndimage.distance_transform_cdt(~head, metric="chessboard") if head.any() else np.full(shape, 10**6)
     cut = min(float(far), float(np.median(dist[~head])))
     floor = float(np.median(mean[~head & (dist >= cut)]))
-    floor = max(floor, 1e-3 * max(hi, 1e-6))
+    if zeroed_neutral and floor < ZEROED_AIR * max(hi, 1e-6):
+        return np.zeros(shape, np.float32)
+    floor = max(floor, ZEROED_AIR * max(hi, 1e-6))
     out = np.clip(mean / floor - 1.0, -1.0, clip)
     out[head] = 0.0
     return out.astype(np.float32)
@@ -552,7 +567,8 @@ def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None
     if chans.shape[0] < n_int:
         chans = np.concatenate([chans, np.zeros((n_int - chans.shape[0], *inner), np.float32)])
     if spec.background_channel:
-        bg = background_map(arr, inner, spec.background_margin, spec.background_far, spec.background_clip)
+        bg = background_map(arr, inner, spec.background_margin, spec.background_far, spec.background_clip,
+                            spec.background_zeroed_neutral)
         chans = np.concatenate([chans, bg[None]])
     if spec.pad_slices:
         p = spec.pad_slices

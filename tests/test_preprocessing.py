@@ -145,6 +145,25 @@ def test_background_channel_is_zero_mean_for_clean_and_positive_for_ghosts():
     assert np.all(clean[1] >= -1.0) and np.all(ghost[1] <= spec.background_clip)
 
 
+def test_zero_filled_air_reads_neutral_not_minus_one():
+    # Reconstructions that blank the air leave no noise floor: the channel reads 0 (nothing to see), as a clean
+    # scan's does; a spec exported before the field existed (motion 2.0.0) keeps -1 there.
+    rng = np.random.default_rng(1)
+    img = _head_with_noise(0.0, rng)
+    zeroed = np.where(img > 0.5, img, 0.0).astype(np.float32)
+    spec = DEFAULT_SPECS["motion"]
+    assert spec.background_zeroed_neutral
+    new = preprocess(Volume(zeroed, (2, 2, 2), modality="MR"), spec)
+    noisy = preprocess(Volume(img, (2, 2, 2), modality="MR"), spec)
+    assert np.all(new[1] == 0.0) and (noisy[1] != 0).sum() > 1000  # noise air still measured
+    d = spec.to_dict()
+    d.pop("background_zeroed_neutral")
+    old = PreprocessSpec.from_dict(d)
+    assert not old.background_zeroed_neutral
+    assert float(np.median(preprocess(Volume(zeroed, (2, 2, 2), modality="MR"), old)[1][new[1] == 0])) < -0.9
+    np.testing.assert_array_equal(preprocess(Volume(zeroed, (2, 2, 2), modality="MR"), old)[0], new[0])
+
+
 def test_background_channel_off_keeps_other_specs_unchanged():
     for task in ("contrast_phase", "coverage"):
         spec = DEFAULT_SPECS[task]

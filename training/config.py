@@ -72,6 +72,10 @@ class TrainConfig:
     # 0 = off; never for coverage (moves anatomy across the scan's ends).
     elastic_voxels: float = 0.0
     elastic_grid: int = 7
+    # Motion: share of training inputs whose air is zero-filled (vendor background masking, exports that blank
+    # the air): the background channel and the intensity outside the head+margin read 0, as
+    # ``background_zeroed_neutral`` preprocessing gives such a scan. Label-preserving (the head is untouched).
+    zero_air_prob: float = 0.0
     fail_specificity: float = 0.95  # thresholds chosen on validation data
     warn_specificity: float = 0.90
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N; checked before any data loads
@@ -108,6 +112,11 @@ class TrainConfig:
         if self.elastic_voxels < 0 or self.elastic_grid < 2:
             raise ScanQCError(ErrorCode.USAGE, f"elastic_voxels must be >= 0 and elastic_grid >= 2, got "
                               f"{self.elastic_voxels}, {self.elastic_grid}")
+        if not 0.0 <= float(self.zero_air_prob) <= 1.0:
+            raise ScanQCError(ErrorCode.USAGE, f"zero_air_prob must be in [0, 1], got {self.zero_air_prob}")
+        if self.zero_air_prob and not self.preprocessing.get("background_channel"):
+            raise ScanQCError(ErrorCode.USAGE, "zero_air_prob needs the background channel (preprocessing "
+                                               "background_channel: true)")
         # Augmentations that move anatomy between slices would carry it across the scan's ends (the coverage label).
         for name, off in (("zoom_range", (1.0, 1.0)), ("elastic_voxels", 0.0)):
             if self.task == "coverage" and getattr(self, name) != off:

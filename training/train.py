@@ -322,6 +322,21 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict],
                 img[c] = ndimage.affine_transform(img[c], inv, offset=offset, order=1, mode="constant", cval=0.0)
             return {**d, "image": img}
 
+    class RandZeroAird(RandomizableTransform):
+        """Zero-filled air (``zero_air_prob``): outside the head and its margin (where the background channel is
+        non-zero) the intensity channel and the background channel read 0, as preprocessing reads a scan whose
+        reconstruction blanked the air. The background channel is the last one."""
+
+        def __call__(self, d: dict[str, Any]) -> dict[str, Any]:
+            self.randomize(None)
+            if not self._do_transform:
+                return d
+            img = np.array(d["image"], dtype=np.float32, copy=True)
+            air = img[-1] != 0
+            img[0][air] = 0.0
+            img[-1] = 0.0
+            return {**d, "image": img}
+
     def plain(d: dict[str, Any]) -> dict[str, Any]:
         """MONAI transforms may return MetaTensors, others ndarrays: collate plain tensors only."""
         img = d["image"]
@@ -332,6 +347,8 @@ def _datasets(cfg: TrainConfig, train_rows: list[dict], val_rows: list[dict],
     first: list[Any] = [PreprocessD()]
     if cfg.augment and cfg.volume_augment:
         first = [PreprocessCopiesD(cfg.volume_augment_copies), RandPickCopyD(prob=0.75)]
+    if cfg.augment and cfg.zero_air_prob > 0:
+        aug.append(RandZeroAird(prob=cfg.zero_air_prob))
     if cfg.augment:
         aug.append(RandFlipd(keys="image", prob=0.5, spatial_axis=2))  # left-right only: S-I matters
         if cfg.zoom_range != (1.0, 1.0):  # zero padding: air in CT windows, background in MR channels
