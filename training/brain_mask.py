@@ -377,6 +377,41 @@ def export(run: Path, out_root: Path, version: str, ct_delegate: str = "2.0.0", 
     return dest
 
 
+def rethreshold(source: Path, out_root: Path, version: str, cut_fraction: dict[str, float], reason: str,
+                command: str = "") -> Path:
+    """``out_root/coverage/<version>``: the same brain-mask graph as ``source`` with new per-end cut fractions
+    (the decision rule, not the network, changes). Each new value must lie on the validation plateau recorded
+    in ``source``'s metadata (where validation accuracy is at its best); the graph is checked bit-identical."""
+    import shutil
+
+    from scanqc.training.export import refresh_metadata
+
+    meta = json.loads((source / "metadata.json").read_text())
+    geo = meta["geometry"]
+    plateau = (geo.get("validation") or {}).get("plateau") or {}
+    for end, v in cut_fraction.items():
+        if end not in ("superior", "inferior"):
+            raise SystemExit(f"unknown end {end!r}: superior or inferior")
+        lo, hi = plateau.get(end, (None, None))
+        if lo is None or not lo <= v <= hi:
+            raise SystemExit(f"{end} cut_fraction {v} is off the validation plateau {plateau.get(end)}")
+    old = {k: float(v) for k, v in geo["cut_fraction"].items()}
+    geo["cut_fraction"] = {**old, **{k: float(v) for k, v in cut_fraction.items()}}
+    geo["rethresholded"] = {"from": f"{meta['version']} {old}", "reason": reason, "command": command,
+                            "date": time.strftime("%Y-%m-%d")}
+    meta["version"] = version
+    meta["changelog"] = {**meta.get("changelog", {}), version: f"cut_fraction {geo['cut_fraction']} (was {old}): "
+                                                               f"{reason}"}
+    meta["metrics"] = {"validation": meta["metrics"]["validation"]}  # test figures belong to the old rule
+    dest = out_root / "coverage" / version
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "model.onnx", dest / "model.onnx")
+    (dest / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    refresh_metadata(dest, Path.cwd())  # re-embeds the metadata in the ONNX, outputs checked bit-identical
+    print(dest, geo["cut_fraction"])
+    return dest
+
+
 # ----------------------------------------------------------------------------------------------- held-out figures
 def figures(manifest: Path, out: Path, candidate: Path, current: str = "2.0.0") -> dict[str, Any]:
     """Brain rows of a coverage manifest: accuracy with the right ends (95 % stratified bootstrap) per true end,
@@ -517,6 +552,13 @@ def main(argv: list[str] | None = None) -> None:
     th.add_argument("--n", type=int, default=40)
     th.add_argument("--seed", type=int, default=4343)
     th.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("rethreshold", help="same network, new per-end cut fractions (on the validation plateau)")
+    r.add_argument("--source", type=Path, required=True, help="an exported coverage/<version> folder")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--version", required=True)
+    r.add_argument("--superior", type=float, default=None)
+    r.add_argument("--inferior", type=float, default=None)
+    r.add_argument("--reason", required=True)
     pf = sub.add_parser("perf")
     pf.add_argument("--models", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -530,6 +572,13 @@ def main(argv: list[str] | None = None) -> None:
         tight_heads(a.models, a.n, a.seed, a.out)
     elif a.cmd == "perf":
         perf(a.models)
+    elif a.cmd == "rethreshold":
+        import shlex
+        import sys
+
+        cuts = {k: v for k, v in (("superior", a.superior), ("inferior", a.inferior)) if v is not None}
+        rethreshold(a.source, a.out, a.version, cuts, a.reason, command="python -m scanqc.training.brain_mask "
+                    + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])))
     elif a.cmd == "figures":
         figures(a.manifest, a.out, a.models)
     else:

@@ -80,17 +80,40 @@ def test_training_crop_then_resample_is_serving_preprocess_of_the_cropped_series
 
 # -- the shipped model ------------------------------------------------------------------------------
 
-def test_coverage_2_1_0_is_promoted_on_the_blind_test_and_delegates_ct_to_2_0_0():
+def test_coverage_2_1_1_is_promoted_on_the_blind_test_and_delegates_ct_to_2_0_0():
     reg = ModelRegistry.for_folder(BUNDLED_DIR)
-    assert reg.get("coverage").version == "2.1.0"
+    assert reg.get("coverage").version == "2.1.1"
     record = json.loads((BUNDLED_DIR / "coverage" / "promoted.json").read_text())
     assert record["comparison"]["held_out"]["independent"] is True  # decided on the cross-simulator
-    m = reg.find("coverage", "2.1.0")
+    m = reg.find("coverage", "2.1.1")
     assert m.geometric and m.spec.shape == bc.SPEC.shape and m.metadata["domain"]["brain_mask"]["modality"] == "MR"
     ct = m.for_modality("CT")
     assert ct.version == "2.0.0" and not ct.geometric and m.for_modality("MR") is m
     assert all(0 < t < 1 for t in bc.cut_fractions(m.metadata["geometry"]).values())
     assert (MODEL / "model.onnx").stat().st_size < 3_000_000
+    # 2.1.1 is 2.1.0's network with a lower superior cut fraction (shallow vertex cuts), inferior unchanged
+    old = reg.find("coverage", "2.1.0")
+    new_t, old_t = bc.cut_fractions(m.metadata["geometry"]), bc.cut_fractions(old.metadata["geometry"])
+    assert new_t["superior"] < old_t["superior"] and new_t["inferior"] == old_t["inferior"]
+    x = np.random.default_rng(0).uniform(-0.5, 2.0, (1, 1, *bc.SPEC.shape)).astype(np.float32)
+    np.testing.assert_array_equal(m.run(x), old.run(x))
+
+
+def test_rethreshold_keeps_the_graph_and_refuses_a_cut_fraction_off_the_validation_plateau(tmp_path, monkeypatch):
+    from scanqc.training.brain_mask import rethreshold
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="off the validation plateau"):
+        rethreshold(MODEL, tmp_path, "9.0.0", {"superior": 0.5}, "too high")
+    dest = rethreshold(MODEL, tmp_path, "9.0.1", {"superior": 0.02}, "test")
+    m = ModelRegistry.for_folder(tmp_path).find("coverage", "9.0.1")
+    assert bc.cut_fractions(m.metadata["geometry"])["superior"] == 0.02
+    assert m.metadata["geometry"]["rethresholded"]["from"].startswith("2.1.0")
+    x = np.random.default_rng(1).uniform(-0.5, 2.0, (1, 1, *bc.SPEC.shape)).astype(np.float32)
+    orig = ModelRegistry.for_folder(BUNDLED_DIR).find("coverage", "2.1.0")
+    np.testing.assert_array_equal(m.run(x), orig.run(x))
+    assert "test" not in m.metadata["metrics"]  # the old rule's test figures are not carried over
+    assert (dest / "model.onnx").exists()
 
 
 def test_a_missing_delegate_is_a_coded_error(tmp_path):
