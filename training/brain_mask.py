@@ -386,6 +386,8 @@ def rethreshold(source: Path, out_root: Path, version: str, cut_fraction: dict[s
 
     from scanqc.training.export import refresh_metadata
 
+    from scanqc.models.evaluate import portable_command
+
     meta = json.loads((source / "metadata.json").read_text())
     geo = meta["geometry"]
     plateau = (geo.get("validation") or {}).get("plateau") or {}
@@ -397,7 +399,8 @@ def rethreshold(source: Path, out_root: Path, version: str, cut_fraction: dict[s
             raise SystemExit(f"{end} cut_fraction {v} is off the validation plateau {plateau.get(end)}")
     old = {k: float(v) for k, v in geo["cut_fraction"].items()}
     geo["cut_fraction"] = {**old, **{k: float(v) for k, v in cut_fraction.items()}}
-    geo["rethresholded"] = {"from": f"{meta['version']} {old}", "reason": reason, "command": command,
+    geo["rethresholded"] = {"from": f"{meta['version']} {old}", "reason": reason,
+                            "command": portable_command(command, Path.cwd()),
                             "date": time.strftime("%Y-%m-%d")}
     meta["version"] = version
     meta["changelog"] = {**meta.get("changelog", {}), version: f"cut_fraction {geo['cut_fraction']} (was {old}): "

@@ -105,7 +105,8 @@ def test_rethreshold_keeps_the_graph_and_refuses_a_cut_fraction_off_the_validati
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="off the validation plateau"):
         rethreshold(MODEL, tmp_path, "9.0.0", {"superior": 0.5}, "too high")
-    dest = rethreshold(MODEL, tmp_path, "9.0.1", {"superior": 0.02}, "test")
+    dest = rethreshold(MODEL, tmp_path, "9.0.1", {"superior": 0.02}, "test",
+                       command=f"python -m scanqc.training.brain_mask rethreshold --out {tmp_path}")
     m = ModelRegistry.for_folder(tmp_path).find("coverage", "9.0.1")
     assert bc.cut_fractions(m.metadata["geometry"])["superior"] == 0.02
     assert m.metadata["geometry"]["rethresholded"]["from"].startswith("2.1.0")
@@ -114,6 +115,7 @@ def test_rethreshold_keeps_the_graph_and_refuses_a_cut_fraction_off_the_validati
     np.testing.assert_array_equal(m.run(x), orig.run(x))
     assert "test" not in m.metadata["metrics"]  # the old rule's test figures are not carried over
     assert (dest / "model.onnx").exists()
+    assert str(tmp_path) not in (dest / "metadata.json").read_text()  # the recorded command is portable
 
 
 def test_a_missing_delegate_is_a_coded_error(tmp_path):
