@@ -384,9 +384,8 @@ def rethreshold(source: Path, out_root: Path, version: str, cut_fraction: dict[s
     in ``source``'s metadata (where validation accuracy is at its best); the graph is checked bit-identical."""
     import shutil
 
-    from scanqc.training.export import refresh_metadata
-
     from scanqc.models.evaluate import portable_command
+    from scanqc.training.export import refresh_metadata
 
     meta = json.loads((source / "metadata.json").read_text())
     geo = meta["geometry"]
