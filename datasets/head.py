@@ -296,15 +296,16 @@ def _extent(mask: np.ndarray, axis: int) -> tuple[int, int]:
 
 
 def acquire_head(rng: np.random.Generator, variant: str = "train", artefact=None, crop_required: bool = True,
-                 superior_air_mm: float | None = None, random_contrast_rate: float = 0.25
-                 ) -> tuple[Volume, np.ndarray, dict]:
+                 superior_air_mm: float | None = None, random_contrast_rate: float = 0.25,
+                 noise_scale: float = 1.0) -> tuple[Volume, np.ndarray, dict]:
     """Head -> deformation -> slice orientation and voxel size -> field of view -> bias -> artefact -> noise.
 
     ``artefact(array, spacing, pe_axis, acquisition, brain_mask) -> (array, info)`` runs on the acquisition grid
     before noise, with the phase-encode axis of this acquisition. The field of view never cuts the required
     brain when ``crop_required``; it may cut the nose, the ears or the neck (as real ones do); ``superior_air_mm``
     fixes the air above the scalp (else drawn, 1-30 mm); ``random_contrast_rate`` is the share of heads whose
-    label intensities are all drawn uniformly (:func:`sample_intensities`). Returns the
+    label intensities are all drawn uniformly (:func:`sample_intensities`); ``noise_scale`` multiplies the drawn
+    noise level (below 1: denoised or deep-learning reconstructions, averaged scans). Returns the
     volume (MR scanner units), the required-brain mask on its grid and the parameters (provenance).
     """
     from scanqc.datasets.bias_field import apply_bias_field, random_bias_coefficients
@@ -374,7 +375,7 @@ def acquire_head(rng: np.random.Generator, variant: str = "train", artefact=None
     if artefact is not None:
         arr, info = artefact(arr, vol.spacing, PE_AXES[pe_dir], acquisition, req_a)
     wm_level = float(np.percentile(arr[head_a], 95)) if head_a.any() else 1.0
-    sigma = wm_level * float(rng.uniform(0.008, 0.06))  # SNR ~ 15-125 at the brightest tissue
+    sigma = wm_level * float(rng.uniform(0.008, 0.06)) * noise_scale  # SNR ~ 15-125 at the brightest tissue
     arr = apply_rician_noise(arr, sigma, rng)
     background = "noise"
     if rng.uniform() < 0.12:

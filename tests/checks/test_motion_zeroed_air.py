@@ -48,3 +48,13 @@ def test_severely_moved_head_with_zeroed_air_is_still_flagged(tmp_path):
     vol, _, prov = acquire_head(rng, "test", head_artefact("rigid", 0.9, rng), random_contrast_rate=0.0)
     c = _motion(vol.with_array(_zero_air(vol.array)), tmp_path / "m", prov)
     assert c.status in ("warn", "fail"), c.to_dict()
+
+
+@pytest.mark.parametrize("seed", [40, 41, 47])
+def test_clean_low_noise_head_passes(tmp_path, seed):
+    # Denoised (deep-learning) reconstructions and averaged scans: a tenth of the generator's noise leaves a
+    # noise floor so low that faint blur at the head's edge reads as ghosting against it; motion 2.0.0 flagged
+    # these three heads (P 0.94-0.96), 9 of 12 such heads passed with it (12 of 12 with 2.1.0).
+    vol, _, prov = acquire_head(np.random.default_rng(seed), "test", random_contrast_rate=0.0, noise_scale=0.1)
+    c = _motion(vol, tmp_path / "d", prov)
+    assert c.status == "pass", c.to_dict()
