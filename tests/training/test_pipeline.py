@@ -224,3 +224,18 @@ def test_baseline_fits_and_reports_same_metrics(tiny_manifests, tmp_path):
         assert (tmp_path / task / "baseline.pkl").is_file()
         # 24-32 cases: too few for the trees (>= 20 per leaf) to split, and the result says so
         assert res["warnings"][0].startswith("baseline gives the same output for all"), res
+
+
+def test_zero_air_augmentation_blanks_the_air_and_needs_the_background_channel(tiny_manifests):
+    from scanqc.training.train import _datasets, read_rows, split_rows
+
+    rows = read_rows(tiny_manifests["motion"], "motion")
+    for prob, blank in ((1.0, True), (0.0, False)):
+        cfg = TrainConfig(task="motion", zero_air_prob=prob, **TINY_CONFIG)
+        train_rows, val_rows = split_rows(rows, cfg)
+        train_ds, val_ds = _datasets(cfg, train_rows[:4], val_rows[:2], progress=False)
+        imgs = [np.asarray(train_ds[i]["image"]) for i in range(len(train_ds))]
+        assert all((not img[-1].any()) == blank for img in imgs)  # background channel all 0 only when blanked
+        assert all(np.asarray(d["image"])[-1].any() for d in val_ds)  # validation is never augmented
+    with pytest.raises(ScanQCError, match="background channel"):
+        TrainConfig(task="coverage", zero_air_prob=0.2)

@@ -31,6 +31,7 @@ def make_case(task: str, label: str, rng: np.random.Generator, n: int = 20) -> t
         if label != "none":  # ghost copies along the phase-encode axis
             k = 2 if label == "mild" else 5
             img = img + (0.15 * k) * np.roll(img, n // 4, axis=1) + (0.1 * k) * np.roll(img, -n // 4, axis=1)
+        img = np.abs(img)  # a magnitude image, as MR is: the air reads a positive noise floor, not ~0
         # 4 mm voxels: the tiny head spans >= 80 mm, inside the trained domain (checks.ml.DEFAULT_DOMAINS)
         return Volume(img.astype(np.float32), (4.0, 4.0, 4.0), modality="MR"), "MR"
     if task == "contrast_phase":
