@@ -27,7 +27,8 @@ Steps, in order:
    the resampled (block-averaged, so mean signal survives) intensity divided by the noise floor
    (median of the far background), minus 1, clipped to ``[-1, background_clip]``, and set to 0 inside
    the head (Otsu mask, dilated by ``background_margin`` grid voxels). A clean scan reads ~0 everywhere;
-   ghosting reads > 0 next to the head. Computed on the output grid: ~ms, numpy/scipy only.
+   ghosting reads > 0 next to the head. Computed on the output grid: ~ms, numpy/scipy only. Air that the
+   reconstruction zero-filled has no noise floor: with ``background_zeroed_neutral`` it reads 0 (motion 2.1.0).
 5. **Peak channels** (``ct_max_windows``, optional): averaging onto a coarse grid dilutes bright
    structures smaller than a grid voxel (a 300 HU blob a few mm across reads ~100 HU, like portal-venous
    parenchyma; the phantoms' collecting systems, 1-2 cm, survive the 48^3 grid within ~25 HU, see
