@@ -530,9 +530,10 @@ def background_map(arr: np.ndarray, shape: tuple[int, int, int], margin: int = 2
     dist = ndimage.distance_transform_cdt(~head, metric="chessboard") if head.any() else np.full(shape, 10**6)
     cut = min(float(far), float(np.median(dist[~head])))
     floor = float(np.median(mean[~head & (dist >= cut)]))
-    if zeroed_neutral and floor < ZEROED_AIR * max(hi, 1e-6):
+    least = ZEROED_AIR * max(hi, 1e-6)
+    if zeroed_neutral and floor < least:
         return np.zeros(shape, np.float32)
-    floor = max(floor, ZEROED_AIR * max(hi, 1e-6))
+    floor = max(floor, least)
     out = np.clip(mean / floor - 1.0, -1.0, clip)
     out[head] = 0.0
     return out.astype(np.float32)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -564,6 +566,8 @@ def main(argv: list[str] | None = None) -> None:
     pf = sub.add_parser("perf")
     pf.add_argument("--models", type=Path, required=True)
     a = ap.parse_args(argv)
+    # The re-runnable command line recorded in an exported model's metadata (export, rethreshold).
+    command = "python -m scanqc.training.brain_mask " + shlex.join(argv if argv is not None else sys.argv[1:])
     if a.cmd == "cache":
         write_cache(a.out, a.n, a.seed, a.variant)
     elif a.cmd == "train":
@@ -575,22 +579,12 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "perf":
         perf(a.models)
     elif a.cmd == "rethreshold":
-        import shlex
-        import sys
-
         cuts = {k: v for k, v in (("superior", a.superior), ("inferior", a.inferior)) if v is not None}
-        rethreshold(a.source, a.out, a.version, cuts, a.reason, command="python -m scanqc.training.brain_mask "
-                    + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])))
+        rethreshold(a.source, a.out, a.version, cuts, a.reason, command=command)
     elif a.cmd == "figures":
         figures(a.manifest, a.out, a.models)
     else:
-        import shlex
-        import sys
-
-        export(a.run, a.out, a.version, command="python -m scanqc.training.brain_mask "
-               + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
-               test_manifest=a.test_manifest)
-
+        export(a.run, a.out, a.version, command=command, test_manifest=a.test_manifest)
 
 if __name__ == "__main__":
     main()
