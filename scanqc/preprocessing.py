@@ -85,6 +85,17 @@ class PreprocessSpec:
     # noise left to measure against, the channel reads 0 (nothing to see) instead of -1 everywhere, which
     # motion 2.0.0 (trained without this) read as motion. Off for models exported before the field existed.
     background_zeroed_neutral: bool = False
+    # abdomen_hu: the abdomen_seg network version the HU features were measured with when the classifier was fit
+    # ("" = the installed default; models exported before the field were all fit on 1.0.0's measurements).
+    localisation: str = ""
+    # abdomen_hu: the names of the measured features the classifier takes, in order (scanqc.checks.
+    # abdomen_anatomy.FEATURES); empty: the first shape[2] of them (models exported before the field).
+    features: tuple[str, ...] = ()
+
+    @property
+    def localisation_network(self) -> str:
+        """The abdomen_seg version an ``abdomen_hu`` model's features come from."""
+        return self.localisation or "1.0.0"
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
@@ -104,11 +115,16 @@ class PreprocessSpec:
         if self.mode not in MODES:
             raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing mode {self.mode!r} unknown (expected one of "
                                                    f"{list(MODES)})")
+        self.localisation = str(self.localisation)
+        self.features = tuple(str(f) for f in self.features)
         if self.mode == "abdomen_hu":
             # Measured HU features (scanqc.checks.abdomen_anatomy.FEATURES) as a [1, 1, 1, F] "volume".
             if len(self.shape) != 3 or self.shape[:2] != (1, 1) or self.shape[2] < 1:
                 raise ScanQCError(ErrorCode.BAD_MODEL, f"abdomen_hu preprocessing shape must be [1, 1, F], "
                                                        f"got {self.shape}")
+            if self.features and len(self.features) != self.shape[2]:
+                raise ScanQCError(ErrorCode.BAD_MODEL, f"abdomen_hu preprocessing names {len(self.features)} "
+                                                       f"features for a shape of {self.shape[2]}")
             return
         if len(self.shape) != 3 or min(self.shape) < 4:
             raise ScanQCError(ErrorCode.BAD_MODEL, f"preprocessing shape must be 3 sizes >= 4, got {self.shape}")
@@ -552,7 +568,7 @@ def preprocess(volume: Volume, spec: PreprocessSpec, modality: str | None = None
     if spec.mode == "abdomen_hu":
         from scanqc.checks.abdomen_anatomy import feature_input
 
-        return feature_input(volume, spec.shape[2], cache)
+        return feature_input(volume, spec.features or spec.shape[2], cache, spec.localisation_network)
     if spec.mode == "mm_grid":
         raise ScanQCError(ErrorCode.BAD_MODEL, "mm_grid models run through scanqc.checks.abdomen_seg, not preprocess()")
     arr, spacing = canonicalize(volume)

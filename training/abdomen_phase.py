@@ -90,11 +90,18 @@ def collect_manifest(manifests: list[Path], workers: int = 2, limit: int | None 
         return list(ex.map(_manifest_case, rows, chunksize=2))
 
 
-def fit(rows: list[dict[str, Any]], c: float = 1.0) -> dict[str, Any]:
-    """Standardisation + multinomial LR over phases + binary LR over suboptimal enhancement."""
+def feature_matrix(rows: list[dict[str, Any]], names: list[str] | tuple[str, ...]) -> np.ndarray:
+    """The named columns of the collected feature vectors (each row holds every :data:`FEATURES` it was
+    collected with, in that order)."""
+    idx = [FEATURES.index(n) for n in names]
+    return np.array([[r["features"][i] for i in idx] for r in rows], np.float64)
+
+
+def fit(rows: list[dict[str, Any]], c: float = 1.0, names: list[str] | tuple[str, ...] = FEATURES) -> dict[str, Any]:
+    """Standardisation + multinomial LR over phases + binary LR over suboptimal enhancement, on ``names``."""
     from sklearn.linear_model import LogisticRegression
 
-    x = np.array([r["features"] for r in rows], np.float64)
+    x = feature_matrix(rows, names)
     y = np.array([PHASES.index(r["phase"]) for r in rows])
     mean, std = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / std
@@ -102,7 +109,7 @@ def fit(rows: list[dict[str, Any]], c: float = 1.0) -> dict[str, Any]:
     enhanced = y > 0
     sub_y = np.array([r["enhancement"] == "suboptimal" for r in rows])[enhanced]
     sub = LogisticRegression(C=c, max_iter=5000).fit(z[enhanced], sub_y)
-    return {"features": list(FEATURES), "mean": mean.tolist(), "std": std.tolist(),
+    return {"features": list(names), "mean": mean.tolist(), "std": std.tolist(),
             "phase_coef": phase.coef_.tolist(), "phase_intercept": phase.intercept_.tolist(),
             "suboptimal_coef": sub.coef_[0].tolist(), "suboptimal_intercept": float(sub.intercept_[0]),
             "C": c, "n": len(rows)}
@@ -157,7 +164,7 @@ def accuracy(clf: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     skip it). Overall: stratified bootstrap 95 % interval; per phase: Wilson interval."""
     from scanqc.evaluation.metrics import bootstrap_ci
 
-    x = np.array([r["features"] for r in rows])
+    x = feature_matrix(rows, clf["features"])
     y = np.array([PHASES.index(r["phase"]) for r in rows])
     pred = logits_numpy(clf, x)[:, :4].argmax(1)
     ok = np.array([bool(r.get("in_domain", True)) for r in rows])
@@ -193,8 +200,9 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     got = sess.run(None, {"image": x.reshape(len(x), 1, 1, 1, -1)})[0]
     diff = float(np.abs(got - logits_numpy(clf, x)).max())
     data = (folder / "model.onnx").read_bytes()
-    f = len(FEATURES)
-    prep = {"shape": [1, 1, f], "mode": "abdomen_hu", "modalities": ["CT"], "version": 1, "in_channels": 1}
+    f = len(clf["features"])
+    prep = {"shape": [1, 1, f], "mode": "abdomen_hu", "modalities": ["CT"], "version": 1, "in_channels": 1,
+            "localisation": _network_version(), "features": list(clf["features"])}
     meta = {
         "schema": SCHEMA,
         "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version,
@@ -244,11 +252,23 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     return folder
 
 
-def _localisation() -> str:
+def _network_meta() -> dict[str, Any] | None:
     from scanqc.checks import abdomen_seg
 
     if abdomen_seg.available():
-        meta = json.loads((abdomen_seg.MODEL_DIR / "metadata.json").read_text())
+        return json.loads((abdomen_seg.MODEL_DIR / "metadata.json").read_text())
+    return None
+
+
+def _network_version() -> str:
+    """The abdomen_seg version the features were measured with (the served check measures with the same)."""
+    meta = _network_meta()
+    return meta["version"] if meta else ""
+
+
+def _localisation() -> str:
+    meta = _network_meta()
+    if meta:
         return f"segmentation network abdomen_seg {meta['version']} (sha256 {meta['onnx']['sha256'][:12]})"
     return "hand-written rules (scanqc.checks.abdomen_anatomy.locate_rules)"
 
@@ -269,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of both regressions")
     ap.add_argument("--out", type=Path, default=Path("models"))
     ap.add_argument("--version", default="2.0.0")
+    ap.add_argument("--features", default=None, help="comma-separated FEATURES the classifier takes (default: all)")
     ap.add_argument("--features-cache", type=Path, default=None, help="JSON of collected cases (reused if present)")
     ap.add_argument("--changelog", default="contrast phase by measurement: HU at the located aorta, IVC, liver and "
                                            "kidneys -> logistic regression; trained on scanqc.datasets.abdomen")
@@ -291,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             a.features_cache.write_text(json.dumps({"train": rows, "val": val_rows}, default=float))
     gen_s = time.perf_counter() - t0
     rows = [r for r in rows if r.get("in_domain", True)]  # the check never classifies those
-    clf = fit(rows, a.C)
+    names = [n.strip() for n in a.features.split(",")] if a.features else list(FEATURES)
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise SystemExit(f"unknown feature(s) {unknown}; measured: {', '.join(FEATURES)}")
+    clf = fit(rows, a.C, names)
     val = accuracy(clf, val_rows)
     print(json.dumps({"train": accuracy(clf, rows), "validation": val}, indent=1), file=sys.stderr)
     args = shlex.join(str(v) for v in (argv if argv is not None else sys.argv[1:]))  # re-runnable
@@ -303,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             "seed": a.seed, "n_train": len(rows), "n_val": len(val_rows), "generator": "scanqc.datasets.abdomen",
             "variant": "train", "validation_variant": a.val_variant,
             "validation_seed": a.val_seed if a.val_seed is not None else a.seed + 1,
-            "localisation": _localisation(), "collect_seconds": round(gen_s, 1), "_x": [r["features"] for r in rows]}
+            "localisation": _localisation(), "collect_seconds": round(gen_s, 1),
+            "_x": feature_matrix(rows, names).tolist()}
     x = info.pop("_x")
     info = {**portable_training(info, Path.cwd()), "_x": x}  # no machine paths in a shipped artifact
     folder = export(clf, a.out, a.version, info, val, a.changelog)

@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 
 from scanqc.checks.abdomen_seg import (
     AIR_HU,
-    CLASSES,
+    CLASSES_CS,
     GRID_MM,
     INPLANE,
     WINDOWS,
@@ -41,13 +42,17 @@ from scanqc.checks.abdomen_seg import (
 
 PATCH_Z = 40
 CHANNELS = (10, 20, 40, 80)
+#: What this trainer labels (1.1.0 on): the kidney's collecting system is its own class, so the contrast-phase
+#: check can read the urine's HU; the check's kidney is kidney + collecting system.
+CLASSES = CLASSES_CS
 
 
 def code_map() -> dict[int, int]:
     from scanqc.datasets.abdomen import LABELS as L
 
     groups = {"liver": ("liver", "liver_cyst", "hepatic_vein"), "spleen": ("spleen",),
-              "kidney": ("kidney_cortex", "kidney_medulla", "collecting_system"), "aorta": ("aorta",),
+              "kidney": ("kidney_cortex", "kidney_medulla"), "collecting_system": ("collecting_system",),
+              "aorta": ("aorta",),
               "ivc": ("ivc",), "portal_vein": ("portal_vein",), "bone": ("bone_cortical", "bone_cancellous", "disc")}
     return {L[n]: CLASSES.index(c) for c, names in groups.items() for n in names}
 
@@ -163,7 +168,8 @@ def export(net: Any, folder: Path, version: str, info: dict[str, Any], metrics: 
     meta = {
         "schema": MONAI_SCHEMA, "name": "scanqc_abdomen_seg", "task": "abdomen_seg", "version": version,
         "changelog": {version: "abdominal localisation network: liver, spleen, kidneys, aorta, IVC, portal vein, "
-                               "bone on a 6 mm grid; trained on scanqc.datasets.abdomen label maps"},
+                               "bone, renal collecting system on a 6 mm grid; trained on scanqc.datasets.abdomen "
+                               "label maps"},
         "monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__, "required_packages_version": {"onnxruntime": ">=1.17"},
         "optional_packages_version": {"python": platform.python_version(), "onnx": onnx.__version__},
@@ -263,13 +269,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(net.state_dict(), a.checkpoint)
     metrics = evaluate(net, val)
     print(json.dumps(metrics, indent=1), file=sys.stderr)
-    args = " ".join(argv if argv is not None else sys.argv[1:])
+    from scanqc.training.export import portable_training
+
+    args = shlex.join(argv if argv is not None else sys.argv[1:])
     info = {"command": f"OMP_NUM_THREADS=1 python -m scanqc.training.abdomen_seg {args}", "seed": a.seed,
             "steps": step, "cases_drawn": drawn, "batch": a.batch, "patch": [PATCH_Z, INPLANE, INPLANE],
             "loss": "DiceCE (MONAI, background excluded from Dice)", "optimizer": f"AdamW lr {a.lr} cosine",
             "final_loss": round(float(np.mean(losses[-100:])), 4), "train_seconds": round(time.perf_counter() - t0),
             "generator": "scanqc.datasets.abdomen (variant train); validation variant test, seed + 1000",
             "_parity": val[:2]}
+    info = {**portable_training({k: v for k, v in info.items() if k != "_parity"}, Path.cwd()),
+            "_parity": info["_parity"]}  # no machine paths in a shipped artifact
     folder = export(net, a.out / "abdomen_seg" / a.version, a.version, info, {"n": len(val), "dice": metrics})
     print(folder)
     return 0

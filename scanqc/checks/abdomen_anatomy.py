@@ -13,6 +13,9 @@ installed, else the hand-written rules of contrast phase 2.0.0 (:func:`locate_ru
   eroded by one voxel in-plane (partial volume at the wall), the liver eroded by two voxels in 3D (median,
   p95, p05), and percentiles of the kidney mask (grown by one voxel, voxels above -20 HU: sinus and perirenal
   fat out): p90 ~ cortex (arterial) or collecting system (delayed), p25 ~ medulla, p99 ~ excreted contrast;
+  with abdomen_seg >= 1.1.0 the kidney is parenchyma + collecting system, and the collecting system's own
+  median / p90 (> -20 HU, no bone near) is reported: urine when the network finds it (it finds dark urine, not
+  excreted contrast, which it labels kidney);
 - **geometry** on the working grid, from the per-slice area of each organ's probability: the liver dome is
   the first slice from the superior end whose liver area reaches :data:`EDGE_FRACTION` of the largest, the
   lower poles the same from the inferior end (the distances);
@@ -45,6 +48,7 @@ numpy/scipy/onnxruntime only (runtime path).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,8 +59,8 @@ from scanqc.volume import Volume
 
 WORK_MM = 3.0
 DEBUG: dict[str, Any] | None = None  # set to a dict to receive the intermediate maps (development)
-#: Feature vector the contrast-phase classifier takes (order matters: it is the ONNX model's input).
-#: Append only: a model trained on fewer features gets the first ones (FEATURE_VERSIONS).
+#: Everything measured for the contrast-phase classifiers; a classifier takes the ones its metadata names
+#: (``preprocessing.features``, in its ONNX input's order) or, exported before that, a prefix (FEATURE_VERSIONS).
 FEATURES: tuple[str, ...] = (
     "aorta", "ivc", "liver", "liver_p95", "liver_p05", "kidney_p90", "kidney_p25", "kidney_p99",
     "aorta_minus_liver", "aorta_minus_ivc", "kidney_cortex_minus_medulla", "collecting_minus_cortex",
@@ -65,12 +69,15 @@ FEATURES: tuple[str, ...] = (
     "kidney_p99_soft", "collecting_soft_minus_cortex",
     "liver_to_aorta_enh", "ivc_to_aorta_enh", "kidney_to_aorta_enh", "cortex_medulla_to_aorta_enh",
     "portal_vein_to_aorta_enh", "spleen_to_aorta_enh",
+    "collecting_system", "collecting_system_p90", "collecting_minus_kidney_p50", "collecting_found",
 )
 #: Typical unenhanced HU (blood, liver, renal cortex, spleen) the enhancement ratios subtract.
 NATIVE_HU = {"blood": 40.0, "liver": 55.0, "kidney": 35.0, "spleen": 45.0}
-#: Feature counts classifiers were trained on: a model taking that many gets the first ones (2.0.0: 14, 2.1.0: 20,
-#: 2.2.0: all), so adding features never changes what a shipped model sees.
-FEATURE_VERSIONS = (14, 20, len(FEATURES))
+#: Feature counts of classifiers that take a prefix (exported before models named their features: 2.0.0: 14,
+#: 2.1.0: 20, 2.2.0: 28); newer ones name theirs (``preprocessing.features``). Append only, so adding features
+#: never changes what a shipped model sees. The last four (the segmented collecting system, abdomen_seg >= 1.1.0)
+#: are measured but no shipped model takes them: they lost on the blind family (docs/model-quality.md).
+FEATURE_VERSIONS = (14, 20, 28)
 
 
 @dataclass
@@ -119,6 +126,12 @@ class Anatomy:
         blood, den = NATIVE_HU["blood"], max(abs(aorta - NATIVE_HU["blood"]), 15.0)
         vals += [(liver - NATIVE_HU["liver"]) / den, (ivc - blood) / den, (k90 - NATIVE_HU["kidney"]) / den,
                  (k90 - k25) / den, (pv - blood) / den, (spl - NATIVE_HU["spleen"]) / den]
+        # The urine: 2-16 HU up to ~100 s, excreted contrast from ~2 min. Not segmented (a network without the
+        # class, a collecting system too small for the 6 mm grid): the parenchyma's median, flagged.
+        cs_found = h.get("collecting_system") is not None
+        cs = h["collecting_system"] if cs_found else k50
+        cs90 = h.get("collecting_system_p90") if h.get("collecting_system_p90") is not None else cs
+        vals += [cs, cs90, cs - k50, 1.0 if cs_found else 0.0]
         return np.asarray(vals, np.float32)
 
     def details(self) -> dict[str, Any]:
@@ -210,14 +223,19 @@ def _disc_median(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, slices: np.n
     return float(np.median(vals)) if vals else float("nan")
 
 
-def locate(volume: Volume, cache: dict | None = None) -> Anatomy:
-    """Find the abdominal landmarks of a CT volume (HU). Never raises on odd anatomy: says out of domain."""
+def locate(volume: Volume, cache: dict | None = None, network: str | None = None) -> Anatomy:
+    """Find the abdominal landmarks of a CT volume (HU). Never raises on odd anatomy: says out of domain.
+
+    ``network``: the abdomen_seg version to localise with (default: the installed default, which the coverage
+    check and a contrast-phase model fit on it share, so one series runs one network)."""
     from scanqc.checks import abdomen_seg
 
-    def find() -> Anatomy:
-        return locate_seg(volume, cache) if abdomen_seg.available() else locate_rules(volume, cache)
+    d = abdomen_seg.network_dir(network)
 
-    return cached(cache, "abdomen_anatomy", find)
+    def find() -> Anatomy:
+        return locate_seg(volume, cache, d) if abdomen_seg.available(d) else locate_rules(volume, cache)
+
+    return cached(cache, "abdomen_anatomy" if d == abdomen_seg.MODEL_DIR else f"abdomen_anatomy@{d.name}", find)
 
 
 def _too_narrow(body: np.ndarray, px_mm: float, extent: float) -> Anatomy | None:
@@ -436,15 +454,26 @@ def locate_rules(volume: Volume, cache: dict | None = None) -> Anatomy:
     return anat
 
 
-def feature_input(volume: Volume, n_features: int, cache: dict | None = None) -> np.ndarray:
-    """The ``abdomen_hu`` model input: :data:`FEATURES` of :func:`locate` as float32 ``[1, 1, 1, F]``."""
+def feature_input(volume: Volume, features: int | tuple[str, ...], cache: dict | None = None,
+                  network: str | None = None) -> np.ndarray:
+    """The ``abdomen_hu`` model input as float32 ``[1, 1, 1, F]``: the named :data:`FEATURES` (or the first
+    ``features`` of them) of :func:`locate` by abdomen_seg ``network``, the one the classifier was fit on."""
     from scanqc.errors import ErrorCode, ScanQCError
 
-    if n_features not in FEATURE_VERSIONS:
-        raise ScanQCError(ErrorCode.BAD_MODEL, f"model expects {n_features} HU features; this scanqc measures "
-                                               f"{len(FEATURES)} ({', '.join(FEATURES)}) or the first "
-                                               f"{' or '.join(map(str, FEATURE_VERSIONS[:-1]))}")
-    return locate(volume, cache).features()[:n_features].reshape(1, 1, 1, -1)
+    if isinstance(features, int):
+        if features not in FEATURE_VERSIONS:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"model expects the first {features} HU features; a model that "
+                                                   "does not name its features (preprocessing.features) takes the "
+                                                   f"first {', '.join(map(str, FEATURE_VERSIONS))} of "
+                                                   f"{', '.join(FEATURES)}")
+        idx = list(range(features))
+    else:
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown:
+            raise ScanQCError(ErrorCode.BAD_MODEL, f"model expects HU feature(s) {', '.join(unknown)} that this "
+                                                   f"scanqc does not measure ({', '.join(FEATURES)})")
+        idx = [FEATURES.index(f) for f in features]
+    return locate(volume, cache, network).features()[idx].reshape(1, 1, 1, -1)
 
 
 # ----------------------------------------------------------------------------- by segmentation
@@ -464,6 +493,8 @@ EDGE_FRACTION = 0.05
 END_TISSUE_MM2 = {"kidney": (100.0, 200.0), "liver": (300.0, 1500.0)}
 #: Where the organ is, for the end test: its probability in the two working slices at that end.
 END_PROB = 0.4
+#: Detail voxels (~3 mm) of collecting system needed to report its HU (one 6 mm working voxel is 8).
+CS_MIN_VOXELS = 8
 
 
 def _eroded_values(a: np.ndarray, m: np.ndarray, iterations: int, three_d: bool = False, min_n: int = 8
@@ -540,9 +571,11 @@ def _main_components(cls: np.ndarray, names: tuple[str, ...], vox_ml: float) -> 
     return out
 
 
-def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
+def locate_seg(volume: Volume, cache: dict | None = None, model_dir: Path | None = None) -> Anatomy:
     """Localisation by the segmentation network (:mod:`scanqc.checks.abdomen_seg`) and measurement."""
     from scanqc.checks import abdomen_seg as seg
+
+    model_dir = model_dir or seg.MODEL_DIR
 
     g = seg.work_grid(volume, cache)
     nz = g.image.shape[0]
@@ -554,10 +587,22 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
     narrow = _too_narrow(g.image > -500, sx, extent)
     if narrow is not None:
         return narrow
-    _, probs = seg.segment(volume, cache)
-    names = seg.CLASSES
+    _, probs = seg.segment(volume, cache, model_dir)
+    names = seg.classes(model_dir)
     vox_ml = sz * sy * sx / 1000.0
-    cls = _main_components(probs.argmax(0).astype(np.uint8), names, vox_ml)
+    raw = probs.argmax(0).astype(np.uint8)
+    cs_mask = None
+    if "collecting_system" in names:
+        # The kidney of every measurement below is parenchyma + collecting system (what 1.0.0 labelled kidney);
+        # the collecting system is measured on its own where it lies inside the kept kidneys.
+        ics, ik = names.index("collecting_system"), names.index("kidney")
+        cs_mask = raw == ics
+        raw[cs_mask] = ik
+        probs = probs.copy()
+        probs[ik] += probs[ics]
+        probs = probs[[i for i in range(len(names)) if i != ics]]
+        names = tuple(n for n in names if n != "collecting_system")
+    cls = _main_components(raw, names, vox_ml)
     ml = {n: float((cls == i).sum()) * vox_ml for i, n in enumerate(names)}
     found = {"spine": ml["bone"] >= 20.0, "liver": ml["liver"] >= MIN_ML["liver"],
              "kidneys": ml["kidney"] >= MIN_ML["kidney"], "aorta": ml["aorta"] >= MIN_ML["aorta"],
@@ -572,7 +617,8 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
     cd = seg.to_detail(g, cls)
     hu: dict[str, float | None] = {k: None for k in ("aorta", "ivc", "portal_vein", "liver", "liver_p95",
                                                       "liver_p05", "spleen", "kidney_p90", "kidney_p50",
-                                                      "kidney_p25", "kidney_p99", "kidney_p99_soft")}
+                                                      "kidney_p25", "kidney_p99", "kidney_p99_soft",
+                                                      "collecting_system", "collecting_system_p90")}
     for n in ("aorta", "ivc", "portal_vein", "spleen"):
         if found[n]:
             hu[n] = float(np.median(_eroded_values(a, cd == names.index(n), 1)))
@@ -603,6 +649,13 @@ def locate_seg(volume: Volume, cache: dict | None = None) -> Anatomy:
             soft = a[box][km & ~bone & (a[box] > -20)]
             if soft.size >= 20:
                 hu["kidney_p99_soft"] = float(np.percentile(soft, 99))
+            if cs_mask is not None:
+                # Urine or excreted contrast: the sinus fat around it out (> -20 HU), the kidneys' kept components
+                # only. Voxels of the 3 mm detail grid under the working grid's collecting-system label.
+                cs = (seg.to_detail(g, (cs_mask & (cls == names.index("kidney"))).astype(np.uint8)) == 1)[box]
+                u = a[box][cs & ~bone & (a[box] > -20)]
+                if u.size >= CS_MIN_VOXELS:
+                    hu.update(collecting_system=float(np.median(u)), collecting_system_p90=float(np.percentile(u, 90)))
     # Geometry on the working grid (axis 0: first slice = superior end). Areas from the probabilities.
     # Only near the kept components: a stray blob (heart called liver, bowel called kidney) has no say.
     near = {n: ndimage.binary_dilation(cls == names.index(n), iterations=1) for n in ("liver", "kidney")}

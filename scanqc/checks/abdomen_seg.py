@@ -17,6 +17,7 @@ numpy/scipy + onnxruntime only (runtime path).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -35,14 +36,46 @@ Z_MULTIPLE = 8  # three stride-2 levels in the network
 AIR_HU = -1000.0
 #: HU windows of the input channels (soft tissue; wide, for bone and air).
 WINDOWS: tuple[tuple[float, float], ...] = ((-200.0, 300.0), (-1000.0, 1000.0))
+#: Classes of abdomen_seg 1.0.0; a network's own list is its metadata's ``labels`` (:func:`classes`): 1.1.0 adds
+#: the renal collecting system (urine 2-16 HU in portal venous, excreted contrast 27-450 HU when delayed).
 CLASSES: tuple[str, ...] = ("background", "liver", "spleen", "kidney", "aorta", "ivc", "portal_vein", "bone")
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "abdomen_seg" / "1.0.0"
-if not MODEL_DIR.is_dir():  # installed package: models/ is scanqc.models
-    import scanqc
+CLASSES_CS: tuple[str, ...] = (*CLASSES, "collecting_system")
 
-    MODEL_DIR = Path(scanqc.__file__).resolve().parent / "models" / "abdomen_seg" / "1.0.0"
+
+def _bundled_root() -> Path:
+    root = Path(__file__).resolve().parents[2] / "models" / "abdomen_seg"
+    if not root.is_dir():  # installed package: models/ is scanqc.models
+        import scanqc
+
+        root = Path(scanqc.__file__).resolve().parent / "models" / "abdomen_seg"
+    return root
+
+
+ROOT = _bundled_root()
+
+
+def _promoted_version(root: Path) -> str:
+    """The network the checks localise with by default: ``promoted.json``'s version, else 1.0.0."""
+    try:
+        return str(json.loads((root / "promoted.json").read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "1.0.0"
+
+
+MODEL_DIR = ROOT / _promoted_version(ROOT)
 # Development override (a freshly trained network in another folder).
 MODEL_DIR = Path(os.environ.get("SCANQC_ABDOMEN_SEG_DIR") or MODEL_DIR)
+
+
+def network_dir(version: str | None = None) -> Path:
+    """Folder of abdomen_seg ``version``; empty / None or the default's own version: :data:`MODEL_DIR`.
+
+    A contrast-phase classifier names the network its HU features were measured with
+    (``preprocessing.localisation``): features of another network are not what it was fit on.
+    """
+    if not version or MODEL_DIR.name == version:
+        return MODEL_DIR
+    return ROOT / version
 
 
 @dataclass
@@ -112,15 +145,16 @@ def work_grid(volume: Volume, cache: dict | None = None) -> WorkGrid:
 def labels_to_grid(labels: np.ndarray, volume: Volume, grid: WorkGrid, codes: dict[int, int]) -> np.ndarray:
     """A label map on ``volume``'s voxels -> class indices on ``grid``'s working grid (training targets).
 
-    ``codes`` maps generator label codes to class indices (others: background). Each class's fraction is
-    carried through the same block means, resampling and crop as the image; the largest fraction wins.
+    ``codes`` maps generator label codes to class indices (others: background; the class count is the largest
+    index + 1). Each class's fraction is carried through the same block means, resampling and crop as the image;
+    the largest fraction wins.
     """
     from scanqc.preprocessing import block_mean, canonicalize, resample_fit
 
     lv = Volume(labels, volume.spacing, volume.origin, volume.direction, modality="CT")
     lab, spacing = canonicalize(lv)
     ks, out = _geometry(lab.shape, spacing)
-    n = len(CLASSES)
+    n = max(codes.values()) + 1
     fr = np.zeros((n, *grid.image.shape), np.float32)
     cls = np.zeros(256, np.int64)
     for code, c in codes.items():
@@ -163,6 +197,21 @@ def session(model_dir: Path = MODEL_DIR) -> Any:
                 raise ScanQCError(ErrorCode.BAD_MODEL, f"abdominal segmentation model missing: {model_dir}/model.onnx")
             _SESSION[key] = make_session(model_dir / "model.onnx")
         return _SESSION[key]
+
+
+_CLASSES: dict[str, tuple[str, ...]] = {}
+
+
+def classes(model_dir: Path = MODEL_DIR) -> tuple[str, ...]:
+    """The network's output classes (its metadata's ``labels``; 1.0.0's :data:`CLASSES` when it has none)."""
+    key = str(model_dir)
+    if key not in _CLASSES:
+        try:
+            labels = json.loads((model_dir / "metadata.json").read_text()).get("labels")
+        except (OSError, ValueError):
+            labels = None
+        _CLASSES[key] = tuple(labels) if labels else CLASSES
+    return _CLASSES[key]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -48,8 +48,9 @@ _SHOWN = (("aorta", "aorta"), ("ivc", "IVC"), ("liver", "liver"), ("kidney_p90",
 
 
 def measured_text(hu: dict[str, float | None]) -> str:
-    """'aorta 312 HU, IVC 74 HU, ...' for the structures that were measured (the collecting system without the
-    neighbouring bone; the rules' localisation has only the plain percentile)."""
+    """'aorta 312 HU, IVC 74 HU, ...' for the structures that were measured (the collecting system: the kidneys'
+    top percentile without the neighbouring bone, which sees excreted contrast; the rules' localisation has only
+    the plain percentile). The urine segmented by abdomen_seg >= 1.1.0 is in ``measured_hu`` only."""
     hu = {**hu, "kidney_p99_soft": hu.get("kidney_p99_soft", hu.get("kidney_p99"))}
     return ", ".join(f"{name} {hu[k]:.0f} HU" for k, name in _SHOWN if hu.get(k) is not None)
 
@@ -76,7 +77,7 @@ class ContrastPhaseCheck(ModelCheck):
             from scanqc.checks.abdomen_anatomy import locate
 
             assert series.volume is not None
-            anat = locate(series.volume, ctx.cache)
+            anat = locate(series.volume, ctx.cache, model.spec.localisation_network)
             if not anat.in_domain:
                 return CheckResult.skipped(f"outside the model's domain ({anat.reason})",
                                            model_version=model.version)

@@ -274,3 +274,68 @@ def test_evaluate_scores_abdominal_coverage_as_the_check_serves_it(tmp_path):
     out = case_outputs(ModelRegistry.for_folder(BUNDLED_DIR).find("coverage", "2.1.0"), got)
     assert out[0] == {"missing_superior": 0.0, "missing_inferior": 1.0}
     assert out[1] == {"missing_superior": 0.0, "missing_inferior": 0.0}
+
+
+def test_a_classifier_measures_with_the_network_it_was_fit_on():
+    # Contrast phase 2.1.0 / 2.2.0 were fit on abdomen_seg 1.0.0's measurements (no localisation recorded): they
+    # keep reading 1.0.0's features whatever network the coverage check localises with; 2.3.0 names 1.1.0.
+    from scanqc.models.registry import ModelRegistry
+
+    from scanqc.checks import abdomen_seg
+    from scanqc.preprocessing import preprocess
+
+    reg = ModelRegistry(bundled_dir=MODELS.parent, user_dir=MODELS.parent / "none")
+    old = reg.find("contrast_phase", "2.1.0")
+    assert old.spec.localisation == "" and old.spec.localisation_network == "1.0.0"
+    vol = make_abdomen(np.random.default_rng(44), "delayed", **COARSE)[0]
+    cache: dict = {}
+    x = preprocess(vol, old.spec, "CT", cache)
+    v10 = locate(vol, {}, "1.0.0")
+    assert np.allclose(x.ravel(), v10.features()[:20])
+    assert v10.hu["collecting_system"] is None  # 1.0.0 has no collecting-system class
+    assert abdomen_seg.classes(abdomen_seg.network_dir("1.0.0")) == abdomen_seg.CLASSES
+    new = [m for m in reg.versions("contrast_phase") if m.spec.localisation]
+    for m in new:  # every classifier that names a network finds it bundled, with its classes
+        d = abdomen_seg.network_dir(m.spec.localisation)
+        assert abdomen_seg.available(d) and "collecting_system" in abdomen_seg.classes(d), m.version
+
+
+@pytest.mark.parametrize("seed", [40, 47, 49])
+def test_urine_in_the_collecting_system_is_segmented_and_excreted_contrast_is_not_read_as_urine(seed):
+    # abdomen_seg 1.1.0 labels the renal collecting system. Urine (portal venous, 2-16 HU) is found and reads
+    # far below the parenchyma; excreted contrast (delayed, > 250 HU here) never reads like urine (the network
+    # calls it kidney; the kidneys' top percentile without bone sees it, as before).
+    from scanqc.checks import abdomen_seg
+
+    if not abdomen_seg.available(abdomen_seg.network_dir("1.1.0")):
+        pytest.fail("abdomen_seg 1.1.0 is not bundled")
+    got = {}
+    for phase, t in (("portal_venous", 80.0), ("delayed", 240.0)):
+        vol, _, info = make_abdomen(np.random.default_rng(seed), phase, time_s=t, scale=1.0, **COARSE)
+        an = locate(vol, {}, "1.1.0")
+        cs, k50 = an.hu["collecting_system"], an.hu["kidney_p50"]
+        got[phase] = (cs, k50, info["hu"]["collecting_system"], an.hu["kidney_p99_soft"])
+    pv, de = got["portal_venous"], got["delayed"]
+    assert pv[2] < 20 and de[2] > 250, got  # the draws are what the test claims
+    assert pv[0] is not None and pv[0] < 60 and pv[0] < pv[1] - 80, got  # urine found, dark
+    assert de[0] is None or de[0] > de[1] - 80, got  # no urine-like reading when contrast is excreted
+    assert de[3] > pv[3] + 60, got
+
+
+def test_a_classifier_takes_the_features_it_names_and_a_name_this_scanqc_lacks_is_a_coded_error():
+    from scanqc.checks.abdomen_anatomy import feature_input
+    from scanqc.errors import ErrorCode, ScanQCError
+    from scanqc.preprocessing import PreprocessSpec, preprocess
+
+    vol = make_abdomen(np.random.default_rng(45), "portal_venous", **COARSE)[0]
+    cache: dict = {}
+    names = ("spleen", "aorta", "kidney_p50")  # any subset, any order
+    spec = PreprocessSpec(shape=(1, 1, 3), mode="abdomen_hu", modalities=("CT",), features=names)
+    x = preprocess(vol, spec, "CT", cache).ravel()
+    full = locate(vol, cache, spec.localisation_network).features()
+    assert np.array_equal(x, full[[FEATURES.index(n) for n in names]])
+    with pytest.raises(ScanQCError) as e:
+        feature_input(vol, ("aorta", "renal_vein"), cache)
+    assert e.value.code == ErrorCode.BAD_MODEL and "renal_vein" in e.value.message
+    with pytest.raises(ScanQCError, match="names 2 features for a shape of 3"):
+        PreprocessSpec(shape=(1, 1, 3), mode="abdomen_hu", features=("aorta", "ivc"))
