@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -28,9 +29,22 @@ end
 """
 
 
+def dcmtk_storescu() -> str | None:
+    """Path of dcmtk's ``storescu``, or None. pynetdicom installs a Python ``storescu`` of its own (other options)
+    into the environment's bin folder, which shadows dcmtk's when that environment is activated: skip scripts."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        exe = shutil.which("storescu", path=d or ".")
+        if exe is None:
+            continue
+        with open(exe, "rb") as f:
+            if f.read(2) != b"#!":  # a compiled binary, not a console-script shim
+                return exe
+    return None
+
+
 def missing_peers() -> list[str]:
-    """Which of storescu / Orthanc is not installed (empty: both are)."""
-    return [b for b in ("storescu", "Orthanc") if shutil.which(b) is None]
+    """Which of (dcmtk's) storescu / Orthanc is not installed (empty: both are)."""
+    return [b for b, found in (("storescu", dcmtk_storescu()), ("Orthanc", shutil.which("Orthanc"))) if not found]
 
 
 def free_port() -> int:
@@ -53,7 +67,10 @@ def storescu(port: int, files: list[Path], *, calling: str = "SCANNER1", called:
              host: str = "127.0.0.1", timeout: float = 120.0) -> float:
     """Push ``files`` with dcmtk storescu over one association; returns the monotonic time it ended
     (all instances acknowledged, association released). Raises on a failed push."""
-    cmd = ["storescu", "-aet", calling, "-aec", called, "-nh", host, str(port), *map(str, files)]
+    exe = dcmtk_storescu()
+    if exe is None:
+        raise RuntimeError("dcmtk's storescu is not installed (make dicom-clients)")
+    cmd = [exe, "-aet", calling, "-aec", called, "-nh", host, str(port), *map(str, files)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     end = time.monotonic()
     if r.returncode != 0:

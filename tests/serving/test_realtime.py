@@ -330,6 +330,23 @@ def _files(tmp_path: Path, dss: list[Dataset]) -> list[Path]:
     return out
 
 
+def test_pynetdicoms_storescu_script_does_not_shadow_dcmtks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: with the virtual environment activated, its bin folder (first on PATH) holds pynetdicom's
+    # Python `storescu`, whose options differ; `scanqc bench --dicom` ran it and failed ("unrecognized arguments").
+    import os
+    import shutil
+
+    from scanqc.evaluation.dicom_peers import dcmtk_storescu
+
+    real = dcmtk_storescu()
+    shim = tmp_path / "storescu"
+    shim.write_text("#!/usr/bin/env python3\nraise SystemExit(2)\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert shutil.which("storescu") == str(shim)  # what a plain lookup would run
+    assert dcmtk_storescu() == real and (real is None or not real.startswith(str(tmp_path)))
+
+
 def test_storescu_push_gets_a_verdict_within_a_second(tmp_path: Path, env: Callable[..., Env]) -> None:
     _need("storescu")
     from scanqc.evaluation.dicom_peers import storescu
