@@ -231,6 +231,12 @@ def locate(volume: Volume, cache: dict | None = None, network: str | None = None
     from scanqc.checks import abdomen_seg
 
     d = abdomen_seg.network_dir(network)
+    if network and not abdomen_seg.available(d):
+        # A classifier fit on that network's measurements: the rules' (or another network's) are not its input.
+        from scanqc.errors import ErrorCode, ScanQCError
+
+        raise ScanQCError(ErrorCode.BAD_MODEL, f"abdominal segmentation network abdomen_seg {network} is not "
+                                               f"installed ({d}); the model's HU features are measured with it")
 
     def find() -> Anatomy:
         return locate_seg(volume, cache, d) if abdomen_seg.available(d) else locate_rules(volume, cache)

@@ -74,10 +74,16 @@ class ContrastPhaseCheck(ModelCheck):
                                        f"abdomen ({why})")
         anat = None
         if model.spec.mode == "abdomen_hu":
+            from scanqc.checks import abdomen_seg
             from scanqc.checks.abdomen_anatomy import locate
 
+            net = model.spec.localisation_network
+            if not abdomen_seg.available(abdomen_seg.network_dir(net)):
+                return CheckResult.skipped(f"contrast_phase model {model.version} measures with the abdominal "
+                                           f"segmentation network abdomen_seg {net}, which is not installed",
+                                           model_version=model.version)
             assert series.volume is not None
-            anat = locate(series.volume, ctx.cache, model.spec.localisation_network)
+            anat = locate(series.volume, ctx.cache, net)
             if not anat.in_domain:
                 return CheckResult.skipped(f"outside the model's domain ({anat.reason})",
                                            model_version=model.version)

@@ -339,3 +339,23 @@ def test_a_classifier_takes_the_features_it_names_and_a_name_this_scanqc_lacks_i
     assert e.value.code == ErrorCode.BAD_MODEL and "renal_vein" in e.value.message
     with pytest.raises(ScanQCError, match="names 2 features for a shape of 3"):
         PreprocessSpec(shape=(1, 1, 3), mode="abdomen_hu", features=("aorta", "ivc"))
+
+
+def test_a_classifier_whose_network_is_not_installed_is_skipped_not_fed_other_measurements(monkeypatch):
+    # A model fit on abdomen_seg X's measurements gets X's or nothing: never the rules' or another network's.
+    from scanqc.models.registry import InstalledModel
+
+    from scanqc.checks import abdomen_seg
+    from scanqc.errors import ErrorCode, ScanQCError
+
+    meta = json.loads((MODELS / "2.3.0" / "metadata.json").read_text())
+    meta["preprocessing"]["localisation"] = "9.9.9"
+    model = InstalledModel("contrast_phase", "2.3.0", MODELS / "2.3.0", "user", meta)
+    assert model.spec.localisation == "9.9.9"
+    vol = make_abdomen(np.random.default_rng(46), "portal_venous", **COARSE)[0]
+    monkeypatch.setattr(ContrastPhaseCheck, "model", lambda self, ctx: model)
+    r = ContrastPhaseCheck()(_series(vol), CheckContext())
+    assert r.status == "skipped" and "abdomen_seg 9.9.9, which is not installed" in r.message, r.message
+    with pytest.raises(ScanQCError) as e:
+        locate(vol, {}, "9.9.9")
+    assert e.value.code == ErrorCode.BAD_MODEL and not abdomen_seg.available(abdomen_seg.network_dir("9.9.9"))
