@@ -74,16 +74,15 @@ class ContrastPhaseCheck(ModelCheck):
                                        f"abdomen ({why})")
         anat = None
         if model.spec.mode == "abdomen_hu":
-            from scanqc.checks import abdomen_seg
             from scanqc.checks.abdomen_anatomy import locate
+            from scanqc.errors import ScanQCError
 
-            net = model.spec.localisation_network
-            if not abdomen_seg.available(abdomen_seg.network_dir(net)):
-                return CheckResult.skipped(f"contrast_phase model {model.version} measures with the abdominal "
-                                           f"segmentation network abdomen_seg {net}, which is not installed",
-                                           model_version=model.version)
             assert series.volume is not None
-            anat = locate(series.volume, ctx.cache, net)
+            try:
+                anat = locate(series.volume, ctx.cache, model.spec.localisation_network)
+            except ScanQCError as exc:  # the network the model was fit on is not installed
+                return CheckResult.skipped(f"contrast_phase model {model.version} unusable: {exc.message}",
+                                           model_version=model.version)
             if not anat.in_domain:
                 return CheckResult.skipped(f"outside the model's domain ({anat.reason})",
                                            model_version=model.version)

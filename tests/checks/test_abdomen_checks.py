@@ -355,7 +355,7 @@ def test_a_classifier_whose_network_is_not_installed_is_skipped_not_fed_other_me
     vol = make_abdomen(np.random.default_rng(46), "portal_venous", **COARSE)[0]
     monkeypatch.setattr(ContrastPhaseCheck, "model", lambda self, ctx: model)
     r = ContrastPhaseCheck()(_series(vol), CheckContext())
-    assert r.status == "skipped" and "abdomen_seg 9.9.9, which is not installed" in r.message, r.message
+    assert r.status == "skipped" and "abdomen_seg 9.9.9 is not installed" in r.message, r.message
     with pytest.raises(ScanQCError) as e:
         locate(vol, {}, "9.9.9")
     assert e.value.code == ErrorCode.BAD_MODEL and not abdomen_seg.available(abdomen_seg.network_dir("9.9.9"))
