@@ -61,6 +61,17 @@ def test_truncated_pixel_data(write_series):
     assert _error(f)["code"] == "TRUNCATED"
 
 
+@pytest.mark.parametrize("cut", [3000, 131072 - 10])  # a slice short; all but 10 bytes of the pixels
+def test_truncated_pixel_data_left_in_the_file_by_the_parser(write_series, cut):
+    """A 256^2 slice's 128 KiB of pixels are not read by the header parse (deferred, scanqc.io.dicom._DEFER_BYTES):
+    a file that ends inside them must still be TRUNCATED, not a verdict on missing pixels or a crash."""
+    f = sorted(write_series("ct", shape=(1, 256, 256)).iterdir())[0]
+    data = f.read_bytes()
+    assert len(data) > 131072
+    f.write_bytes(data[: len(data) - cut])
+    assert _error(f)["code"] == "TRUNCATED"
+
+
 def test_truncated_header(write_series):
     f = sorted(write_series("ct", shape=(1, 64, 64)).iterdir())[0]
     f.write_bytes(f.read_bytes()[:300])

@@ -479,7 +479,7 @@ class SeriesAssembler:
                     fr.error = ScanQCError(ErrorCode.TOO_LARGE, f"{name}: more than {self.limits.max_voxels} voxels")
             else:
                 try:
-                    arr = decode_pixels(ds, f.name)
+                    arr = decode_pixels(ds, f.name, scratch=True)  # rescaled into the volume below
                 except ScanQCError as exc:
                     for fr in frames:
                         fr.error = exc

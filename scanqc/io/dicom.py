@@ -8,7 +8,9 @@ go wrong into coded :class:`~scanqc.errors.ScanQCError`s.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,19 +64,26 @@ def header_number(ds: Dataset | None, keyword: str, default: float | None = None
         raise HeaderValueError(keyword) from None
 
 
+# Values longer than this are left in the file when a header is parsed (pydicom's deferred read): the pixel data
+# is then read once, straight into a buffer, by the decoder (``_native_pixels``), not first into a bytes object
+# that is copied again. Other large values (overlays, private blobs) are read by pydicom if something uses them.
+_DEFER_BYTES = 64 * 1024
+
+
 def read_file(path: Path, name: str | None = None) -> Dataset:
-    """Parse a DICOM file (pixel data kept encoded) or raise a coded error."""
+    """Parse a DICOM file (pixel data and other values over 64 KiB left in the file until used) or raise a
+    coded error. The file must stay in place until its pixels are decoded."""
     name = name or str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = pydicom.dcmread(path, force=False)
+                ds = pydicom.dcmread(path, force=False, defer_size=_DEFER_BYTES)
             except InvalidDicomError:
                 # Files without preamble/meta are legal (raw dataset dumps). Parse them forcibly;
                 # arbitrary bytes then fail below for want of any identifying attribute.
                 try:
-                    ds = pydicom.dcmread(path, force=True)
+                    ds = pydicom.dcmread(path, force=True, defer_size=_DEFER_BYTES)
                 except Exception:
                     raise ScanQCError(ErrorCode.NOT_DICOM, f"{name}: not a DICOM file (no DICM prefix)") from None
             # Elements are converted lazily; a malformed value surfaces where it is used and is
@@ -87,6 +96,7 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
         raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: DICOM parse failed ({exc_summary(exc)})") from None
     if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData", "SeriesInstanceUID")):
         raise ScanQCError(ErrorCode.NOT_DICOM, f"{name}: not a DICOM file (no SOPClassUID, Modality or PixelData)")
+    _check_deferred_in_file(ds, path, name)
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         # Files without meta: pydicom guessed the encoding on read; record it for decoding.
         ds.file_meta = getattr(ds, "file_meta", Dataset())
@@ -95,6 +105,25 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
             (pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian)
         )
     return ds
+
+
+def _check_deferred_in_file(ds: Dataset, path: Path, name: str) -> None:
+    """A value left in the file must end inside it: a parse that skips a value cannot notice that the file ends
+    first, which reading it did (a truncated file is TRUNCATED at read time, as before deferring). Only the last
+    element can be cut: a deferred value the file ends inside is the last one parsed."""
+    if not len(ds):
+        return
+    last = ds.get_item(next(reversed(ds.keys())), keep_deferred=True)
+    if not (isinstance(last, RawDataElement) and last.value is None and last.length
+            and last.length != 0xFFFFFFFF):
+        return
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: cannot read ({exc_summary(exc)})") from None
+    if last.value_tell + last.length > size:
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: file ends early ({last.tag} needs {last.length} bytes, "
+                                               f"{max(size - last.value_tell, 0)} in the file)")
 
 
 def non_image_reason(ds: Dataset) -> str | None:
@@ -247,7 +276,7 @@ def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
 _NATIVE_LITTLE_ENDIAN = {pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian}
 
 
-def _native_pixels(ds: Dataset, name: str) -> np.ndarray | None:
+def _native_pixels(ds: Dataset, name: str, scratch: bool = False) -> np.ndarray | None:
     """Uncompressed little-endian greyscale pixels straight from the buffer, or None to use pydicom.
 
     Same values as ``ds.pixel_array`` (bits above BitsStored masked, or sign-extended when signed;
@@ -267,22 +296,62 @@ def _native_pixels(ds: Dataset, name: str) -> np.ndarray | None:
         return None
     dtype = np.dtype(f"<{'i' if signed else 'u'}{ba // 8}")
     n = frames * rows * cols
-    buf = ds.PixelData
-    if not isinstance(buf, (bytes, bytearray)):
-        return None
-    if len(buf) < n * dtype.itemsize:
-        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data has {len(buf)} bytes, "
-                                               f"{n * dtype.itemsize} expected for {frames}x{rows}x{cols}")
-    arr = np.frombuffer(buf, dtype=dtype, count=n).reshape(frames, rows, cols)
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
+    if isinstance(elem, RawDataElement) and elem.value is None and elem.length and ds.filename:
+        arr = _read_deferred(ds.filename, elem, dtype, n, name, scratch)  # read_file left it in the file
+    else:
+        buf = ds.PixelData
+        if not isinstance(buf, (bytes, bytearray)):
+            return None
+        if len(buf) < n * dtype.itemsize:
+            raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data has {len(buf)} bytes, "
+                                                   f"{n * dtype.itemsize} expected for {frames}x{rows}x{cols}")
+        arr = np.frombuffer(buf, dtype=dtype, count=n)
+    arr = arr.reshape(frames, rows, cols)
     if bs < ba:
         shift = ba - bs
         arr = (arr << shift) >> shift if signed else arr & dtype.type((1 << bs) - 1)
     return arr
 
 
-def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
-    """Decoded stored values as (frames, rows, cols), without rescale."""
-    native = _native_pixels(ds, name)
+_scratch = threading.local()
+
+
+def _scratch_array(dtype: np.dtype, n: int) -> np.ndarray:
+    """This thread's reusable read buffer: a fresh 512 KiB array per slice is a fresh mmap, and faulting its
+    pages in cost as much as reading them."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.nbytes < n * dtype.itemsize:
+        buf = _scratch.buf = np.empty(max(n * dtype.itemsize, 1 << 20), np.uint8)
+    return buf[:n * dtype.itemsize].view(dtype)
+
+
+def _read_deferred(path: str | Path, elem: RawDataElement, dtype: np.dtype, n: int, name: str,
+                   scratch: bool = False) -> np.ndarray:
+    """``n`` stored values of a pixel data element left in the file, read into their array (one copy; into
+    this thread's scratch buffer when ``scratch``)."""
+    arr = _scratch_array(dtype, n) if scratch else np.empty(n, dtype)
+    want = n * dtype.itemsize
+    if elem.length != 0xFFFFFFFF and elem.length < want:
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data has {elem.length} bytes, {want} expected")
+    try:
+        with open(path, "rb", buffering=0) as fp:
+            fp.seek(elem.value_tell)
+            got = fp.readinto(memoryview(arr).cast("B"))
+    except OSError as exc:
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: pixel data unreadable ({exc_summary(exc)})") from None
+    if got != want:
+        raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data has {got} bytes, {want} expected")
+    return arr
+
+
+def decode_pixels(ds: Dataset, name: str, scratch: bool = False) -> np.ndarray:
+    """Decoded stored values as (frames, rows, cols), without rescale.
+
+    ``scratch``: the values may be read into this thread's reusable buffer, which the next such call in the
+    same thread overwrites: for a caller that copies them at once (the assembler rescales them into its volume).
+    """
+    native = _native_pixels(ds, name, scratch)
     if native is not None:
         return native
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)

@@ -9,8 +9,9 @@ import pydicom
 import pytest
 from conftest import PYDICOM_TEST_FILES
 
+import scanqc.io.dicom as dicom_io
 from scanqc.errors import ScanQCError
-from scanqc.io.dicom import _native_pixels
+from scanqc.io.dicom import _native_pixels, decode_pixels, read_file
 
 NATIVE = []
 for f in sorted(PYDICOM_TEST_FILES.glob("*.dcm")):
@@ -41,6 +42,42 @@ def test_native_fast_path_matches_pixel_array(name):
         return
     np.testing.assert_array_equal(fast, ref.reshape(fast.shape))
     assert fast.dtype == ref.dtype
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_pixels_left_in_the_file_are_read_as_pixel_array(name, monkeypatch):
+    """read_file leaves large values in the file and the decoder reads the pixels straight from it: the same
+    values as pydicom reading everything (the threshold lowered so that every pydicom sample takes that path)."""
+    path = PYDICOM_TEST_FILES / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ref = pydicom.dcmread(path).pixel_array
+        except Exception:
+            ref = None
+    monkeypatch.setattr(dicom_io, "_DEFER_BYTES", 64)
+    try:
+        ds = read_file(path, name)
+        deferred = ds.get_item(0x7FE00010, keep_deferred=True)
+        got = decode_pixels(ds, name, scratch=True)
+    except ScanQCError as e:  # a broken sample: a coded error, never pixels pydicom would not give
+        colour = ref is not None and int(pydicom.dcmread(path).get("SamplesPerPixel", 1) or 1) > 1
+        assert ref is None or e.code.value in ("TRUNCATED", "DECODE_FAILED", "UNREADABLE") or (
+            colour and e.code.value == "UNSUPPORTED_IMAGE")
+        return
+    assert ref is not None
+    if deferred.length > 64 and _native_pixels(ds, name) is not None:
+        assert deferred.value is None  # it really was left in the file
+    np.testing.assert_array_equal(got, ref.reshape(got.shape))
+
+
+def test_scratch_reads_reuse_one_buffer_and_plain_reads_do_not(write_series):
+    files = sorted(write_series("ct", shape=(2, 256, 256)).iterdir())
+    a, b = (decode_pixels(read_file(f), f.name, scratch=True) for f in files)
+    assert np.shares_memory(a, b)  # the assembler copies each slice into its volume at once
+    c, d = (decode_pixels(read_file(f), f.name) for f in files)
+    assert not np.shares_memory(c, d)
+    np.testing.assert_array_equal(d, pydicom.dcmread(files[1]).pixel_array[None])
 
 
 @pytest.mark.parametrize(("signed", "stored", "values"), [
