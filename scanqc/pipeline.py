@@ -79,17 +79,22 @@ def check_series(series: Series, guideline: Guideline | None = None, *, visit: s
             continue
         selected.append(check)
         results[check.name] = CheckResult.skipped("not run")  # placeholder: keeps the verdict's check order
-    # Header checks take milliseconds; the model checks (preprocessing + inference, numpy and onnxruntime
-    # release the GIL) run at once, so a CT's contrast phase and coverage do not wait for each other.
+    # The model checks (preprocessing + inference: numpy and onnxruntime release the GIL) run in worker threads,
+    # all at once, so a CT's contrast phase and coverage do not wait for each other, and the header checks
+    # (de-identification reads every instance's header: tens of ms on a CT) run meanwhile in this thread.
     concurrent = [c for c in selected if isinstance(c, ModelCheck)]
-    for check in selected:
-        if not isinstance(check, ModelCheck) or len(concurrent) < 2:
+    if not concurrent or len(selected) < 2:
+        for check in selected:
             checkpoint()
             results[check.name], timings[check.name] = _run_check(check, series, ctx)
-    if len(concurrent) >= 2:
+    else:
         token = current_token()
         with ThreadPoolExecutor(max_workers=len(concurrent), thread_name_prefix="scanqc-check") as pool:
             futures = {c.name: pool.submit(_run_in_scope, token, c, series, ctx) for c in concurrent}
+            for check in selected:
+                if check.name not in futures:
+                    checkpoint()
+                    results[check.name], timings[check.name] = _run_check(check, series, ctx)
             for name, fut in futures.items():
                 results[name], timings[name] = fut.result()
     vol = series.volume

@@ -322,20 +322,26 @@ InplanePass = tuple[int, int] | BlockMeans
 
 def block_mean(arr: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
     """Means over blocks of ``ks`` elements along each axis, in axis order; a last, partial block is the mean of
-    the elements it has. No padding copy (a 512-pixel row does not divide by 3); on one 512^2 slice ~0.3 ms."""
+    the elements it has. No padding copy (a 512-pixel row does not divide by 3) and no concatenation: the whole
+    blocks and the remainder are written into one output; on one 512^2 slice ~0.4 ms."""
     out = np.asarray(arr, np.float32)
     for ax, k in enumerate(ks):
         n = out.shape[ax]
         m = n // k
         if k < 2 or m == 0:
             continue
-        acc = np.add(out[_along(out.ndim, ax, 0, m * k, k)], out[_along(out.ndim, ax, 1, m * k, k)])
+        rest = n > m * k
+        shape = list(out.shape)
+        shape[ax] = m + rest
+        acc = np.empty(shape, np.float32)
+        whole = acc[_along(out.ndim, ax, 0, m, None)]
+        np.add(out[_along(out.ndim, ax, 0, m * k, k)], out[_along(out.ndim, ax, 1, m * k, k)], out=whole)
         for i in range(2, k):
-            acc += out[_along(out.ndim, ax, i, m * k, k)]
-        acc *= np.float32(1.0 / k)
-        if n > m * k:  # the remainder block
-            rest = out[_along(out.ndim, ax, m * k, None, None)].mean(axis=ax, keepdims=True)
-            acc = np.concatenate([acc, rest], axis=ax)
+            whole += out[_along(out.ndim, ax, i, m * k, k)]
+        whole *= np.float32(1.0 / k)
+        if rest:  # the remainder block
+            np.mean(out[_along(out.ndim, ax, m * k, None, None)], axis=ax, keepdims=True,
+                    out=acc[_along(out.ndim, ax, m, None, None)])
         out = acc
     return out
 

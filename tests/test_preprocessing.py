@@ -257,3 +257,17 @@ def test_block_reduce_partial_block_is_the_edge_padded_definition(op):
             blocks = p.reshape(m, k, *p.shape[1:])
             want = np.moveaxis(blocks.mean(1) if op == "mean" else blocks.max(1), 0, ax)
             assert np.allclose(_block_reduce(a, ax, k, op), want, atol=1e-5), (ax, k)
+
+
+@pytest.mark.parametrize(("shape", "ks"), [((512, 512), (3, 3)), ((7, 10, 11), (2, 3, 4)), ((5, 9), (5, 1)),
+                                           ((4, 6), (3, 2)), ((3, 7), (3, 3))])
+def test_block_mean_is_the_mean_of_each_block_including_the_partial_last_one(shape, ks):
+    from scanqc.preprocessing import block_mean
+
+    arr = np.random.default_rng(1).normal(size=shape).astype(np.float32) * 500
+    got = block_mean(arr, ks)
+    edges = [list(range(0, n, k)) + [n] for n, k in zip(shape, ks)]
+    assert got.shape == tuple(len(e) - 1 for e in edges)
+    for idx in np.ndindex(got.shape):
+        block = arr[tuple(slice(e[i], e[i + 1]) for e, i in zip(edges, idx))]
+        np.testing.assert_allclose(got[idx], block.mean(), rtol=1e-5, atol=1e-3)
