@@ -18,7 +18,7 @@ from scanqc.cancel import CancelToken, CheckCancelled, cancel_scope, checkpoint,
 from scanqc.checks.base import Check, CheckContext, InferFn
 from scanqc.checks.deidentification import DeidentificationCheck
 from scanqc.checks.integrity import IntegrityCheck
-from scanqc.checks.ml import ModelCheck, model_checks
+from scanqc.checks.ml import ModelCheck, inplane_targets, model_checks
 from scanqc.checks.phantom import PHANTOM_CHECK_NAMES, PhantomCheck, ScannerQualificationCheck, phantom_route
 from scanqc.checks.protocol import ProtocolCheck, VisitWindowCheck
 from scanqc.errors import ErrorCode, ScanQCError, exc_summary
@@ -133,7 +133,7 @@ def check_path(path: str | Path, guideline: Guideline | None = None, *, limits: 
     """All series behind one input path (file, folder, zip, NIfTI); a coded error verdict on failure."""
     t0 = time.perf_counter()
     try:
-        series, _ = load_series(path, limits, modality_hint)
+        series, _ = load_series(path, limits, modality_hint, inplane=_inplane(kw.get("models")))
     except ScanQCError as exc:
         return [Verdict.from_error(str(path), exc.code.value, exc.message, (time.perf_counter() - t0) * 1000)]
     except (MemoryError, RecursionError) as exc:
@@ -153,6 +153,16 @@ def check_path(path: str | Path, guideline: Guideline | None = None, *, limits: 
     except CheckCancelled as exc:  # the series not yet checked get one error verdict together
         out.append(Verdict.from_error(str(path), exc.code.value, exc.message, (time.perf_counter() - t0) * 1000))
     return out
+
+
+def _inplane(models: object) -> dict | None:
+    """The installed models' in-plane passes, made per slice while reading (as the receiver does); None (the checks
+    then make them on the volume) if the models cannot say: reading must not fail for a broken model folder."""
+    try:
+        return inplane_targets(models)
+    except Exception as exc:
+        _log_crash("listing the models' in-plane grids failed", exc)
+        return None
 
 
 def _log_crash(what: str, exc: BaseException) -> None:

@@ -254,3 +254,31 @@ def test_compressed_transfer_syntaxes_decode_identically(pydicom_files, name):
     (ref,), _ = load_series(pydicom_files / "MR_small.dcm")
     (s,), _ = load_series(pydicom_files / name)
     np.testing.assert_array_equal(s.volume.array, ref.volume.array)
+
+
+def test_a_folder_is_reduced_in_plane_while_read_and_gives_the_verdict_the_volume_gives(tmp_path, monkeypatch):
+    """check_path makes the installed models' in-plane passes slice by slice as it reads (the abdominal
+    localisation's 3 mm block means on a CT, as the DICOM receiver does): the same contrast-phase and coverage
+    results, measured HU and distances as checking the volume read without them."""
+    from scanqc.datasets.samples import abdomen_ct_sample
+
+    import scanqc.pipeline as pipeline
+    from scanqc.checks.ml import inplane_targets
+    from scanqc.io.dicom_write import write_dicom_series
+    from scanqc.pipeline import check_path, check_series
+    from scanqc.preprocessing import BlockMeans
+
+    vol, header, _ = abdomen_ct_sample(0, slice_mm=5.0, matrix=256, pixel_mm=1.4)
+    write_dicom_series(vol, tmp_path / "ct", "CT", header=header)
+    seen: list = []
+    real = pipeline.load_series
+    monkeypatch.setattr(pipeline, "load_series", lambda *a, **k: seen.append(k.get("inplane")) or real(*a, **k))
+    (streamed,) = check_path(tmp_path / "ct")
+    assert any(isinstance(p, BlockMeans) for p in seen[0]["CT"]) and seen[0] == inplane_targets()
+    series = load_series(tmp_path / "ct", inplane=seen[0])[0][0]
+    assert any(k[0] == "block_means.inplane" for k in series.scratch)  # made while reading
+    plain = check_series(load_series(tmp_path / "ct")[0][0])
+    for name in ("contrast_phase", "coverage"):
+        a, b = streamed.checks[name].to_dict(), plain.checks[name].to_dict()
+        assert a["status"] == b["status"] != "skipped" and a["message"] == b["message"]
+        assert a.get("extra") == b.get("extra")
