@@ -4,7 +4,8 @@ The check (:mod:`scanqc.checks.contrast_phase`) locates the aorta, IVC, liver an
 (:mod:`scanqc.checks.abdomen_anatomy`) and measures their HU; this module draws domain-randomised
 abdominal CTs (:mod:`scanqc.datasets.abdomen`), runs the same localisation on them, and fits
 
-- a multinomial logistic regression (scikit-learn, standardised features) over the four phases, and
+- a multinomial logistic regression (scikit-learn, standardised features) over the four phases, or with
+  ``--mlp UNITS`` an ensemble of small ReLU networks (:func:`fit_mlp`; contrast phase 2.4.0), and
 - a binary logistic regression for suboptimal enhancement (contrast-enhanced cases),
 
 then writes ``<out>/contrast_phase/<version>/`` with ``model.onnx`` (standardise -> two linear maps ->
@@ -115,10 +116,43 @@ def fit(rows: list[dict[str, Any]], c: float = 1.0, names: list[str] | tuple[str
             "C": c, "n": len(rows)}
 
 
+def fit_mlp(rows: list[dict[str, Any]], hidden: int = 32, alpha: float = 1.0, ensemble: int = 5, c: float = 3.0,
+            names: list[str] | tuple[str, ...] = FEATURES) -> dict[str, Any]:
+    """:func:`fit`, with the phase from an ensemble of ``ensemble`` one-hidden-layer ReLU networks (scikit-learn
+    ``MLPClassifier``, L2 ``alpha``, seeds 0..k-1) over the standardised features; their logits averaged, which
+    is one network with the members' hidden units side by side and the output weights divided by k. The
+    suboptimal-enhancement head stays the logistic regression of :func:`fit` (C = ``c``)."""
+    from sklearn.neural_network import MLPClassifier
+
+    clf = fit(rows, c, names)
+    x = feature_matrix(rows, names)
+    z = (x - np.asarray(clf["mean"])) / np.asarray(clf["std"])
+    y = np.array([PHASES.index(r["phase"]) for r in rows])
+    nets = [MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, max_iter=3000, random_state=k).fit(z, y)
+            for k in range(ensemble)]
+    if any(list(n.classes_) != list(range(len(PHASES))) for n in nets):
+        raise SystemExit("every phase must be in the training rows")
+    clf.pop("phase_coef"), clf.pop("phase_intercept")
+    clf["phase_mlp"] = {"hidden": hidden, "alpha": alpha, "ensemble": ensemble, "activation": "relu",
+                        "w1": np.concatenate([n.coefs_[0] for n in nets], 1).tolist(),
+                        "b1": np.concatenate([n.intercepts_[0] for n in nets]).tolist(),
+                        "w2": (np.concatenate([n.coefs_[1] for n in nets], 0) / ensemble).tolist(),
+                        "b2": (np.mean([n.intercepts_[1] for n in nets], 0)).tolist()}
+    return clf
+
+
+def _phase_logits(clf: dict[str, Any], z: np.ndarray) -> np.ndarray:
+    mlp = clf.get("phase_mlp")
+    if mlp is None:
+        return z @ np.asarray(clf["phase_coef"]).T + np.asarray(clf["phase_intercept"])
+    h = np.maximum(z @ np.asarray(mlp["w1"]) + np.asarray(mlp["b1"]), 0.0)
+    return h @ np.asarray(mlp["w2"]) + np.asarray(mlp["b2"])
+
+
 def logits_numpy(clf: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """The ONNX graph in numpy (parity reference): ``[N, F]`` features -> ``[N, 5]`` logits."""
     z = (np.asarray(x, np.float64) - np.asarray(clf["mean"])) / np.asarray(clf["std"])
-    ph = z @ np.asarray(clf["phase_coef"]).T + np.asarray(clf["phase_intercept"])
+    ph = _phase_logits(clf, z)
     sub = z @ np.asarray(clf["suboptimal_coef"]) + clf["suboptimal_intercept"]
     return np.concatenate([ph, sub[:, None]], axis=1).astype(np.float32)
 
@@ -129,16 +163,28 @@ def to_onnx(clf: dict[str, Any], path: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     f = len(clf["features"])
-    w = np.concatenate([np.asarray(clf["phase_coef"]).T, np.asarray(clf["suboptimal_coef"])[:, None]], axis=1)
-    b = np.concatenate([np.asarray(clf["phase_intercept"]), [clf["suboptimal_intercept"]]])
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32), name) for name, v in (
-        ("mean", clf["mean"]), ("inv_std", 1.0 / np.asarray(clf["std"])), ("W", w), ("b", b))]
-    inits.append(numpy_helper.from_array(np.array([-1, f], np.int64), "flat_shape"))
+    f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(f32(clf["mean"]), "mean"),
+             numpy_helper.from_array(f32(1.0 / np.asarray(clf["std"])), "inv_std"),
+             numpy_helper.from_array(np.array([-1, f], np.int64), "flat_shape")]
     nodes = [helper.make_node("Reshape", ["image", "flat_shape"], ["x"]),
              helper.make_node("Sub", ["x", "mean"], ["xc"]),
-             helper.make_node("Mul", ["xc", "inv_std"], ["xz"]),
-             helper.make_node("MatMul", ["xz", "W"], ["xw"]),
-             helper.make_node("Add", ["xw", "b"], ["logits"])]
+             helper.make_node("Mul", ["xc", "inv_std"], ["xz"])]
+    mlp = clf.get("phase_mlp")
+    if mlp is None:  # one linear map for the phases and the suboptimal logit
+        w = np.concatenate([np.asarray(clf["phase_coef"]).T, np.asarray(clf["suboptimal_coef"])[:, None]], axis=1)
+        b = np.concatenate([np.asarray(clf["phase_intercept"]), [clf["suboptimal_intercept"]]])
+        inits += [numpy_helper.from_array(f32(w), "W"), numpy_helper.from_array(f32(b), "b")]
+        nodes += [helper.make_node("MatMul", ["xz", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])]
+    else:  # phases: hidden ReLU layer -> 4 logits; suboptimal: its linear map; side by side
+        for name, v in (("W1", mlp["w1"]), ("b1", mlp["b1"]), ("W2", mlp["w2"]), ("b2", mlp["b2"]),
+                        ("Ws", np.asarray(clf["suboptimal_coef"])[:, None]), ("bs", [clf["suboptimal_intercept"]])):
+            inits.append(numpy_helper.from_array(f32(v), name))
+        nodes += [helper.make_node("MatMul", ["xz", "W1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+                  helper.make_node("Relu", ["h1"], ["h"]), helper.make_node("MatMul", ["h", "W2"], ["p0"]),
+                  helper.make_node("Add", ["p0", "b2"], ["phase"]), helper.make_node("MatMul", ["xz", "Ws"], ["s0"]),
+                  helper.make_node("Add", ["s0", "bs"], ["sub"]),
+                  helper.make_node("Concat", ["phase", "sub"], ["logits"], axis=1)]
     graph = helper.make_graph(nodes, "scanqc_contrast_phase_hu",
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 1, 1, f])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
@@ -207,8 +253,8 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
         "schema": SCHEMA,
         "name": "scanqc_contrast_phase", "task": "contrast_phase", "version": version,
         "changelog": {version: changelog},
-        "monai_version": "not used", "pytorch_version": "not used (logistic regression over measured HU, exported "
-                                                          "with onnx directly)", "numpy_version": np.__version__,
+        "monai_version": "not used", "pytorch_version": "not used (scikit-learn over measured HU, exported with onnx "
+                                                          "directly)", "numpy_version": np.__version__,
         "required_packages_version": {"onnxruntime": ">=1.17"},
         "optional_packages_version": {"python": platform.python_version(), "onnx": onnx.__version__,
                                       "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__},
@@ -218,8 +264,7 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
         "data_source": "scanqc.datasets.abdomen domain-randomised abdominal CT (see training)",
         "data_type": "nifti", "image_classes": f"{f} measured HU features, see preprocessing",
         "label_classes": ", ".join([*PHASES, "suboptimal"]), "labels": [*PHASES, "suboptimal"],
-        "network": {"class": "multinomial logistic regression (scikit-learn) exported as ONNX",
-                    "parameters": 5 * (f + 1)},
+        "network": _network_card(clf),
         "network_data_format": {
             "inputs": {"image": {"type": "features", "format": "hu", "modality": "CT", "num_channels": 1,
                                  "spatial_shape": [1, 1, f], "dtype": "float32", "value_range": [],
@@ -228,7 +273,7 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
                                    "dtype": "float32", "value_range": [], "is_onehot": False,
                                    "channel_def": {str(i): n for i, n in enumerate([*PHASES, "suboptimal"])}}}},
         "preprocessing": prep,
-        "calibration": {"method": "none (logistic regression outputs)", "temperature": 1.0},
+        "calibration": {"method": "none (softmax of the classifier's logits)", "temperature": 1.0},
         "thresholds": {"rule": "suboptimal warn at P >= 0.5; a phase mismatch fails at P >= 0.5",
                        "suboptimal_warn": 0.5, "mismatch_fail_confidence": 0.5},
         "classifier": clf,
@@ -250,6 +295,17 @@ def export(clf: dict[str, Any], out: Path, version: str, train_info: dict[str, A
     meta["onnx"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+def _network_card(clf: dict[str, Any]) -> dict[str, Any]:
+    f = len(clf["features"])
+    mlp = clf.get("phase_mlp")
+    if mlp is None:
+        return {"class": "multinomial logistic regression (scikit-learn) exported as ONNX", "parameters": 5 * (f + 1)}
+    units = len(mlp["b1"])
+    return {"class": f"phase: mean logits of {mlp['ensemble']} one-hidden-layer ReLU networks ({mlp['hidden']} units, "
+                     f"L2 alpha {mlp['alpha']}; scikit-learn MLPClassifier); suboptimal: logistic regression; "
+                     "exported as ONNX", "parameters": units * (f + 1) + 4 * (units + 1) + f + 1}
 
 
 def _network_meta() -> dict[str, Any] | None:
@@ -287,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
                          "training ranges)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of both regressions")
+    ap.add_argument("--mlp", type=int, default=0, metavar="UNITS",
+                    help="phase from an ensemble of one-hidden-layer networks of UNITS units (default 0: the "
+                         "logistic regression)")
+    ap.add_argument("--alpha", type=float, default=1.0, help="--mlp: L2 penalty")
+    ap.add_argument("--ensemble", type=int, default=5, help="--mlp: networks averaged (seeds 0..k-1)")
     ap.add_argument("--out", type=Path, default=Path("models"))
     ap.add_argument("--version", default="2.0.0")
     ap.add_argument("--features", default=None, help="comma-separated FEATURES the classifier takes (default: all)")
@@ -316,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in FEATURES]
     if unknown:
         raise SystemExit(f"unknown feature(s) {unknown}; measured: {', '.join(FEATURES)}")
-    clf = fit(rows, a.C, names)
+    clf = fit_mlp(rows, a.mlp, a.alpha, a.ensemble, a.C, names) if a.mlp else fit(rows, a.C, names)
     val = accuracy(clf, val_rows)
     print(json.dumps({"train": accuracy(clf, rows), "validation": val}, indent=1), file=sys.stderr)
     args = shlex.join(str(v) for v in (argv if argv is not None else sys.argv[1:]))  # re-runnable

@@ -42,3 +42,28 @@ def test_fit_export_writes_a_valid_bundle_the_registry_loads(tmp_path: Path) -> 
 
     model = ModelRegistry.for_folder(tmp_path).find("contrast_phase", "9.9.9")
     assert model.version == "9.9.9" and model.metadata["preprocessing"]["mode"] == "abdomen_hu"
+
+
+def test_an_ensemble_of_small_networks_exports_with_parity_and_serves(tmp_path: Path) -> None:
+    # --mlp: the phase from averaged one-hidden-layer ReLU networks; one ONNX graph (hidden units side by side),
+    # the suboptimal head still a logistic regression; the registry serves it with the check's [N, 5] layout.
+    rows, val = _rows(120, 0), _rows(40, 1)
+    names = list(FEATURES[:6])
+    clf = abdomen_phase.fit_mlp(rows, hidden=8, alpha=1.0, ensemble=3, names=names)
+    assert len(clf["phase_mlp"]["b1"]) == 24 and "phase_coef" not in clf
+    acc = abdomen_phase.accuracy(clf, val)
+    assert acc["accuracy"] >= 0.9
+    x = abdomen_phase.feature_matrix(rows, names)
+    folder = abdomen_phase.export(clf, tmp_path, "9.9.8", {"command": "test", "_x": x.tolist()}, acc, "mlp export")
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["onnx"]["parity_max_abs_diff"] <= 1e-4 and "ReLU networks" in meta["network"]["class"]
+    assert meta["preprocessing"]["features"] == names
+
+    from scanqc.models.registry import ModelRegistry
+
+    model = ModelRegistry.for_folder(tmp_path).find("contrast_phase", "9.9.8")
+    got = model.run(x[:16].astype(np.float32).reshape(16, 1, 1, 1, -1))
+    assert got.shape == (16, 5)
+    np.testing.assert_allclose(got, abdomen_phase.logits_numpy(clf, x[:16]), atol=1e-3)
+    # the averaged logits are the members' mean: not one member's (the ensemble is really there)
+    assert not np.allclose(np.asarray(clf["phase_mlp"]["w2"])[:8] * 3, np.asarray(clf["phase_mlp"]["w2"])[8:16] * 3)
