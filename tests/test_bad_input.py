@@ -72,6 +72,30 @@ def test_truncated_pixel_data_left_in_the_file_by_the_parser(write_series, cut):
     assert _error(f)["code"] == "TRUNCATED"
 
 
+def test_a_large_private_header_element_in_a_zip_is_read_before_the_archive_is_gone(write_series, tmp_path):
+    """Values over 64 KiB are left in the file by the header parse; the checks read the headers after a zip's
+    extraction folder is deleted, so every such value but the pixels is read at once (a Siemens CSA header is
+    often that large): the kept headers still hold it, and the verdict is whole."""
+    from scanqc.series import load_series
+
+    folder = write_series("ct", shape=(2, 32, 32))
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+        ds.add_new(0x00291020, "OB", b"SV10" + bytes(100_000))
+        ds.add_new(0x00291030, "LT", "x")  # an element after the large one
+        ds.save_as(f)
+    archive = tmp_path / "ct.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    (v,) = check_path(archive)
+    assert v.status != "error" and v.checks["deidentification"].status != "skipped", v.to_dict()
+    (series,), _ = load_series(archive)
+    assert not Path(series.files[0]).exists()  # the extraction folder is gone
+    assert all(ds[0x00291020].value[:4] == b"SV10" and len(ds[0x00291020].value) == 100_004 for ds in series.headers)
+
+
 def test_truncated_header(write_series):
     f = sorted(write_series("ct", shape=(1, 64, 64)).iterdir())[0]
     f.write_bytes(f.read_bytes()[:300])

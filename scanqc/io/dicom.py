@@ -96,7 +96,7 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
         raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: DICOM parse failed ({exc_summary(exc)})") from None
     if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData", "SeriesInstanceUID")):
         raise ScanQCError(ErrorCode.NOT_DICOM, f"{name}: not a DICOM file (no SOPClassUID, Modality or PixelData)")
-    _check_deferred_in_file(ds, path, name)
+    _settle_deferred(ds, path, name)
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         # Files without meta: pydicom guessed the encoding on read; record it for decoding.
         ds.file_meta = getattr(ds, "file_meta", Dataset())
@@ -107,23 +107,36 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
     return ds
 
 
-def _check_deferred_in_file(ds: Dataset, path: Path, name: str) -> None:
-    """A value left in the file must end inside it: a parse that skips a value cannot notice that the file ends
-    first, which reading it did (a truncated file is TRUNCATED at read time, as before deferring). Only the last
-    element can be cut: a deferred value the file ends inside is the last one parsed."""
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+def _settle_deferred(ds: Dataset, path: Path, name: str) -> None:
+    """After a parse that left large values in the file: a value must end inside the file (a parse that skips a
+    value cannot notice that the file ends first, which reading it did: a truncated file is TRUNCATED at read
+    time, as before deferring; only the last element can be cut). And every deferred value but the pixels is
+    read now: the checks read headers after the file may be gone (a zip's extraction folder), and a large
+    private element (a Siemens CSA header) must not fail them then."""
     if not len(ds):
-        return
-    last = ds.get_item(next(reversed(ds.keys())), keep_deferred=True)
-    if not (isinstance(last, RawDataElement) and last.value is None and last.length
-            and last.length != 0xFFFFFFFF):
         return
     try:
         size = os.path.getsize(path)
     except OSError as exc:
         raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: cannot read ({exc_summary(exc)})") from None
-    if last.value_tell + last.length > size:
+    last = ds.get_item(next(reversed(ds.keys())), keep_deferred=True)
+    if (isinstance(last, RawDataElement) and last.value is None and last.length and last.length != 0xFFFFFFFF
+            and last.value_tell + last.length > size):
         raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: file ends early ({last.tag} needs {last.length} bytes, "
                                                f"{max(size - last.value_tell, 0)} in the file)")
+    pixels = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
+    if size - int(getattr(pixels, "length", 0) or 0) <= _DEFER_BYTES:
+        return  # nothing but the pixels can have been left in the file (the usual CT/MR slice: no scan needed)
+    try:
+        for tag in list(ds.keys()):
+            elem = ds.get_item(tag, keep_deferred=True)
+            if tag not in _PIXEL_TAGS and isinstance(elem, RawDataElement) and elem.value is None and elem.length:
+                ds[tag]  # pydicom reads a deferred value on access
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: DICOM parse failed ({exc_summary(exc)})") from None
 
 
 def non_image_reason(ds: Dataset) -> str | None:
