@@ -137,8 +137,7 @@ class _FinalWatch(threading.Thread):
         self._stop.set()
 
 
-def _wait_verdict(base: str, uid: str, timeout: float, final: bool = False,
-                  images: bool = False) -> dict[str, Any] | None:
+def _wait_verdict(base: str, uid: str, timeout: float, images: bool = False) -> dict[str, Any] | None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -147,7 +146,7 @@ def _wait_verdict(base: str, uid: str, timeout: float, final: bool = False,
         if r.status_code == 200:
             rec = r.json()
             first_only = (rec["verdict"].get("completion") or {}).get("completed_by") == "first_instance"
-            if (not final or rec.get("final")) and not (images and first_only):
+            if not (images and first_only):
                 return rec
         time.sleep(0.05)
     return None

@@ -98,47 +98,51 @@ def feature_matrix(rows: list[dict[str, Any]], names: list[str] | tuple[str, ...
     return np.array([[r["features"][i] for i in idx] for r in rows], np.float64)
 
 
-def fit(rows: list[dict[str, Any]], c: float = 1.0, names: list[str] | tuple[str, ...] = FEATURES) -> dict[str, Any]:
-    """Standardisation + multinomial LR over phases + binary LR over suboptimal enhancement, on ``names``."""
+def fit(rows: list[dict[str, Any]], c: float = 1.0, names: list[str] | tuple[str, ...] = FEATURES,
+        mlp: tuple[int, float, int] | None = None) -> dict[str, Any]:
+    """Standardisation + multinomial LR over phases + binary LR over suboptimal enhancement, on ``names``.
+
+    ``mlp`` = (units, alpha, k): the phase from ``k`` one-hidden-layer ReLU networks instead (scikit-learn
+    ``MLPClassifier``, L2 ``alpha``, seeds 0..k-1) over the standardised features, their logits averaged: one
+    network with the members' hidden units side by side and the output weights divided by k."""
     from sklearn.linear_model import LogisticRegression
 
     x = feature_matrix(rows, names)
     y = np.array([PHASES.index(r["phase"]) for r in rows])
     mean, std = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / std
-    phase = LogisticRegression(C=c, max_iter=5000).fit(z, y)
+    if mlp is None:
+        lr = LogisticRegression(C=c, max_iter=5000).fit(z, y)
+        head: dict[str, Any] = {"phase_coef": lr.coef_.tolist(), "phase_intercept": lr.intercept_.tolist()}
+    else:
+        head = {"phase_mlp": _mlp_head(z, y, *mlp)}
     enhanced = y > 0
     sub_y = np.array([r["enhancement"] == "suboptimal" for r in rows])[enhanced]
     sub = LogisticRegression(C=c, max_iter=5000).fit(z[enhanced], sub_y)
-    return {"features": list(names), "mean": mean.tolist(), "std": std.tolist(),
-            "phase_coef": phase.coef_.tolist(), "phase_intercept": phase.intercept_.tolist(),
+    return {"features": list(names), "mean": mean.tolist(), "std": std.tolist(), **head,
             "suboptimal_coef": sub.coef_[0].tolist(), "suboptimal_intercept": float(sub.intercept_[0]),
             "C": c, "n": len(rows)}
 
 
-def fit_mlp(rows: list[dict[str, Any]], hidden: int = 32, alpha: float = 1.0, ensemble: int = 5, c: float = 3.0,
-            names: list[str] | tuple[str, ...] = FEATURES) -> dict[str, Any]:
-    """:func:`fit`, with the phase from an ensemble of ``ensemble`` one-hidden-layer ReLU networks (scikit-learn
-    ``MLPClassifier``, L2 ``alpha``, seeds 0..k-1) over the standardised features; their logits averaged, which
-    is one network with the members' hidden units side by side and the output weights divided by k. The
-    suboptimal-enhancement head stays the logistic regression of :func:`fit` (C = ``c``)."""
+def _mlp_head(z: np.ndarray, y: np.ndarray, hidden: int, alpha: float, ensemble: int) -> dict[str, Any]:
     from sklearn.neural_network import MLPClassifier
 
-    clf = fit(rows, c, names)
-    x = feature_matrix(rows, names)
-    z = (x - np.asarray(clf["mean"])) / np.asarray(clf["std"])
-    y = np.array([PHASES.index(r["phase"]) for r in rows])
     nets = [MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, max_iter=3000, random_state=k).fit(z, y)
             for k in range(ensemble)]
     if any(list(n.classes_) != list(range(len(PHASES))) for n in nets):
         raise SystemExit("every phase must be in the training rows")
-    clf.pop("phase_coef"), clf.pop("phase_intercept")
-    clf["phase_mlp"] = {"hidden": hidden, "alpha": alpha, "ensemble": ensemble, "activation": "relu",
-                        "w1": np.concatenate([n.coefs_[0] for n in nets], 1).tolist(),
-                        "b1": np.concatenate([n.intercepts_[0] for n in nets]).tolist(),
-                        "w2": (np.concatenate([n.coefs_[1] for n in nets], 0) / ensemble).tolist(),
-                        "b2": (np.mean([n.intercepts_[1] for n in nets], 0)).tolist()}
-    return clf
+    return {"hidden": hidden, "alpha": alpha, "ensemble": ensemble, "activation": "relu",
+            "w1": np.concatenate([n.coefs_[0] for n in nets], 1).tolist(),
+            "b1": np.concatenate([n.intercepts_[0] for n in nets]).tolist(),
+            "w2": (np.concatenate([n.coefs_[1] for n in nets], 0) / ensemble).tolist(),
+            "b2": (np.mean([n.intercepts_[1] for n in nets], 0)).tolist()}
+
+
+def fit_mlp(rows: list[dict[str, Any]], hidden: int = 32, alpha: float = 1.0, ensemble: int = 5, c: float = 3.0,
+            names: list[str] | tuple[str, ...] = FEATURES) -> dict[str, Any]:
+    """:func:`fit` with the phase from ``ensemble`` averaged ReLU networks of ``hidden`` units; the suboptimal
+    head stays the logistic regression (C = ``c``)."""
+    return fit(rows, c, names, mlp=(hidden, alpha, ensemble))
 
 
 def _phase_logits(clf: dict[str, Any], z: np.ndarray) -> np.ndarray:
