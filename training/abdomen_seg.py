@@ -108,6 +108,43 @@ def build_net() -> Any:
                 strides=(2, 2, 2), num_res_units=1, norm="instance")
 
 
+def load_weights(net: Any, source: Path, probe: dict[str, Any]) -> None:
+    """Initialise ``net`` from a state_dict or from an exported bundle's ONNX graph (fine-tuning a shipped
+    network when its checkpoint is gone). The exporter renames the PReLU slopes (``onnx::PRelu_*``, in module
+    order) and keeps every other parameter's name; the result is checked against the ONNX graph on ``probe``."""
+    import torch
+
+    if source.suffix == ".pt":
+        net.load_state_dict(torch.load(source, map_location="cpu"))
+        return
+    import onnx
+    from onnx import numpy_helper
+
+    from scanqc.inference import make_session
+
+    path = source / "model.onnx" if source.is_dir() else source
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    prelu = [v for k, v in inits.items() if k.startswith("onnx::PRelu_")]
+    sd, slopes = net.state_dict(), iter(prelu)
+    new = {}
+    for k, v in sd.items():
+        src = inits[k] if k in inits else next(slopes, None)
+        if src is None:
+            raise SystemExit(f"--init {source}: the graph has no parameter for {k} (another architecture?)")
+        if src.size != v.numel():
+            raise SystemExit(f"--init {source}: {k} has {src.size} values, the network {v.numel()}")
+        new[k] = torch.from_numpy(np.ascontiguousarray(src).reshape(tuple(v.shape)).copy())
+    net.load_state_dict(new)
+    x = network_input(probe["image"].astype(np.float32))
+    net.eval()
+    with torch.no_grad():
+        diff = float(np.abs(make_session(path, 1).run(None, {"image": x})[0] - net(torch.from_numpy(x)).numpy()).max())
+    net.train()
+    if diff > 1e-3:
+        raise SystemExit(f"--init {source}: the loaded weights do not reproduce the ONNX graph (max diff {diff})")
+    print(f"initialised from {path} (parity {diff:.1e})", file=sys.stderr)
+
+
 def dice_per_class(pred: np.ndarray, tgt: np.ndarray) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for c, name in enumerate(CLASSES):
@@ -228,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("models"))
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--checkpoint", type=Path, default=None, help="state_dict saved every few minutes")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from these weights: a state_dict (.pt) or an exported bundle folder (model.onnx)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
@@ -235,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     val = [draw_case(np.random.default_rng([a.seed + 1000, i]), "test") for i in range(a.n_val)]
     net = build_net()
+    if a.init is not None:
+        load_weights(net, a.init, val[0])
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     pool: list[dict[str, Any]] = []
@@ -273,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = shlex.join(argv if argv is not None else sys.argv[1:])
     info = {"command": f"OMP_NUM_THREADS=1 python -m scanqc.training.abdomen_seg {args}", "seed": a.seed,
+            "initialised_from": str(a.init.name if a.init.is_dir() else a.init) if a.init else None,
             "steps": step, "cases_drawn": drawn, "batch": a.batch, "patch": [PATCH_Z, INPLANE, INPLANE],
             "loss": "DiceCE (MONAI, background excluded from Dice)", "optimizer": f"AdamW lr {a.lr} cosine",
             "final_loss": round(float(np.mean(losses[-100:])), 4), "train_seconds": round(time.perf_counter() - t0),

@@ -215,8 +215,11 @@ def classes(model_dir: Path = MODEL_DIR) -> tuple[str, ...]:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(0, keepdims=True))
-    return e / e.sum(0, keepdims=True)
+    # In place on one temporary (9 x 48 x 64 x 64 on a CT: the allocations cost as much as the exp).
+    e = logits - logits.max(0, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(0, keepdims=True)
+    return e
 
 
 def segment(volume: Volume, cache: dict | None = None, model_dir: Path = MODEL_DIR) -> tuple[WorkGrid, np.ndarray]:

@@ -59,3 +59,36 @@ def test_shipped_network_is_small_and_records_parity():
     assert meta["onnx"]["parity_max_abs_diff"] < 1e-3 and (abdomen_seg.MODEL_DIR / "model.onnx").stat().st_size < 3e6
     assert meta["working_grid"]["grid_mm"] == abdomen_seg.GRID_MM and meta["working_grid"]["inplane"] == \
         abdomen_seg.INPLANE
+
+
+def test_fine_tuning_starts_from_an_exported_bundle(tmp_path: Path):
+    """--init: the weights read back from a bundle's ONNX graph (PReLU slopes renamed by the exporter) are the
+    exported network's; a graph of another architecture is refused by name."""
+    from scanqc.training.abdomen_seg import build_net, draw_case, export, load_weights
+
+    from scanqc.checks.abdomen_seg import network_input
+
+    case = draw_case(np.random.default_rng([8, 1]))
+    torch.manual_seed(1)
+    src = build_net()
+    with torch.no_grad():  # PReLU slopes away from their 0.25 start, so a mix-up between them would show
+        for m in src.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(0.05, 0.6)
+    folder = export(src, tmp_path / "abdomen_seg" / "9.0.0", "9.0.0", {"_parity": [case]}, {"n": 0})
+    torch.manual_seed(2)
+    dst = build_net()
+    x = torch.from_numpy(network_input(case["image"].astype(np.float32)))
+    src.eval()
+    dst.eval()
+    with torch.no_grad():
+        assert (src(x) - dst(x)).abs().max() > 1e-2  # different before
+        load_weights(dst, folder, case)
+        dst.eval()
+        assert (src(x) - dst(x)).abs().max() < 1e-5
+    for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
+        assert torch.equal(a, b)
+    small = torch.nn.Sequential(torch.nn.Conv3d(2, 3, 1))
+    torch.onnx.export(small, (x,), str(tmp_path / "other.onnx"), dynamo=False, input_names=["image"])
+    with pytest.raises(SystemExit, match="another architecture"):
+        load_weights(build_net(), tmp_path / "other.onnx", case)
