@@ -98,6 +98,42 @@ def feature_matrix(rows: list[dict[str, Any]], names: list[str] | tuple[str, ...
     return np.array([[r["features"][i] for i in idx] for r in rows], np.float64)
 
 
+#: The collecting-system measurements (abdomen_seg >= 1.1.0) that :func:`excretion_twins` replaces.
+CS_FEATURES = ("collecting_system", "collecting_system_p90", "collecting_minus_kidney_p50", "collecting_found")
+
+
+def excretion_twins(rows: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """The training rows with every delayed row once more as a patient whose kidneys have not excreted yet.
+
+    When excreted contrast reaches the renal pelvis depends on renal function and hydration, not only on the time
+    after injection: a delayed scan (2-5 min) can show urine there. scanqc's generator always excretes by then,
+    so a classifier fit on it reads "no contrast in the collecting system" as "not delayed" (the blind family's
+    delayed scans then go to portal venous: docs/model-quality.md). The twin keeps every vascular and parenchymal
+    measurement and takes the collecting-system ones of a random portal-venous row (urine; where that row found
+    no collecting system, this row's own fallback: the parenchyma's median, flagged). Every other row appears
+    twice, so the phases keep their balance. The twins are marked ``"twin": True``.
+    """
+    idx = {n: FEATURES.index(n) for n in (*CS_FEATURES, "kidney_p50")}
+    donors = [r for r in rows if r["phase"] == "portal_venous"]
+    if not donors:
+        raise SystemExit("--excretion-twins needs portal-venous training rows")
+    rng = np.random.default_rng([seed, 5])
+    twins = []
+    for r in rows:
+        if r["phase"] != "delayed":
+            twins.append(r)
+            continue
+        d = donors[int(rng.integers(len(donors)))]["features"]
+        f = list(r["features"])
+        k50 = f[idx["kidney_p50"]]
+        found = bool(d[idx["collecting_found"]])
+        cs, cs90 = (d[idx["collecting_system"]], d[idx["collecting_system_p90"]]) if found else (k50, k50)
+        f[idx["collecting_system"]], f[idx["collecting_system_p90"]] = cs, cs90
+        f[idx["collecting_minus_kidney_p50"]], f[idx["collecting_found"]] = cs - k50, float(found)
+        twins.append({**r, "features": f, "twin": True})
+    return rows + twins
+
+
 def fit(rows: list[dict[str, Any]], c: float = 1.0, names: list[str] | tuple[str, ...] = FEATURES,
         mlp: tuple[int, float, int] | None = None) -> dict[str, Any]:
     """Standardisation + multinomial LR over phases + binary LR over suboptimal enhancement, on ``names``.
@@ -355,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("models"))
     ap.add_argument("--version", default="2.0.0")
     ap.add_argument("--features", default=None, help="comma-separated FEATURES the classifier takes (default: all)")
+    ap.add_argument("--excretion-twins", action="store_true",
+                    help="fit on every delayed row twice, once with a portal-venous row's collecting system "
+                         "(late excretion; excretion_twins)")
     ap.add_argument("--features-cache", type=Path, default=None, help="JSON of collected cases (reused if present)")
     ap.add_argument("--changelog", default="contrast phase by measurement: HU at the located aorta, IVC, liver and "
                                            "kidneys -> logistic regression; trained on scanqc.datasets.abdomen")
@@ -381,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in FEATURES]
     if unknown:
         raise SystemExit(f"unknown feature(s) {unknown}; measured: {', '.join(FEATURES)}")
-    clf = fit_mlp(rows, a.mlp, a.alpha, a.ensemble, a.C, names) if a.mlp else fit(rows, a.C, names)
+    fit_rows = excretion_twins(rows, a.seed) if a.excretion_twins else rows
+    clf = fit_mlp(fit_rows, a.mlp, a.alpha, a.ensemble, a.C, names) if a.mlp else fit(fit_rows, a.C, names)
     val = accuracy(clf, val_rows)
     print(json.dumps({"train": accuracy(clf, rows), "validation": val}, indent=1), file=sys.stderr)
     args = shlex.join(str(v) for v in (argv if argv is not None else sys.argv[1:]))  # re-runnable
@@ -390,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
     manifests = [{"path": str(m), "sha256": manifest_sha256(m)} for m in a.manifest]
     info = {"command": f"python -m scanqc.training.abdomen_phase {args}", "manifests": manifests,
-            "seed": a.seed, "n_train": len(rows), "n_val": len(val_rows), "generator": "scanqc.datasets.abdomen",
+            "seed": a.seed, "n_train": len(rows), "n_val": len(val_rows),
+            "excretion_twins": sum(1 for r in fit_rows if r.get("twin")), "generator": "scanqc.datasets.abdomen",
             "variant": "train", "validation_variant": a.val_variant,
             "validation_seed": a.val_seed if a.val_seed is not None else a.seed + 1,
             "localisation": _localisation(), "collect_seconds": round(gen_s, 1),

@@ -67,3 +67,31 @@ def test_an_ensemble_of_small_networks_exports_with_parity_and_serves(tmp_path: 
     np.testing.assert_allclose(got, abdomen_phase.logits_numpy(clf, x[:16]), atol=1e-3)
     # the averaged logits are the members' mean: not one member's (the ensemble is really there)
     assert not np.allclose(np.asarray(clf["phase_mlp"]["w2"])[:8] * 3, np.asarray(clf["phase_mlp"]["w2"])[8:16] * 3)
+
+
+def test_excretion_twins_give_delayed_rows_a_portal_venous_collecting_system() -> None:
+    rows = _rows(40, 2)
+    idx = {n: FEATURES.index(n) for n in (*abdomen_phase.CS_FEATURES, "kidney_p50", "aorta", "liver")}
+    for i, r in enumerate(rows):  # urine in portal venous (some not found), excreted contrast when delayed
+        f = r["features"]
+        found = not (r["phase"] == "portal_venous" and i % 3 == 0)
+        f[idx["collecting_system"]] = {"delayed": 300.0, "portal_venous": 10.0}.get(r["phase"], 20.0) if found \
+            else f[idx["kidney_p50"]]
+        f[idx["collecting_found"]] = float(found)
+    out = abdomen_phase.excretion_twins(rows, seed=0)
+    twins = [r for r in out if r.get("twin")]
+    by_phase = {p: sum(r["phase"] == p for r in out) for p in PHASES}
+    assert len(out) == 2 * len(rows) and len(set(by_phase.values())) == 1  # balance kept
+    assert len(twins) == sum(r["phase"] == "delayed" for r in rows) and all(t["phase"] == "delayed" for t in twins)
+    originals = [r for r in rows if r["phase"] == "delayed"]
+    for t, r in zip(twins, originals):
+        f, g = t["features"], r["features"]
+        assert f[idx["aorta"]] == g[idx["aorta"]] and f[idx["liver"]] == g[idx["liver"]]  # vessels, organs kept
+        assert g[idx["collecting_system"]] == 300.0 and f[idx["collecting_system"]] != 300.0  # no excretion now
+        if f[idx["collecting_found"]]:
+            assert f[idx["collecting_system"]] == 10.0  # a portal-venous row's urine
+        else:  # a donor without a found collecting system: this row's own fallback, the parenchyma's median
+            assert f[idx["collecting_system"]] == f[idx["kidney_p50"]] == g[idx["kidney_p50"]]
+        assert np.isclose(f[idx["collecting_minus_kidney_p50"]], f[idx["collecting_system"]] - f[idx["kidney_p50"]])
+    assert {bool(t["features"][idx["collecting_found"]]) for t in twins} == {True, False}
+    assert all(r["features"][idx["collecting_system"]] == 300.0 for r in originals)  # inputs untouched
