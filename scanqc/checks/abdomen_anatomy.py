@@ -76,7 +76,7 @@ NATIVE_HU = {"blood": 40.0, "liver": 55.0, "kidney": 35.0, "spleen": 45.0}
 #: Feature counts of classifiers that take a prefix (exported before models named their features: 2.0.0: 14,
 #: 2.1.0: 20, 2.2.0: 28); newer ones name theirs (``preprocessing.features``). Append only, so adding features
 #: never changes what a shipped model sees. The last four (the segmented collecting system, abdomen_seg >= 1.1.0)
-#: are measured but no shipped model takes them: they lost on the blind family (docs/model-quality.md).
+#: lost on the blind family until the classifier was fit with excretion twins (2.5.0; docs/model-quality.md).
 FEATURE_VERSIONS = (14, 20, 28)
 
 

@@ -185,11 +185,19 @@ def test_shipped_hu_classifier_onnx_matches_its_coefficients():
     folder, meta = _shipped()
     clf = meta["classifier"]
     n = len(clf["features"])
-    assert clf["features"] == list(FEATURES[:n]) and n in FEATURE_VERSIONS  # a prefix this scanqc measures
+    named = meta["preprocessing"].get("features")
+    if named:  # a model that names its features: each one this scanqc measures, in the ONNX input's order
+        assert clf["features"] == named and set(named) <= set(FEATURES)
+    else:  # older: a prefix this scanqc measures
+        assert clf["features"] == list(FEATURES[:n]) and n in FEATURE_VERSIONS
     x = np.random.default_rng(0).normal(100, 60, (16, n)).astype(np.float32)
     z = (x - np.array(clf["mean"])) / np.array(clf["std"])
-    ref = np.concatenate([z @ np.array(clf["phase_coef"]).T + clf["phase_intercept"],
-                          (z @ np.array(clf["suboptimal_coef"]) + clf["suboptimal_intercept"])[:, None]], 1)
+    if "phase_mlp" in clf:  # averaged ReLU networks, side by side in one hidden layer
+        m = clf["phase_mlp"]
+        phase = np.maximum(z @ np.array(m["w1"]) + m["b1"], 0.0) @ np.array(m["w2"]) + m["b2"]
+    else:
+        phase = z @ np.array(clf["phase_coef"]).T + clf["phase_intercept"]
+    ref = np.concatenate([phase, (z @ np.array(clf["suboptimal_coef"]) + clf["suboptimal_intercept"])[:, None]], 1)
     got = make_session(folder / "model.onnx", 1).run(None, {"image": x.reshape(16, 1, 1, 1, -1)})[0]
     assert np.abs(got - ref).max() < 1e-3
 
