@@ -151,7 +151,9 @@ def fit(rows: list[dict[str, Any]], c: float = 1.0, names: list[str] | tuple[str
         lr = LogisticRegression(C=c, max_iter=5000).fit(z, y)
         head: dict[str, Any] = {"phase_coef": lr.coef_.tolist(), "phase_intercept": lr.intercept_.tolist()}
     else:
-        head = {"phase_mlp": _mlp_head(z, y, *mlp)}
+        # A ReLU network extrapolates beyond its training rows in ways nothing constrained (a regression at least
+        # stays monotone): the graph clips each measurement into the range it was fit on.
+        head = {"phase_mlp": _mlp_head(z, y, *mlp), "clip": {"min": x.min(0).tolist(), "max": x.max(0).tolist()}}
     enhanced = y > 0
     sub_y = np.array([r["enhancement"] == "suboptimal" for r in rows])[enhanced]
     sub = LogisticRegression(C=c, max_iter=5000).fit(z[enhanced], sub_y)
@@ -191,7 +193,10 @@ def _phase_logits(clf: dict[str, Any], z: np.ndarray) -> np.ndarray:
 
 def logits_numpy(clf: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """The ONNX graph in numpy (parity reference): ``[N, F]`` features -> ``[N, 5]`` logits."""
-    z = (np.asarray(x, np.float64) - np.asarray(clf["mean"])) / np.asarray(clf["std"])
+    x = np.asarray(x, np.float64)
+    if "clip" in clf:
+        x = np.clip(x, np.asarray(clf["clip"]["min"], np.float32), np.asarray(clf["clip"]["max"], np.float32))
+    z = (x - np.asarray(clf["mean"])) / np.asarray(clf["std"])
     ph = _phase_logits(clf, z)
     sub = z @ np.asarray(clf["suboptimal_coef"]) + clf["suboptimal_intercept"]
     return np.concatenate([ph, sub[:, None]], axis=1).astype(np.float32)
@@ -207,9 +212,13 @@ def to_onnx(clf: dict[str, Any], path: Path) -> None:
     inits = [numpy_helper.from_array(f32(clf["mean"]), "mean"),
              numpy_helper.from_array(f32(1.0 / np.asarray(clf["std"])), "inv_std"),
              numpy_helper.from_array(np.array([-1, f], np.int64), "flat_shape")]
-    nodes = [helper.make_node("Reshape", ["image", "flat_shape"], ["x"]),
-             helper.make_node("Sub", ["x", "mean"], ["xc"]),
-             helper.make_node("Mul", ["xc", "inv_std"], ["xz"])]
+    nodes = [helper.make_node("Reshape", ["image", "flat_shape"], ["x"])]
+    if "clip" in clf:  # each measurement into its training range (Max, then Min: per-feature bounds)
+        inits += [numpy_helper.from_array(f32(clf["clip"]["min"]), "lo"),
+                  numpy_helper.from_array(f32(clf["clip"]["max"]), "hi")]
+        nodes += [helper.make_node("Max", ["x", "lo"], ["x_lo"]), helper.make_node("Min", ["x_lo", "hi"], ["x_in"])]
+    nodes += [helper.make_node("Sub", ["x_in" if "clip" in clf else "x", "mean"], ["xc"]),
+              helper.make_node("Mul", ["xc", "inv_std"], ["xz"])]
     mlp = clf.get("phase_mlp")
     if mlp is None:  # one linear map for the phases and the suboptimal logit
         w = np.concatenate([np.asarray(clf["phase_coef"]).T, np.asarray(clf["suboptimal_coef"])[:, None]], axis=1)

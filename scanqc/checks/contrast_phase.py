@@ -59,6 +59,22 @@ ACTION_SUBOPTIMAL = ("Suboptimal enhancement: check the IV access, injection rat
                      "repeat per protocol if the study is not diagnostic")
 
 
+def _outside_training_range(anat: Any, clf: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The measurements a classifier that clips its input (``classifier.clip``) saw outside its training range."""
+    from scanqc.checks.abdomen_anatomy import FEATURES
+
+    clip, names = clf.get("clip"), clf.get("features")
+    if not clip or not names or not set(names) <= set(FEATURES):
+        return {}
+    f = anat.features()
+    out = {}
+    for n, lo, hi in zip(names, clip["min"], clip["max"]):
+        v = float(f[FEATURES.index(n)])
+        if v < lo or v > hi:
+            out[n] = {"measured": round(v, 2), "trained_min": round(float(lo), 2), "trained_max": round(float(hi), 2)}
+    return out
+
+
 class ContrastPhaseCheck(ModelCheck):
     task = "contrast_phase"
 
@@ -97,6 +113,9 @@ class ContrastPhaseCheck(ModelCheck):
         if anat is not None:
             extra.update(anat.details())
             seen = "; " + measured_text(anat.hu)
+            outside = _outside_training_range(anat, model.metadata.get("classifier") or {})
+            if outside:  # the graph clipped these into the range it was fit on: a reader should know
+                extra["outside_training_range"] = outside
         conf_t = float(thr.get("mismatch_fail_confidence", 0.5))
         if expected is not None and pred != expected:
             score = 1.0 - probs[expected]

@@ -191,7 +191,8 @@ def test_shipped_hu_classifier_onnx_matches_its_coefficients():
     else:  # older: a prefix this scanqc measures
         assert clf["features"] == list(FEATURES[:n]) and n in FEATURE_VERSIONS
     x = np.random.default_rng(0).normal(100, 60, (16, n)).astype(np.float32)
-    z = (x - np.array(clf["mean"])) / np.array(clf["std"])
+    xin = np.clip(x, np.float32(clf["clip"]["min"]), np.float32(clf["clip"]["max"])) if "clip" in clf else x
+    z = (xin - np.array(clf["mean"])) / np.array(clf["std"])
     if "phase_mlp" in clf:  # averaged ReLU networks, side by side in one hidden layer
         m = clf["phase_mlp"]
         phase = np.maximum(z @ np.array(m["w1"]) + m["b1"], 0.0) @ np.array(m["w2"]) + m["b2"]
@@ -367,3 +368,14 @@ def test_a_classifier_whose_network_is_not_installed_is_skipped_not_fed_other_me
     with pytest.raises(ScanQCError) as e:
         locate(vol, {}, "9.9.9")
     assert e.value.code == ErrorCode.BAD_MODEL and not abdomen_seg.available(abdomen_seg.network_dir("9.9.9"))
+
+
+def test_measurements_outside_a_clipping_classifiers_training_range_are_reported():
+    from scanqc.checks.abdomen_anatomy import Anatomy
+    from scanqc.checks.contrast_phase import _outside_training_range
+
+    anat = Anatomy(True, "", hu={"aorta": 900.0, "liver": 60.0, "ivc": 80.0}, found={"kidneys": False})
+    clf = {"features": ["aorta", "liver", "ivc"], "clip": {"min": [20.0, 20.0, 90.0], "max": [400.0, 200.0, 300.0]}}
+    out = _outside_training_range(anat, clf)
+    assert set(out) == {"aorta", "ivc"} and out["aorta"]["measured"] == 900.0 and out["ivc"]["trained_min"] == 90.0
+    assert _outside_training_range(anat, {"features": ["aorta"]}) == {}  # a model that does not clip

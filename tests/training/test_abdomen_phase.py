@@ -67,6 +67,16 @@ def test_an_ensemble_of_small_networks_exports_with_parity_and_serves(tmp_path: 
     np.testing.assert_allclose(got, abdomen_phase.logits_numpy(clf, x[:16]), atol=1e-3)
     # the averaged logits are the members' mean: not one member's (the ensemble is really there)
     assert not np.allclose(np.asarray(clf["phase_mlp"]["w2"])[:8] * 3, np.asarray(clf["phase_mlp"]["w2"])[8:16] * 3)
+    # A measurement beyond the training range is clipped to it in the graph: far above the largest value seen gives
+    # the logits of that value, which a ReLU network left alone would extrapolate from.
+    hi = np.asarray(clf["clip"]["max"], np.float32)
+    assert np.allclose(hi, x.max(0)) and np.allclose(clf["clip"]["min"], x.min(0))
+    far, edge = x[:4].astype(np.float32).copy(), x[:4].astype(np.float32).copy()
+    far[:, 0], edge[:, 0] = hi[0] + 5000.0, hi[0]
+    run = lambda a: model.run(a.reshape(len(a), 1, 1, 1, -1))  # noqa: E731
+    np.testing.assert_allclose(run(far), run(edge), atol=1e-5)
+    unclipped = {k: v for k, v in clf.items() if k != "clip"}
+    assert not np.allclose(abdomen_phase.logits_numpy(unclipped, far), run(edge), atol=1e-3)
 
 
 def test_excretion_twins_give_delayed_rows_a_portal_venous_collecting_system() -> None:

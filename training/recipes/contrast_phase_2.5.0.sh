@@ -33,7 +33,7 @@ SCANQC_ABDOMEN_SEG_DIR=models/abdomen_seg/1.2.0 nice -n 10 python -m scanqc.trai
   --manifest "$DATA/train-abd/manifest.csv" --manifest "$DATA/train2-abd/manifest.csv" --workers 1 --C 3.0 \
   --mlp 32 --alpha 1.0 --ensemble 5 --excretion-twins --features "$FEAT" --out models --version 2.5.0 \
   --features-cache "$DATA/f-2.5.0.json" \
-  --changelog "the phase from 5 averaged ReLU networks (32 units) over 2.3.0's 20 HU features, the six enhancement ratios and the four collecting-system measurements on abdomen_seg 1.2.0, fit with every delayed row twice (once with a portal-venous row's collecting system: late excretion)"
+  --changelog "the phase from 5 averaged ReLU networks (32 units) over 2.3.0's 20 HU features, the six enhancement ratios and the four collecting-system measurements on abdomen_seg 1.2.0 (each clipped into its training range), fit with every delayed row twice (once with a portal-venous row's collecting system: late excretion)"
 # 4. Held-out figures with a models folder holding only 2.5.0 (it names its network).
 mkdir -p "$DATA/m250/contrast_phase" && cp -r models/contrast_phase/2.5.0 "$DATA/m250/contrast_phase/"
 for set in val-abd test-abd; do
