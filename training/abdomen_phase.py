@@ -140,7 +140,8 @@ def fit(rows: list[dict[str, Any]], c: float = 1.0, names: list[str] | tuple[str
 
     ``mlp`` = (units, alpha, k): the phase from ``k`` one-hidden-layer ReLU networks instead (scikit-learn
     ``MLPClassifier``, L2 ``alpha``, seeds 0..k-1) over the standardised features, their logits averaged: one
-    network with the members' hidden units side by side and the output weights divided by k."""
+    network with the members' hidden units side by side and the output weights divided by k; the model then also
+    carries ``clip``, each feature's training range, which the graph clips its input into."""
     from sklearn.linear_model import LogisticRegression
 
     x = feature_matrix(rows, names)
