@@ -9,21 +9,14 @@
 set -euo pipefail
 DATA=${1:?data dir}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-gen() { nice -n 10 scanqc data generate --task contrast_phase --generator abdomen --workers 1 "$@"; }
-gen --n 320 --seed 0 --out "$DATA/train-abd"
-gen --n 480 --seed 3 --out "$DATA/train2-abd"
-gen --n 120 --seed 2000 --variant test --out "$DATA/val-abd"
-gen --n 200 --seed 1000 --variant test --out "$DATA/test-abd"
+. "$(dirname "$0")/_abdomen.sh"
+abdomen_draws "$DATA"
 # Train on both training manifests (their own 'val' rows are the exporter's in-distribution validation).
 nice -n 10 python -m scanqc.training.abdomen_phase --manifest "$DATA/train-abd/manifest.csv" \
   --manifest "$DATA/train2-abd/manifest.csv" --workers 1 --C 0.3 --out models --version 2.2.0 \
   --features-cache "$DATA/f-2.2.0.json" \
   --changelog "28 HU features: kidneys' top percentile without bone, enhancement ratios to the aorta; trained at the generator's own resolution"
-mkdir -p "$DATA/m220/contrast_phase" && cp -r models/contrast_phase/2.2.0 "$DATA/m220/contrast_phase/"
-for set in val-abd test-abd; do
-  scanqc evaluate --manifest "$DATA/$set/manifest.csv" --task contrast_phase --split all --models "$DATA/m220" \
-    --out "$DATA/eval-2.2.0-$set"
-done
+held_out 2.2.0 "$DATA" val-abd test-abd
 # The old CT phantom's held-out draws:
 nice -n 10 scanqc data generate --task contrast_phase --generator phantom --n 200 --seed 1000 --variant test \
   --out "$DATA/cp-test-phantom" --workers 1

@@ -12,16 +12,12 @@
 set -euo pipefail
 DATA=${1:?data dir}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+. "$(dirname "$0")/_abdomen.sh"
 # 1. Segmentation network -> models/abdomen_seg/1.1.0 (held-out Dice on 12 variant-test draws in its metadata).
 nice -n 10 python -m scanqc.training.abdomen_seg --minutes 42 --steps-per-case 3 --out models --version 1.1.0 \
   --checkpoint "$DATA/abdomen_seg.pt"
 # 2. The draws of contrast_phase_2.2.0.sh (the generator's own resolution).
-gen() { [ -f "$1/manifest.csv" ] || nice -n 10 scanqc data generate --task contrast_phase --generator abdomen \
-  --workers 1 --n "$2" --seed "$3" --out "$1" "${@:4}"; }
-gen "$DATA/train-abd" 320 0
-gen "$DATA/train2-abd" 480 3
-gen "$DATA/val-abd" 120 2000 --variant test
-gen "$DATA/test-abd" 200 1000 --variant test
+abdomen_draws "$DATA"
 # 3. Classifier on 1.1.0's measurements (the exporter records preprocessing.localisation = 1.1.0, which the check
 #    then measures with, and preprocessing.features); C = 3 chosen on val-abd from {0.3, 1, 3}.
 FEAT=$(python -c "from scanqc.checks.abdomen_anatomy import FEATURES; print(','.join(FEATURES[:20]))")
@@ -30,10 +26,6 @@ SCANQC_ABDOMEN_SEG_DIR=models/abdomen_seg/1.1.0 nice -n 10 python -m scanqc.trai
   --features "$FEAT" --out models --version 2.3.0 --features-cache "$DATA/f-2.3.0.json" \
   --changelog "2.1.0's 20 HU features measured on abdomen_seg 1.1.0, fit on the 640 training rows of 800 draws at the generator's own resolution (C=3 chosen on the validation draws)"
 # 4. Held-out figures with a models folder holding only 2.3.0 (it names its network; no override needed):
-mkdir -p "$DATA/m230/contrast_phase" && cp -r models/contrast_phase/2.3.0 "$DATA/m230/contrast_phase/"
-for set in val-abd test-abd; do
-  scanqc evaluate --manifest "$DATA/$set/manifest.csv" --task contrast_phase --split all --models "$DATA/m230" \
-    --out "$DATA/eval-2.3.0-$set"
-done
+held_out 2.3.0 "$DATA" val-abd test-abd
 # Promotion (contrast_phase 2.3.0 with abdomen_seg 1.1.0 as the default localisation, which abdominal coverage
 # shares) is decided on the blind cross-simulator (docs/crosssim.md), by the lead.

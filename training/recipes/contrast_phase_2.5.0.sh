@@ -17,16 +17,12 @@
 set -euo pipefail
 DATA=${1:?data dir}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+. "$(dirname "$0")/_abdomen.sh"
 # 1. The localisation network: 1.1.0's weights (read back from its ONNX graph), 50 more minutes.
 nice -n 10 python -m scanqc.training.abdomen_seg --minutes 50 --steps-per-case 3 --lr 1e-3 --seed 1 \
   --init models/abdomen_seg/1.1.0 --out models --version 1.2.0 --checkpoint "$DATA/abdomen_seg-1.2.0.pt"
 # 2. The draws of contrast_phase_2.2.0.sh / 2.3.0.sh.
-gen() { [ -f "$1/manifest.csv" ] || nice -n 10 scanqc data generate --task contrast_phase --generator abdomen \
-  --workers 1 --n "$2" --seed "$3" --out "$1" "${@:4}"; }
-gen "$DATA/train-abd" 320 0
-gen "$DATA/train2-abd" 480 3
-gen "$DATA/val-abd" 120 2000 --variant test
-gen "$DATA/test-abd" 200 1000 --variant test
+abdomen_draws "$DATA"
 # 3. The classifier on 1.2.0's measurements (preprocessing.localisation = 1.2.0: the check measures with it).
 FEAT=$(python -c "from scanqc.checks.abdomen_anatomy import FEATURES; print(','.join(FEATURES[:20] + FEATURES[22:32]))")
 SCANQC_ABDOMEN_SEG_DIR=models/abdomen_seg/1.2.0 nice -n 10 python -m scanqc.training.abdomen_phase \
@@ -35,15 +31,10 @@ SCANQC_ABDOMEN_SEG_DIR=models/abdomen_seg/1.2.0 nice -n 10 python -m scanqc.trai
   --features-cache "$DATA/f-2.5.0.json" \
   --changelog "the phase from 5 averaged ReLU networks (32 units) over 2.3.0's 20 HU features, the six enhancement ratios and the four collecting-system measurements on abdomen_seg 1.2.0 (each clipped into its training range), fit with every delayed row twice (once with a portal-venous row's collecting system: late excretion)"
 # 4. Held-out figures with a models folder holding only 2.5.0 (it names its network).
-mkdir -p "$DATA/m250/contrast_phase" && cp -r models/contrast_phase/2.5.0 "$DATA/m250/contrast_phase/"
-for set in val-abd test-abd; do
-  scanqc evaluate --manifest "$DATA/$set/manifest.csv" --task contrast_phase --split all --models "$DATA/m250" \
-    --out "$DATA/eval-2.5.0-$set"
-done
+held_out 2.5.0 "$DATA" val-abd test-abd
 # The blind decision (docs/crosssim.md): a cross-simulator seed generated before the candidate existed.
 scanqc evaluate crosssim --task contrast_phase --n 120 --seed 5 --out "$DATA/crosssim5-cp" --workers 1
-scanqc evaluate --manifest "$DATA/crosssim5-cp/manifest.csv" --task contrast_phase --split all --models "$DATA/m250" \
-  --out "$DATA/eval-2.5.0-cs5"
+held_out 2.5.0 "$DATA" crosssim5-cp
 scanqc models promote contrast_phase 2.5.0 --manifest "$DATA/crosssim5-cp/manifest.csv" --split all
 # 5. Abdominal coverage shares the network: its figures with 1.1.0 and 1.2.0 on the own draws and a fresh blind seed.
 scanqc data generate --task coverage --anatomy head --variant test --n 300 --seed 4242 --out "$DATA/test-cov" --workers 1
