@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from scanqc.cancel import checkpoint
 from scanqc.errors import ErrorCode, ScanQCError, exc_summary
-from scanqc.io.dicom import non_image_reason, read_file
+from scanqc.io.dicom import cached_value, non_image_reason, read_file
 from scanqc.io.nifti import read_nifti
 from scanqc.io.sources import InputFile, expand_input, is_nifti_name
 from scanqc.limits import DEFAULT_LIMITS, Limits
@@ -149,7 +149,7 @@ def load_series(path: str | Path, limits: Limits = DEFAULT_LIMITS, modality_hint
                 continue
             try:
                 reason = non_image_reason(ds)
-                key = str(ds.get("SeriesInstanceUID", "")) or f"__file__{f.name}"
+                key = str(cached_value(ds, "SeriesInstanceUID", "")) or f"__file__{f.name}"
             except MALFORMED_HEADER as exc:
                 errors.append(ScanQCError(ErrorCode.UNREADABLE, f"{f.name}: malformed header "
                                                                 f"({exc_summary(exc)})"))

@@ -244,3 +244,65 @@ def test_installed_models_ask_for_the_ct_block_means_and_their_mr_grids() -> Non
     assert abdomen_seg.available()
     assert BlockMeans(abdomen_seg.DETAIL_MM) in targets["CT"]
     assert targets["MR"] and all(isinstance(g, tuple) and len(g) == 2 for g in targets["MR"])
+
+
+def test_background_rescale_is_pydicoms_values_through_mixed_rescales_and_a_growing_buffer() -> None:
+    # Rescaling and the in-plane passes run in the conversion thread, a chunk of slices at a time, one call per
+    # run of equal rescales. Here: 40 slices arriving shuffled (no run of consecutive slots longer than chance),
+    # three rescale values, and a buffer started at 4 slots (it grows while chunks are in flight). Every slice
+    # must be pydicom's stored values * slope + intercept, and the block means those of the volume.
+    from scanqc.preprocessing import BlockMeans, block_means_inplane, block_means_key, canonicalize
+
+    vol = _volume(n=40, size=24)
+    dss = [_roundtrip(d) for d in volume_to_datasets(vol, "CT")]
+    for i, ds in enumerate(dss):
+        if i % 3 == 1:
+            ds.RescaleSlope, ds.RescaleIntercept = 2, -3000
+        elif i % 3 == 2:
+            ds.RescaleSlope, ds.RescaleIntercept = 0.5, 0
+        ds = _roundtrip(ds)
+        dss[i] = ds
+    want = {d.SOPInstanceUID: (d.pixel_array.astype(np.float32) * np.float32(d.RescaleSlope)
+                               + np.float32(d.RescaleIntercept)) for d in dss}
+    order = list(range(len(dss)))
+    random.Random(5).shuffle(order)
+    asm = SeriesAssembler("s", expected_frames=4, inplane={"CT": (BlockMeans(2.0),)})
+    for i in order:
+        assert asm.add(dss[i]) == "added"
+    series = asm.finish()
+    assert series.volume is not None and series.volume.shape == (40, 24, 24)
+    for z, h in enumerate(series.headers):
+        assert np.array_equal(series.volume.array[z], want[h.SOPInstanceUID]), z
+    arr, _ = canonicalize(series.volume)
+    key = block_means_key(arr, (2, 2))
+    assert list(series.scratch) == [key]
+    assert np.array_equal(series.scratch[key], block_means_inplane(arr, (2, 2), None))
+
+
+def test_a_forked_child_still_assembles() -> None:
+    # The conversion thread is not inherited by fork (a worker process of the service): the child must start its
+    # own, not queue slices for a thread that does not exist and wait forever in finish().
+    import os
+    import time
+
+    vol = _volume(n=6, size=16)
+    _assemble([_roundtrip(d) for d in volume_to_datasets(vol, "CT")])  # the parent's conversion thread runs
+    dss = [_roundtrip(d) for d in volume_to_datasets(vol, "CT")]
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only with the right volume
+        ok = False
+        try:
+            s = _assemble(dss)
+            ok = s.volume is not None and np.allclose(s.volume.array, vol.array, atol=0.5)
+        finally:
+            os._exit(0 if ok else 3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child never finished assembling (no conversion thread)")

@@ -149,3 +149,37 @@ def test_malformed_decimal_string_still_fails_as_a_named_header_error(tmp_path):
     with pytest.raises(HeaderValueError) as exc:
         frame_geometries(ds)
     assert exc.value.keyword == "SliceThickness" and "DOE" not in str(exc.value)
+
+
+def _raw(keyword: str, vr: str, value: bytes, little_endian: bool = True):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    return RawDataElement(Tag(keyword), vr, len(value), value, 0, False, little_endian)
+
+
+def test_cached_values_equal_pydicoms_and_depend_on_the_byte_order():
+    # Rows stored as the same two bytes: 512 in a little-endian file, 2 in a big-endian one. The cache keys on
+    # the raw bytes, so it must key on the byte order too.
+    from scanqc.io.dicom import cached_value
+
+    le, be, le2 = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    for ds, little in ((le, True), (be, False), (le2, True)):
+        ds._dict[pydicom.tag.Tag("Rows")] = _raw("Rows", "US", b"\x00\x02", little)
+        ds._dict[pydicom.tag.Tag("Modality")] = _raw("Modality", "CS", b"CT")
+    assert cached_value(le, "Rows") == 512 == le.Rows
+    assert cached_value(be, "Rows") == 2 == be.Rows
+    assert cached_value(le2, "Rows") == 512 and cached_value(le2, "Modality") == "CT"
+    assert cached_value(le2, "Columns", "absent") == "absent"
+
+
+def test_cached_multi_values_are_never_shared_between_datasets():
+    from scanqc.io.dicom import cached_value
+
+    a, b = pydicom.Dataset(), pydicom.Dataset()
+    for ds in (a, b):
+        ds._dict[pydicom.tag.Tag("ImageType")] = _raw("ImageType", "CS", b"ORIGINAL\\PRIMARY\\AXIAL ")
+    va, vb = cached_value(a, "ImageType"), cached_value(b, "ImageType")
+    assert list(va) == list(vb) == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    va.append("CHANGED")  # a caller changing its value must not change another dataset's
+    assert list(cached_value(b, "ImageType")) == ["ORIGINAL", "PRIMARY", "AXIAL"] and va is not vb
