@@ -294,6 +294,13 @@ def slice_inplane(slice2d: np.ndarray, shape_yx: tuple[int, int], flip_rows: boo
     return my @ (np.asarray(slice2d, np.float32) @ mx_t)  # columns first: the smaller intermediate
 
 
+def stack_inplane(stack: np.ndarray, shape_yx: tuple[int, int], flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """:func:`slice_inplane` of each slice of ``stack`` (``[n, rows, cols]``), in two stacked matrix products."""
+    my, mx_t = _slice_matrices(int(stack.shape[1]), int(stack.shape[2]), int(shape_yx[0]), int(shape_yx[1]),
+                               bool(flip_rows), bool(flip_cols))
+    return np.matmul(my, np.matmul(np.asarray(stack, np.float32), mx_t))
+
+
 @functools.lru_cache(maxsize=64)
 def _slice_matrices(rows: int, cols: int, ny: int, nx: int, flip_rows: bool,
                     flip_cols: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -37,10 +37,10 @@ from pydicom.errors import BytesLengthException
 
 from scanqc.cancel import checkpoint
 from scanqc.errors import ErrorCode, ScanQCError, exc_summary
-from scanqc.io.dicom import FrameGeometry, cached_value, check_image_size, decode_pixels, frame_geometries
+from scanqc.io.dicom import PIXEL_TAGS, FrameGeometry, cached_value, check_image_size, decode_pixels, frame_geometries
 from scanqc.io.sources import InputFile
 from scanqc.limits import DEFAULT_LIMITS, Limits
-from scanqc.preprocessing import InplanePass, slice_pass
+from scanqc.preprocessing import InplanePass, slice_pass, stack_inplane
 from scanqc.series import IntegrityIssue, Series
 
 # What pydicom raises when a lazily parsed element is malformed (wrong or unknown VR, bad length...).
@@ -176,6 +176,11 @@ class _Chunk:
                 for f, a in zip(frames, out):
                     f.inplane = {**(f.inplane or {}), grid: a}
                 return
+        elif flips[0] is not None and all(fl == flips[0] for fl in flips):
+            # A model grid: the chunk's slices in two stacked matrix products (slice_inplane's, slice by slice).
+            for f, a in zip(frames, stack_inplane(block, grid, *flips[0])):  # type: ignore[misc]
+                f.inplane = {**(f.inplane or {}), grid: a}
+            return
         for f, fl, a in zip(frames, flips, block):
             if fl is not None:
                 made = slice_pass(grid, a, *fl, f.geom.pixel_spacing)
@@ -476,9 +481,9 @@ def _inplane_scratch(vol: Any, frames: list[_Frame], grids: tuple[InplanePass, .
 
 
 def _strip_pixels(ds: Dataset) -> Dataset:
-    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if kw in ds:
-            del ds[kw]
+    for tag in PIXEL_TAGS:  # tags, not keywords: pydicom resolves a keyword on every test (~30 us a slice)
+        if tag in ds:
+            del ds[tag]
     return ds
 
 
@@ -678,6 +683,7 @@ class SeriesAssembler:
 
         t0 = time.perf_counter()
         self.wait()
+        self._stages.clear()  # a late instance stages afresh; a receiver holding many series holds no spare chunks
         group = list(self._instances.values())
         first = self._first_ds
         if first is None:

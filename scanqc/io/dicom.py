@@ -141,7 +141,7 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
     return ds
 
 
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 def _settle_deferred(ds: Dataset, path: Path, name: str) -> None:
@@ -161,13 +161,13 @@ def _settle_deferred(ds: Dataset, path: Path, name: str) -> None:
             and last.value_tell + last.length > size):
         raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: file ends early ({last.tag} needs {last.length} bytes, "
                                                f"{max(size - last.value_tell, 0)} in the file)")
-    pixels = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
+    pixels = next((ds.get_item(t, keep_deferred=True) for t in PIXEL_TAGS if t in ds), None)
     if size - int(getattr(pixels, "length", 0) or 0) <= _DEFER_BYTES:
         return  # nothing but the pixels can have been left in the file (the usual CT/MR slice: no scan needed)
     try:
         for tag in list(ds.keys()):
             elem = ds.get_item(tag, keep_deferred=True)
-            if tag not in _PIXEL_TAGS and isinstance(elem, RawDataElement) and elem.value is None and elem.length:
+            if tag not in PIXEL_TAGS and isinstance(elem, RawDataElement) and elem.value is None and elem.length:
                 ds[tag]  # pydicom reads a deferred value on access
     except Exception as exc:  # pydicom raises many types on malformed input
         raise ScanQCError(ErrorCode.UNREADABLE, f"{name}: DICOM parse failed ({exc_summary(exc)})") from None
@@ -181,7 +181,7 @@ def non_image_reason(ds: Dataset) -> str | None:
         return "DICOMDIR index"
     if modality in NON_IMAGE_MODALITIES:
         return f"{modality} object"
-    if not any(t in ds for t in _PIXEL_TAGS):
+    if not any(t in ds for t in PIXEL_TAGS):
         if 0x00280010 in ds or (sop.startswith("1.2.840.10008.5.1.4.1.1.") and modality in ("CT", "MR", "PT")):
             return None  # an image object whose pixels are missing: an error, not a skip
         name = getattr(pydicom.uid.UID(sop), "name", sop) if sop else "unknown SOP class"
