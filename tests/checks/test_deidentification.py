@@ -66,3 +66,27 @@ def test_phi_in_one_instance_only_is_found(write_series):
     ds.save_as(f)
     (v,) = check_path(folder)
     assert [t["keyword"] for t in v.checks["deidentification"].extra["tags"]] == ["ReferringPhysicianName"]
+
+
+def test_a_real_name_or_a_private_tag_in_one_of_many_identical_headers_is_found(write_series):
+    # Identical headers are scanned once (by their undecoded bytes): one slice's own PatientName, and another's
+    # private tag, must still count.
+    import pydicom
+
+    g = load_guideline("brain_mr")
+    folder = write_series("mixed", "MR", header={"PatientName": "SUBJ-0042", "PatientID": "SUBJ-0042"})
+    files = sorted(folder.iterdir())
+    ds = pydicom.dcmread(files[3])
+    ds.PatientName = "Doe^John"
+    ds.save_as(files[3])
+    (v,) = check_path(folder, g)
+    assert [t["keyword"] for t in v.checks["deidentification"].extra["tags"]] == ["PatientName"]
+    ds = pydicom.dcmread(files[3])
+    ds.PatientName = "SUBJ-0042"
+    ds.save_as(files[3])
+    ds = pydicom.dcmread(files[5])
+    ds.private_block(0x0029, "ACME 1.0", create=True).add_new(0x10, "LO", "site internal")
+    ds.save_as(files[5])
+    (v,) = check_path(folder, g)
+    c = v.checks["deidentification"]
+    assert c.status == "warn" and c.extra["private_groups"] == ["(0029,xxxx)"] and not c.extra["tags"]
