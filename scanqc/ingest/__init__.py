@@ -1,6 +1,7 @@
 """Streaming ingest: build series instance by instance and decide when a series is complete.
 
-- :mod:`scanqc.ingest.assembler`: ``SeriesAssembler.add(ds, file)`` (decode one instance now) /
+- :mod:`scanqc.ingest.assembler`: ``SeriesAssembler.add(ds, file)`` (decode one instance now; the rescale into
+  the volume follows in the conversion thread) /
   ``.stack()`` (slices, gaps, duplicates so far) / ``.finish() -> Series`` (what ``load_series`` builds from
   the same files; ``load_series`` is itself a loop over ``add``).
 - :mod:`scanqc.ingest.completion`: the completion signals (MPPS, expected count, quiet period, restart:
