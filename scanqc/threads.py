@@ -17,6 +17,7 @@ import os
 log = logging.getLogger("scanqc")
 
 _limiter: object | None = None  # kept alive: threadpoolctl restores the old limit when it is collected
+_BLAS_ENV = ("OPENBLAS_NUM_THREADS",)  # numpy's and scipy's; not MKL: torch (the bench's eager comparison) sets its own
 
 
 def limit_blas_threads(default: int = 1) -> int | None:
@@ -30,7 +31,13 @@ def limit_blas_threads(default: int = 1) -> int | None:
         n = int(default)
     if n <= 0:
         return None
+    # threadpoolctl caps the BLAS libraries loaded *now*: called before numpy was imported (`scanqc check`, the
+    # bench) it capped nothing, and scipy loads a second OpenBLAS of its own later. A library loaded after this
+    # reads its thread count from the environment; those loaded already are capped below.
+    for var in _BLAS_ENV:
+        os.environ[var] = str(n)
     try:
+        import numpy  # noqa: F401 - loads numpy's OpenBLAS, so that it is capped here
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - a dependency; without it the library default stays
         return None

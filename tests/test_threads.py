@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +41,19 @@ def _default() -> int:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                               check=True).stdout)
+
+
+def test_the_cap_holds_for_blas_loaded_after_it() -> None:
+    # `scanqc check` and the bench cap BLAS before anything imported numpy, and scipy brings a second OpenBLAS
+    # of its own later: both must start capped (uncapped, their spinning threads took a core from onnxruntime:
+    # the segmentation network 55 -> 34 ms inside a CT check).
+    code = ("import sys, json; from scanqc.threads import limit_blas_threads; assert 'numpy' not in sys.modules; "
+            "limit_blas_threads(); import numpy, scipy.ndimage, scipy.linalg; "
+            "from threadpoolctl import threadpool_info; "
+            "print(json.dumps([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']))")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env.pop("SCANQC_BLAS_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         check=True).stdout
+    threads = json.loads(out)
+    assert threads and all(n == 1 for n in threads), threads
