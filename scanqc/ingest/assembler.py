@@ -605,24 +605,36 @@ class SeriesAssembler:
                 for fr in frames:
                     fr.error = ScanQCError(ErrorCode.TOO_LARGE, f"{name}: more than {self.limits.max_voxels} voxels")
             else:
+                grids = self._inplane.get(str(cached_value(self._first_ds, "Modality", "")).upper(), ())
+                buf = self._buffers.get((rows, cols))
+                if buf is None:
+                    cap = min(self._expected, max(self.limits.max_voxels // max(rows * cols, 1), 1))
+                    buf = self._buffers[(rows, cols)] = _SliceBuffer(rows, cols, cap)
+
+                def into(dtype: np.dtype, n: int) -> np.ndarray | None:
+                    # One frame read from the file goes straight into its staging row (no copy after).
+                    if n != rows * cols:
+                        return None
+                    if buf.full:
+                        self.wait()  # the growth below would submit this chunk first (then a copy after all)
+                    c = self._chunk_for(buf, dtype, grids)
+                    return c.stage[len(c.frames)].reshape(-1)
+
                 try:
-                    arr = decode_pixels(ds, f.name, scratch=True)  # copied out below, at once
+                    arr = decode_pixels(ds, f.name, scratch=True, into=into)  # copied out below, at once
                 except ScanQCError as exc:
                     for fr in frames:
                         fr.error = exc
                 else:
-                    grids = self._inplane.get(str(cached_value(self._first_ds, "Modality", "")).upper(), ())
-                    buf = self._buffers.get((rows, cols))
-                    if buf is None:
-                        cap = min(self._expected, max(self.limits.max_voxels // max(rows * cols, 1), 1))
-                        buf = self._buffers[(rows, cols)] = _SliceBuffer(rows, cols, cap)
                     for fr in frames:
                         if buf.full:
                             self.wait()  # the block is copied into a bigger one: nothing may still be written
                         fr.pixels, i = buf.take()  # its values are written by the conversion thread
                         fr.slot = (buf, i)
                         chunk = self._chunk_for(buf, arr.dtype, grids)
-                        chunk.stage[len(chunk.frames)] = arr[fr.index]  # out of the scratch buffer
+                        row = chunk.stage[len(chunk.frames)]
+                        if row.ctypes.data != arr.ctypes.data + arr.strides[0] * fr.index:
+                            row[...] = arr[fr.index]  # out of the scratch buffer
                         chunk.frames.append(fr)
                         if chunk.full:
                             self._submit()

@@ -12,7 +12,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,7 +325,12 @@ def frame_geometries(ds: Dataset) -> list[FrameGeometry]:
 _NATIVE_LITTLE_ENDIAN = {pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian}
 
 
-def _native_pixels(ds: Dataset, name: str, scratch: bool = False) -> np.ndarray | None:
+#: Where a decoder may read ``n`` stored values of ``dtype`` straight from the file: a writable contiguous array of
+#: that many values, or None (then a buffer of its own). The assembler passes its staging row: no copy after.
+Into = Callable[[np.dtype, int], "np.ndarray | None"]
+
+
+def _native_pixels(ds: Dataset, name: str, scratch: bool = False, into: Into | None = None) -> np.ndarray | None:
     """Uncompressed little-endian greyscale pixels straight from the buffer, or None to use pydicom.
 
     Same values as ``ds.pixel_array`` (bits above BitsStored masked, or sign-extended when signed;
@@ -349,7 +354,7 @@ def _native_pixels(ds: Dataset, name: str, scratch: bool = False) -> np.ndarray 
     n = frames * rows * cols
     elem = ds.get_item(0x7FE00010, keep_deferred=True)
     if isinstance(elem, RawDataElement) and elem.value is None and elem.length and ds.filename:
-        arr = _read_deferred(ds.filename, elem, dtype, n, name, scratch)  # read_file left it in the file
+        arr = _read_deferred(ds.filename, elem, dtype, n, name, scratch, into)  # read_file left it in the file
     else:
         buf = ds.PixelData
         if not isinstance(buf, (bytes, bytearray)):
@@ -378,10 +383,12 @@ def _scratch_array(dtype: np.dtype, n: int) -> np.ndarray:
 
 
 def _read_deferred(path: str | Path, elem: RawDataElement, dtype: np.dtype, n: int, name: str,
-                   scratch: bool = False) -> np.ndarray:
-    """``n`` stored values of a pixel data element left in the file, read into their array (one copy; into
-    this thread's scratch buffer when ``scratch``)."""
-    arr = _scratch_array(dtype, n) if scratch else np.empty(n, dtype)
+                   scratch: bool = False, into: Into | None = None) -> np.ndarray:
+    """``n`` stored values of a pixel data element left in the file, read into their array (one copy: into
+    ``into``'s array when it gives one, else this thread's scratch buffer when ``scratch``)."""
+    arr = into(dtype, n) if into is not None else None
+    if arr is None:
+        arr = _scratch_array(dtype, n) if scratch else np.empty(n, dtype)
     want = n * dtype.itemsize
     if elem.length != 0xFFFFFFFF and elem.length < want:
         raise ScanQCError(ErrorCode.TRUNCATED, f"{name}: pixel data has {elem.length} bytes, {want} expected")
@@ -396,13 +403,15 @@ def _read_deferred(path: str | Path, elem: RawDataElement, dtype: np.dtype, n: i
     return arr
 
 
-def decode_pixels(ds: Dataset, name: str, scratch: bool = False) -> np.ndarray:
+def decode_pixels(ds: Dataset, name: str, scratch: bool = False, into: Into | None = None) -> np.ndarray:
     """Decoded stored values as (frames, rows, cols), without rescale.
 
     ``scratch``: the values may be read into this thread's reusable buffer, which the next such call in the
     same thread overwrites: for a caller that copies them at once (the assembler rescales them into its volume).
+    ``into``: where uncompressed values read from the file may go instead (see :data:`Into`); the result is a
+    view of that array when they went there (no masking of unused high bits needed), else an array of its own.
     """
-    native = _native_pixels(ds, name, scratch)
+    native = _native_pixels(ds, name, scratch, into)
     if native is not None:
         return native
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)

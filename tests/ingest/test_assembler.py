@@ -279,6 +279,39 @@ def test_background_rescale_is_pydicoms_values_through_mixed_rescales_and_a_grow
     assert np.array_equal(series.scratch[key], block_means_inplane(arr, (2, 2), None))
 
 
+def test_pixels_read_from_files_straight_into_staging_equal_pydicoms(tmp_path: Path) -> None:
+    # Uncompressed pixels left in the file by the header parse are read straight into the conversion thread's
+    # staging rows (no copy after), except where unused high bits must be masked first (BitsStored 12 of 16,
+    # garbage above). Shuffled files, a buffer grown from 3 slots, both kinds mixed: every slice must be
+    # pydicom's pixel_array * slope + intercept.
+    from scanqc.io.dicom import read_file
+
+    vol = _volume(n=37, size=192)  # over the 64 KiB the header parse leaves in the file
+    paths = []
+    for i, ds in enumerate(volume_to_datasets(vol, "CT")):
+        if i % 4 == 1:
+            stored = np.frombuffer(ds.PixelData, np.uint16).copy() & 0x0FFF
+            stored |= np.uint16(0xA000)  # high bits pydicom masks off
+            ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+            ds.PixelData = stored.tobytes()
+        paths.append(tmp_path / f"{i:03d}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    want = {}
+    for p in paths:
+        d = pydicom.dcmread(p)
+        want[d.SOPInstanceUID] = d.pixel_array.astype(np.float32) * np.float32(d.RescaleSlope) + np.float32(
+            d.RescaleIntercept)
+    order = list(range(len(paths)))
+    random.Random(7).shuffle(order)
+    asm = SeriesAssembler("s", expected_frames=3)
+    for i in order:
+        assert asm.add(read_file(paths[i]), paths[i]) == "added"
+    series = asm.finish()
+    assert series.volume is not None and series.volume.shape == (37, 192, 192)
+    for z, h in enumerate(series.headers):
+        assert np.array_equal(series.volume.array[z], want[h.SOPInstanceUID]), z
+
+
 def test_a_forked_child_still_assembles() -> None:
     # The conversion thread is not inherited by fork (a worker process of the service): the child must start its
     # own, not queue slices for a thread that does not exist and wait forever in finish().
