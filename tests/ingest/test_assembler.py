@@ -312,6 +312,53 @@ def test_pixels_read_from_files_straight_into_staging_equal_pydicoms(tmp_path: P
         assert np.array_equal(series.volume.array[z], want[h.SOPInstanceUID]), z
 
 
+def test_a_volume_block_is_reused_once_nothing_refers_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Volume blocks come from a pool (a reused block's pages are resident; fresh ones cost the slowest checks
+    # 100-300 ms). A block must never be handed out while any array still refers to its memory, and must be
+    # handed out again once none does.
+    import gc
+
+    from scanqc.ingest import assembler
+
+    pool = assembler._BlockPool(64 * 2**20)
+    monkeypatch.setattr(assembler, "_pool", pool)
+
+    def series(seed: int) -> tuple[Series, Volume]:
+        vol = _volume(n=10, size=32, seed=seed)
+        return _assemble([_roundtrip(d) for d in volume_to_datasets(vol, "CT")]), vol
+
+    a, _ = series(1)
+    kept = a.volume.array[3:5, ::2]  # a view of a's block: a's block stays in use
+    kept_values = kept.copy()
+    del a
+    gc.collect()
+    b, vol_b = series(2)
+    assert not np.shares_memory(b.volume.array, kept)
+    np.testing.assert_array_equal(kept, kept_values)  # a's slices were not overwritten by b's
+    np.testing.assert_allclose(b.volume.array, vol_b.array, atol=1)
+    del b, kept
+    gc.collect()
+    c, vol_c = series(3)
+    assert len(pool._blocks) == 2 and any(c.volume.array.base is blk for blk in pool._blocks)  # a freed one
+    np.testing.assert_allclose(c.volume.array, vol_c.array, atol=1)
+
+
+def test_the_block_pool_keeps_to_its_budget_and_serves_from_the_smallest_free_block() -> None:
+    from scanqc.ingest.assembler import _BlockPool
+
+    pool = _BlockPool(1000 * 4)
+    first = pool.take(600)
+    other = pool.take(600)  # the first is in use and two do not fit: a block of its own, not kept
+    assert not np.shares_memory(first, other) and len(pool._blocks) == 1
+    del first, other
+    again = pool.take(300)
+    assert again.base is pool._blocks[0]  # the free 600 serves 300
+    del again
+    big = pool.take(900)  # the free 600 is dropped to make room
+    assert len(pool._blocks) == 1 and big.base is pool._blocks[0] and big.size == 900
+    assert _BlockPool(0).take(10).base is None  # a zero budget keeps nothing
+
+
 def test_a_forked_child_still_assembles() -> None:
     # The conversion thread is not inherited by fork (a worker process of the service): the child must start its
     # own, not queue slices for a thread that does not exist and wait forever in finish().
