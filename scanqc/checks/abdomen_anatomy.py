@@ -505,7 +505,7 @@ CS_MIN_VOXELS = 8
 
 # Binary morphology on the class maps, by shifted logical operations: the very results of scipy.ndimage's
 # binary_erosion / binary_dilation (border 0) with the structures named, several times faster on these small
-# masks (their sum was a tenth of the localisation; tests/checks/test_abdomen_anatomy.py compares them).
+# masks (their sum was a tenth of the localisation; tests/checks/test_abdomen_morphology.py compares them).
 def _shifted(m: np.ndarray, op: Any, axes: tuple[int, ...]) -> np.ndarray:
     """``m`` combined by ``op`` (``np.logical_and`` / ``np.logical_or``) with its neighbours one voxel away
     along each of ``axes`` (a cross on those axes); outside the array counts as False."""
@@ -544,18 +544,13 @@ def _dilate_cross(m: np.ndarray) -> np.ndarray:
 def _eroded_values(a: np.ndarray, m: np.ndarray, iterations: int, three_d: bool = False, min_n: int = 8
                    ) -> np.ndarray:
     """HU inside ``m`` eroded (in-plane, or 3D) by ``iterations`` detail voxels; less erosion when too few remain.
-    ``a`` and ``m`` cover the structure's bounding box with a margin of one voxel (:func:`_boxes`)."""
+    ``a`` and ``m`` cover the structure's bounding box with a margin of one voxel
+    (:func:`scanqc.checks.abdomen_seg.detail_boxes`)."""
     for it in range(iterations, 0, -1):
         e = erode_cross(m, it, (0, 1, 2) if three_d else (1, 2))
         if e.sum() >= min_n:
             return a[e]
     return a[m]
-
-
-def _bbox(m: np.ndarray, margin: int) -> tuple[slice, ...]:
-    idx = [np.flatnonzero(m.any(tuple(j for j in range(3) if j != i))) for i in range(3)]
-    return tuple(slice(max(int(ix[0]) - margin, 0), int(ix[-1]) + margin + 1) if ix.size else slice(0, 0)
-                 for ix in idx)
 
 
 def _plane_to_detail(grid: Any, plane: np.ndarray) -> np.ndarray:

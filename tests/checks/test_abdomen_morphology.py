@@ -8,7 +8,14 @@ import pytest
 from scipy import ndimage
 
 from scanqc.checks import abdomen_seg as seg
-from scanqc.checks.abdomen_anatomy import _bbox, _dilate_cross, dilate_box, erode_cross
+from scanqc.checks.abdomen_anatomy import _dilate_cross, dilate_box, erode_cross
+
+
+def _bbox(m: np.ndarray, margin: int) -> tuple[slice, ...]:
+    # The box the measurements took before detail_boxes: a pass over the mask per axis.
+    idx = [np.flatnonzero(m.any(tuple(j for j in range(3) if j != i))) for i in range(3)]
+    return tuple(slice(max(int(ix[0]) - margin, 0), int(ix[-1]) + margin + 1) if ix.size else slice(0, 0)
+                 for ix in idx)
 
 
 def _blobs(seed: int, shape: tuple[int, int, int] = (23, 31, 29)) -> np.ndarray:
