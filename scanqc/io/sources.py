@@ -11,14 +11,16 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from scanqc.cancel import checkpoint
+from scanqc.cancel import cancel_scope, checkpoint, current_token
 from scanqc.errors import ErrorCode, ScanQCError
 from scanqc.limits import DEFAULT_LIMITS, Limits
 
@@ -148,47 +150,101 @@ def safe_extract_zip(archive: Path, dest: Path, limits: Limits = DEFAULT_LIMITS,
                 raise ScanQCError(ErrorCode.ARCHIVE_ENCRYPTED,
                                   f"{archive.name}: members are password-protected; send the archive unencrypted")
         budget.add_archive(archive, infos)
-        out: list[InputFile] = []
+        members = []
         for info in infos:
-            checkpoint()
             pure = PurePosixPath(info.filename.replace("\\", "/"))
             if pure.name.startswith(".") or "__MACOSX" in pure.parts:
                 continue
-            target = dest / pure
-            written = 0
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    # Stream with a hard cap: the header's file_size can lie.
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > info.file_size or written > limits.max_file_bytes:
-                            raise ScanQCError(
-                                ErrorCode.ARCHIVE_TOO_LARGE,
-                                f"{archive.name}: member {info.filename!r} is larger than its header says",
-                            )
-                        budget.count(archive, len(chunk))
-                        dst.write(chunk)
-                        checkpoint()
-            except OSError as exc:
-                if exc.errno == errno.ENAMETOOLONG:
-                    raise ScanQCError(ErrorCode.ARCHIVE_NAME_TOO_LONG,
-                                      f"{archive.name}: a member path is too long to extract here") from None
-                if exc.errno == errno.ENOSPC:
-                    raise ScanQCError(ErrorCode.TOO_LARGE,
-                                      f"{archive.name}: no space left to extract the archive") from None
-                raise ScanQCError(ErrorCode.ARCHIVE_CORRUPT,
-                                  f"{archive.name}: member unreadable ({type(exc).__name__})") from None
-            except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
-                raise ScanQCError(
-                    ErrorCode.ARCHIVE_CORRUPT, f"{archive.name}: member {info.filename!r} unreadable ({exc})"
-                ) from None
-            except RuntimeError as exc:  # zipfile: "File ... is encrypted, password required" (flag unset)
-                raise ScanQCError(ErrorCode.ARCHIVE_ENCRYPTED if "encrypt" in str(exc).lower() else
-                                  ErrorCode.ARCHIVE_CORRUPT,
-                                  f"{archive.name}: member unreadable ({type(exc).__name__})") from None
-            out.append(InputFile(target, f"{archive.name}/{info.filename}"))
-        return out
+            members.append((info, dest / pure))
+        _extract_members(archive, zf, members, limits, budget)
+        return [InputFile(target, f"{archive.name}/{info.filename}") for info, target in members]
+
+
+#: Threads inflating one archive's members (zlib releases the GIL): a 200-slice CT uploaded as a 50 MB zip
+#: inflated in 516 ms on one thread, 305 ms on two.
+EXTRACT_THREADS = max(1, min(4, os.cpu_count() or 1))
+_PARALLEL_FROM_BYTES = 4 << 20  # smaller archives: one thread (starting threads costs more than it saves)
+
+
+class _Stopped(Exception):
+    """Another extraction thread failed: this one stops at its next member."""
+
+
+def _extract_members(archive: Path, zf: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, Path]],
+                     limits: Limits, budget: ExtractionBudget) -> None:
+    """Write ``members`` to their targets, on :data:`EXTRACT_THREADS` threads for a large archive (each with its
+    own handle on the archive); the first failure is raised, the other threads stop at their next member."""
+    lock = threading.Lock()  # the budget's running totals
+    n = min(EXTRACT_THREADS, len(members))
+    if (n < 2 or sum(i.file_size for i, _ in members) < _PARALLEL_FROM_BYTES
+            or len({t for _, t in members}) < len(members)):  # a name twice: the last one wins, as one by one
+        for info, target in members:
+            checkpoint()
+            _extract_member(archive, zf, info, target, limits, budget, lock)
+        return
+    token, failed = current_token(), threading.Event()
+
+    def run(part: list[tuple[zipfile.ZipInfo, Path]]) -> None:
+        try:
+            own = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            failed.set()
+            raise ScanQCError(ErrorCode.ARCHIVE_CORRUPT, f"{archive.name}: not a readable zip archive "
+                                                         f"({type(exc).__name__})") from None
+        with cancel_scope(token), own:
+            for info, target in part:
+                if failed.is_set():
+                    raise _Stopped
+                checkpoint()
+                try:
+                    _extract_member(archive, own, info, target, limits, budget, lock)
+                except BaseException:
+                    failed.set()
+                    raise
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="scanqc-unzip") as pool:
+        futures = [pool.submit(run, members[i::n]) for i in range(n)]
+    errors = [f.exception() for f in futures]
+    first = next((e for e in errors if e is not None and not isinstance(e, _Stopped)), None)
+    if first is not None:
+        raise first
+
+
+def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limits: Limits,
+                    budget: ExtractionBudget, lock: threading.Lock) -> None:
+    written = 0
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(target, "wb") as dst:
+            # Stream with a hard cap: the header's file_size can lie.
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > info.file_size or written > limits.max_file_bytes:
+                    raise ScanQCError(
+                        ErrorCode.ARCHIVE_TOO_LARGE,
+                        f"{archive.name}: member {info.filename!r} is larger than its header says",
+                    )
+                with lock:
+                    budget.count(archive, len(chunk))
+                dst.write(chunk)
+                checkpoint()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ScanQCError(ErrorCode.ARCHIVE_NAME_TOO_LONG,
+                              f"{archive.name}: a member path is too long to extract here") from None
+        if exc.errno == errno.ENOSPC:
+            raise ScanQCError(ErrorCode.TOO_LARGE,
+                              f"{archive.name}: no space left to extract the archive") from None
+        raise ScanQCError(ErrorCode.ARCHIVE_CORRUPT,
+                          f"{archive.name}: member unreadable ({type(exc).__name__})") from None
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
+        raise ScanQCError(
+            ErrorCode.ARCHIVE_CORRUPT, f"{archive.name}: member {info.filename!r} unreadable ({exc})"
+        ) from None
+    except RuntimeError as exc:  # zipfile: "File ... is encrypted, password required" (flag unset)
+        raise ScanQCError(ErrorCode.ARCHIVE_ENCRYPTED if "encrypt" in str(exc).lower() else
+                          ErrorCode.ARCHIVE_CORRUPT,
+                          f"{archive.name}: member unreadable ({type(exc).__name__})") from None
 
 
 def make_extraction_dir() -> str:
