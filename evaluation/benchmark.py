@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scanqc.evaluation.quality import machine_info
+from scanqc.evaluation.quality import CpuSteal, machine_info
 
 #: Target figures from the issue (2 CPU cores).
 TARGETS = {"verdict_p95_ms": 1000.0, "floor_ratio": 1.5, "ort_speedup": 3.0, "service_series_per_s": 4.0,
@@ -174,25 +174,39 @@ def bench_check(folder: Path, kind: str, runs: int, models: Any = None) -> dict[
     res["checks"] = {k: c.status for k, c in first.checks.items()}
     res["shape"], res["spacing_mm"] = list(first.shape or ()), [round(s, 3) for s in first.spacing_mm or ()]
     check_path(folder, guideline, models=models)
+
+    def floor() -> float:
+        t = time.perf_counter()
+        for p in files:
+            pydicom.dcmread(p).pixel_array  # noqa: B018 - decoding is the point
+        return (time.perf_counter() - t) * 1000
+
+    floor()
     elapsed: list[float] = []
+    floors: list[float] = []
     stages: dict[str, list[float]] = {}
-    for _ in range(runs):
+    steal = CpuSteal().start()
+    for i in range(runs):
+        # Each check beside a floor run, which goes first in turn: on a shared VM the CPU steal drifts by tens of
+        # percent within seconds, and a pair of runs a second apart sees the same machine.
+        if i % 2:
+            floors.append(floor())
         v = check_path(folder, guideline, models=models)[0]
+        if not i % 2:
+            floors.append(floor())
         elapsed.append(v.elapsed_ms)
         for k, ms in v.timings_ms.items():
             stages.setdefault(k, []).append(ms)
+    res["cpu_steal_pct"] = steal.stop()
     res["check_ms"] = summary(elapsed)
     res["stages_ms"] = {k: summary(v) for k, v in stages.items()}
     res["header_checks_ms"] = summary([sum(stages[k][i] for k in HEADER_CHECKS if k in stages)
                                        for i in range(runs)])
-
-    def floor() -> None:
-        for p in files:
-            pydicom.dcmread(p).pixel_array  # noqa: B018 - decoding is the point
-
-    res["floor_ms"] = summary(timed(floor, runs, warmup=1))
+    res["floor_ms"] = summary(floors)
     res["floor_ratio_p50"] = round(res["check_ms"]["p50"] / res["floor_ms"]["p50"], 2)
     res["floor_ratio_p95"] = round(res["check_ms"]["p95"] / res["floor_ms"]["p50"], 2)
+    # The target's figure: the median over the pairs of check / floor (the same machine state for both).
+    res["floor_ratio_paired"] = round(pct([c / f for c, f in zip(elapsed, floors)], 50), 2)
     # Preprocessing vs inference per model, on the same series (volume already assembled).
     series = load_series(folder)[0][0]
     reg = models or default_registry()
@@ -471,8 +485,9 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
         out[f"{k}_verdict_p95_ms"] = {"value": p95, "target": f"<= {TARGETS['verdict_p95_ms']:.0f} ms",
                                       "met": p95 <= TARGETS["verdict_p95_ms"],
                                       "ratio": round(p95 / TARGETS["verdict_p95_ms"], 2)}
-        r = s["floor_ratio_p50"]
-        out[f"{k}_floor_ratio"] = {"value": r, "target": f"<= {TARGETS['floor_ratio']}x decode floor (p50/p50)",
+        r = s.get("floor_ratio_paired", s["floor_ratio_p50"])
+        out[f"{k}_floor_ratio"] = {"value": r, "target": f"<= {TARGETS['floor_ratio']}x decode floor (median over "
+                                                          "pairs of runs)",
                                    "met": r <= TARGETS["floor_ratio"], "ratio": round(r / TARGETS["floor_ratio"], 2)}
     tor = res.get("torch") or {}
     for task, t in tor.items():
@@ -518,7 +533,10 @@ def markdown(res: dict[str, Any]) -> str:
                f"{s['header_checks_ms']['p50'] / total:.0%} |",
                f"| **full verdict** | **{total:.1f}** | **{s['check_ms']['p95']:.1f}** | 100% |",
                f"| floor: pydicom dcmread + pixel_array | {s['floor_ms']['p50']:.1f} | {s['floor_ms']['p95']:.1f} | "
-               f"verdict / floor = {s['floor_ratio_p50']}x (p50) |", ""]
+               f"verdict / floor = {s['floor_ratio_p50']}x (p50 / p50), {s.get('floor_ratio_paired', '–')}x "
+               "(median over pairs) |", "",
+               f"Each check ran beside a floor run (alternating which went first); CPU steal by the hypervisor "
+               f"during these runs: {s.get('cpu_steal_pct', '–')} % of the machine's CPU time.", ""]
         rows = [(t, m) for t, m in s["models"].items() if m.get("installed")]
         if rows:
             md += ["| model check | input | preprocess p50 ms | onnxruntime p50 ms |", "|---|---|---|---|"]

@@ -316,6 +316,40 @@ def _at_thr(d: dict[str, Any] | None) -> str:
     return f"{_f(d.get('sensitivity'))} / {_f(d.get('specificity'))} @ {d['threshold']:.2f}"
 
 
+class CpuSteal:
+    """Share of the machine's CPU time taken by the hypervisor for other guests (``steal`` in ``/proc/stat``)
+    between :meth:`start` and :meth:`stop`: on a shared VM it runs to tens of percent and moves every timing
+    with it, so a benchmark reports it beside its figures. None where ``/proc/stat`` is missing."""
+
+    def __init__(self) -> None:
+        self._t0 = self._read()
+
+    @staticmethod
+    def parse(stat: str) -> list[int] | None:
+        """user, nice, system, idle, iowait, irq, softirq, steal (jiffies) from ``/proc/stat``'s first line."""
+        head = stat.split("\n", 1)[0].split()
+        return [int(x) for x in head[1:9]] if len(head) >= 9 and head[0] == "cpu" else None
+
+    @classmethod
+    def _read(cls) -> list[int] | None:
+        try:
+            return cls.parse(Path("/proc/stat").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def start(self) -> CpuSteal:
+        self._t0 = self._read()
+        return self
+
+    def stop(self) -> float | None:
+        """Percent of all CPU time (user .. steal) that was stolen since :meth:`start`."""
+        t1 = self._read()
+        if self._t0 is None or t1 is None:
+            return None
+        d = [b - a for a, b in zip(self._t0, t1)]
+        return round(100.0 * d[7] / sum(d), 1) if sum(d) > 0 else 0.0
+
+
 def machine_info() -> dict[str, Any]:
     try:
         model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()

@@ -26,7 +26,8 @@ def test_bench_check_reports_stages_floor_and_models(tmp_path, stub_models):
     assert res["files"] == 24 and res["check_ms"]["n"] == 2
     for stage in ("read", "assemble_decode", "deidentification", "contrast_phase", "coverage"):
         assert res["stages_ms"][stage]["p50"] >= 0
-    assert res["floor_ms"]["p50"] > 0 and res["floor_ratio_p50"] > 0
+    assert res["floor_ms"]["n"] == 2 and res["floor_ms"]["p50"] > 0 and res["floor_ratio_p50"] > 0
+    assert res["floor_ratio_paired"] > 0 and (res["cpu_steal_pct"] is None or 0 <= res["cpu_steal_pct"] <= 100)
     for task in ("contrast_phase", "coverage"):
         m = res["models"][task]
         assert m["installed"] and m["preprocess_ms"]["n"] == 2 and m["onnxruntime_ms"]["p50"] > 0
@@ -56,3 +57,17 @@ def test_series_kinds_fit_the_slice_count(tmp_path):
     assert B._fit_slices(vol, 40, -1000.0).shape[0] == 40
     assert B._fit_slices(vol, 20, -1000.0).shape[0] == 20
     assert B.pct([1.0, 2.0, 3.0], 50) == 2.0 and B.summary([1.0, 3.0])["p95"] == 2.9
+
+
+def test_cpu_steal_is_the_stolen_share_of_all_cpu_time_between_two_readings(monkeypatch):
+    from scanqc.evaluation.quality import CpuSteal
+
+    before = "cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    after = "cpu  400 0 150 1200 10 0 0 240 7 0\n"  # +300 user, +100 system, +400 idle, +200 steal (guest: ignored)
+    readings = iter([CpuSteal.parse(before), CpuSteal.parse(after)])
+    monkeypatch.setattr(CpuSteal, "_read", classmethod(lambda cls: next(readings)))
+    assert CpuSteal().stop() == 20.0
+    assert CpuSteal.parse("intr 1 2 3") is None
+    monkeypatch.undo()
+    got = CpuSteal().start().stop()
+    assert got is None or 0.0 <= got <= 100.0
