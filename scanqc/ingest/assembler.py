@@ -566,6 +566,7 @@ class SeriesAssembler:
         self._duplicates = 0
         self._error: ScanQCError | None = None
         self._first_ds: Dataset | None = None
+        self._uid: str | None = None  # the first instance's SeriesInstanceUID ("" when it has none)
         self._voxels = 0
         self.decode_ms = 0.0
         # Per stack key: frame count and positions along that stack's normal (None: a frame without geometry),
@@ -597,7 +598,11 @@ class SeriesAssembler:
 
     @property
     def series_uid(self) -> str | None:
-        return str(self._first_ds.get("SeriesInstanceUID", "")) or None if self._first_ds is not None else None
+        if self._first_ds is None:
+            return None
+        if self._uid is None:  # the first instance's, read once (add() names the series on every instance)
+            self._uid = str(cached_value(self._first_ds, "SeriesInstanceUID", ""))
+        return self._uid or None
 
     @property
     def error(self) -> ScanQCError | None:
@@ -634,7 +639,7 @@ class SeriesAssembler:
         ``sop``: the instance's key when the caller already has one (the receiver's validated UID); by
         default its SOPInstanceUID (or the file name when it has none).
         """
-        sop = sop or str(ds.get("SOPInstanceUID", "")) or f"__{getattr(file, 'name', file)}"
+        sop = sop or str(cached_value(ds, "SOPInstanceUID", "")) or f"__{getattr(file, 'name', file)}"
         if sop in self._instances:  # the same instance again (a re-send): keep the first
             self._duplicates += 1
             return "duplicate"
