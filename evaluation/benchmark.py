@@ -185,7 +185,7 @@ def bench_check(folder: Path, kind: str, runs: int, models: Any = None) -> dict[
     elapsed: list[float] = []
     floors: list[float] = []
     stages: dict[str, list[float]] = {}
-    steal = CpuSteal().start()
+    steal = CpuSteal()
     for i in range(runs):
         # Each check beside a floor run, which goes first in turn: on a shared VM the CPU steal drifts by tens of
         # percent within seconds, and a pair of runs a second apart sees the same machine.

@@ -318,7 +318,7 @@ def _at_thr(d: dict[str, Any] | None) -> str:
 
 class CpuSteal:
     """Share of the machine's CPU time taken by the hypervisor for other guests (``steal`` in ``/proc/stat``)
-    between :meth:`start` and :meth:`stop`: on a shared VM it runs to tens of percent and moves every timing
+    between construction and :meth:`stop`: on a shared VM it runs to tens of percent and moves every timing
     with it, so a benchmark reports it beside its figures. None where ``/proc/stat`` is missing."""
 
     def __init__(self) -> None:
@@ -337,12 +337,8 @@ class CpuSteal:
         except (OSError, ValueError):
             return None
 
-    def start(self) -> CpuSteal:
-        self._t0 = self._read()
-        return self
-
     def stop(self) -> float | None:
-        """Percent of all CPU time (user .. steal) that was stolen since :meth:`start`."""
+        """Percent of all CPU time (user .. steal) that was stolen since construction."""
         t1 = self._read()
         if self._t0 is None or t1 is None:
             return None
