@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from scanqc.errors import ErrorCode, ScanQCError, exc_summary
+from scanqc.io.dicom_scan import scan_file
 from scanqc.limits import DEFAULT_LIMITS, Limits
 
 # SOP classes / modalities that carry no image volume to check (skipped with a note).
@@ -113,7 +114,9 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = pydicom.dcmread(path, force=False, defer_size=_DEFER_BYTES)
+                ds = _scan(path)  # the common uncompressed file, in a quarter of dcmread's time
+                if ds is None:
+                    ds = pydicom.dcmread(path, force=False, defer_size=_DEFER_BYTES)
             except InvalidDicomError:
                 # Files without preamble/meta are legal (raw dataset dumps). Parse them forcibly;
                 # arbitrary bytes then fail below for want of any identifying attribute.
@@ -142,6 +145,15 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
             (pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian)
         )
     return ds
+
+
+def _scan(path: Path) -> Dataset | None:
+    """:func:`scanqc.io.dicom_scan.scan_file`; None (pydicom decides) also where the scanner itself fails: a
+    malformed file gets pydicom's diagnosis and its coded error, not the fast path's."""
+    try:
+        return scan_file(path, _DEFER_BYTES)
+    except Exception:
+        return None
 
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
