@@ -190,7 +190,8 @@ def _dataset(r: _Reader, pos: int, implicit: bool, defer_size: int) -> tuple[dic
 
 
 def scan_file(path: str | Path, defer_size: int) -> FileDataset | None:
-    """``pydicom.dcmread(path, defer_size=defer_size)`` for the common case, else None (see the module)."""
+    """``pydicom.dcmread(path, defer_size=defer_size)`` for the common case, else None (see the module): any
+    file it cannot parse is pydicom's to diagnose. Raises only what opening the file raises."""
     name = os.fspath(path)
     with open(name, "rb", buffering=0) as f:  # one read call: no buffer of its own
         r = _Reader(f)
@@ -210,7 +211,7 @@ def scan_file(path: str | Path, defer_size: int) -> FileDataset | None:
                 return None
             preamble = r.buf[:128]
             elems, encoding = _dataset(r, pos, implicit, defer_size)
-        except _Fallback:
+        except Exception:  # _Fallback, or a value pydicom's helpers reject (a corrupted character set)
             return None
     file_meta = FileMetaDataset(meta)
     file_meta.set_original_encoding(False, True, default_encoding)
