@@ -1,7 +1,7 @@
 """DICOM reading: parse one file, tell images from non-image objects, decode frames with geometry.
 
 pydicom does the parsing (for the common uncompressed file through :mod:`scanqc.io.dicom_scan`, which builds
-pydicom's own datasets in a quarter of ``dcmread``'s time) and, with the pylibjpeg plugins, the decoding of
+pydicom's own datasets in about half of ``dcmread``'s time) and, with the pylibjpeg plugins, the decoding of
 compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE). This module turns what
 can go wrong into coded :class:`~scanqc.errors.ScanQCError`s.
 """
@@ -115,7 +115,7 @@ def read_file(path: Path, name: str | None = None) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = _scan(path)  # the common uncompressed file, in a quarter of dcmread's time
+                ds = _scan(path)  # the common uncompressed file, in about half of dcmread's time
                 if ds is None:
                     ds = pydicom.dcmread(path, force=False, defer_size=_DEFER_BYTES)
             except InvalidDicomError:

@@ -69,8 +69,9 @@ class _Reader:
         while end - self.base > len(self.buf):
             if self.eof:
                 return False
-            more = self.f.read(max(end - self.base - len(self.buf), HEAD_BYTES))
-            self.eof = len(more) < HEAD_BYTES
+            want = max(end - self.base - len(self.buf), HEAD_BYTES)
+            more = self.f.read(want)
+            self.eof = len(more) < want
             self.buf += more
             if not more:
                 return False
