@@ -36,7 +36,8 @@ from pydicom.values import convert_string
 
 #: First read: a CT or MR slice header is 1-6 KB; a longer one (a Siemens CSA header) grows the buffer.
 HEAD_BYTES = 16 * 1024
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: PixelData, FloatPixelData, DoubleFloatPixelData.
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 _SEQ_DELIMITER = 0xFFFEE0DD
@@ -175,7 +176,7 @@ def _dataset(r: _Reader, pos: int, implicit: bool, defer_size: int) -> tuple[dic
             elems[btag] = DataElement(btag, vr, seq, vpos, is_undefined_length=True)
             continue
         end = vpos + length
-        if length > defer_size and tag in _PIXEL_TAGS:
+        if length > defer_size and tag in PIXEL_TAGS:
             elems[btag] = RawDataElement(btag, vr, length, None, vpos, implicit, True)
             r.skip_to(end)
             pos = end
@@ -212,11 +213,11 @@ def scan_file(path: str | Path, defer_size: int) -> FileDataset | None:
                 return None
             preamble = r.buf[:128]
             elems, encoding = _dataset(r, pos, implicit, defer_size)
+            file_meta = FileMetaDataset(meta)
+            file_meta.set_original_encoding(False, True, default_encoding)
+            # The element dict straight into the FileDataset (dcmread makes a Dataset first, then discards it).
+            fds = FileDataset(name, elems, preamble, file_meta, implicit, True)
+            fds.set_original_encoding(implicit, True, encoding)
+            return fds
         except Exception:  # _Fallback, or a value pydicom's helpers reject (a corrupted character set)
             return None
-    file_meta = FileMetaDataset(meta)
-    file_meta.set_original_encoding(False, True, default_encoding)
-    # The element dict straight into the FileDataset (dcmread makes a Dataset first, which it then discards).
-    fds = FileDataset(name, elems, preamble, file_meta, implicit, True)
-    fds.set_original_encoding(implicit, True, encoding)
-    return fds
